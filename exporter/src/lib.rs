@@ -1,0 +1,11 @@
+//! Ships memdrift's findings where operators already look.
+//!
+//! - [`anomaly`]: the anomaly event, the contract of the JSON lines output (DESIGN.md).
+//! - [`jsonl`]: anomaly events as JSON lines, to a file or stdout.
+//! - [`prometheus`]: the scrape endpoint for self-telemetry and derived metrics.
+
+pub mod anomaly;
+pub mod jsonl;
+pub mod prometheus;
+
+pub use anomaly::{Anomaly, AnomalyKind, AnomalyState};

@@ -1,0 +1,119 @@
+//! Configuration errors that say where and how to fix.
+
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl ConfigError {
+    pub fn plain(file: &str, message: String) -> ConfigError {
+        ConfigError {
+            file: file.to_string(),
+            line: None,
+            column: None,
+            message,
+            hint: None,
+        }
+    }
+
+    pub fn line(file: &str, line: usize, message: String, hint: Option<String>) -> ConfigError {
+        ConfigError {
+            line: Some(line),
+            hint,
+            ..ConfigError::plain(file, message)
+        }
+    }
+
+    /// An error about `key`, placed at the first line of `text` where `key` appears as a word.
+    pub fn at(file: &str, text: &str, key: &str, message: String, hint: Option<String>) -> ConfigError {
+        ConfigError {
+            line: find_line(text, key),
+            hint,
+            ..ConfigError::plain(file, message)
+        }
+    }
+
+    pub fn from_yaml(file: &str, e: &serde_norway::Error) -> ConfigError {
+        let location = e.location();
+        // serde_norway appends " at line L column C" to its message; the location is printed separately.
+        let mut message = e.to_string();
+        if let Some(cut) = message.find(" at line ") {
+            message.truncate(cut);
+        }
+        let hint = unknown_field_hint(&message).or_else(|| type_hint(&message));
+        ConfigError {
+            file: file.to_string(),
+            line: location.as_ref().map(|l| l.line()),
+            column: location.as_ref().map(|l| l.column()),
+            message,
+            hint,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn find_line(text: &str, key: &str) -> Option<usize> {
+    text.lines().position(|l| {
+        let code = l.split('#').next().unwrap_or("");
+        code.match_indices(key).any(|(i, _)| {
+            let before = code[..i].chars().next_back();
+            let after = code[i + key.len()..].chars().next();
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.');
+            !word(before) && !word(after)
+        })
+    }).map(|i| i + 1)
+}
+
+/// "did you mean `x`?" for the closest of `candidates`, when one is close.
+pub fn did_you_mean(word: &str, candidates: &[&str]) -> Option<String> {
+    candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" -> a suggestion.
+fn unknown_field_hint(message: &str) -> Option<String> {
+    let rest = message.split("unknown field `").nth(1)?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    did_you_mean(field, &expected).or_else(|| {
+        (!expected.is_empty()).then(|| format!("remove `{field}`; allowed here: {}", expected.join(", ")))
+    })
+}
+
+fn type_hint(message: &str) -> Option<String> {
+    if message.contains("invalid duration") {
+        Some("write durations with a unit, e.g. 500ms, 10s, 5m".into())
+    } else if message.contains("invalid type") {
+        Some("check the value's type against pipelines/default.yaml".into())
+    } else {
+        None
+    }
+}

@@ -1,0 +1,164 @@
+//! The pipeline file: YAML in the OpenTelemetry Collector's shape.
+//!
+//! ```yaml
+//! receivers:  { otlp: { protocols: { grpc: { endpoint: 0.0.0.0:4317 }, http: { endpoint: 0.0.0.0:4318 } } } }
+//! processors: { extract: {...}, windows: {...} }
+//! exporters:  { jsonl: { path: stdout }, prometheus: { endpoint: 0.0.0.0:9464 } }
+//! service:    { pipelines: { memory: { receivers: [otlp], processors: [extract, windows], exporters: [jsonl] } } }
+//! ```
+//!
+//! `${env:VAR}` and `${env:VAR:-default}` are substituted before parsing (`$$` is a literal `$`). Unknown keys
+//! and wrong types are errors that name the file, the line and, where a near name exists, the likely fix.
+
+mod env;
+mod error;
+mod schema;
+
+use std::path::Path;
+
+pub use error::ConfigError;
+pub use schema::*;
+
+use crate::engine::EngineConfig;
+use crate::extract::ExtractConfig;
+use crate::signal::Signal;
+
+/// The embedded default pipeline, `pipelines/default.yaml`.
+pub const DEFAULT_PIPELINE: &str = include_str!("../../../pipelines/default.yaml");
+
+/// A checked pipeline, ready to build the service from.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    pub file: PipelineFile,
+    pub extract: ExtractConfig,
+    pub engine: EngineConfig,
+    /// Notes that are not errors (unused components, unset variables).
+    pub warnings: Vec<String>,
+}
+
+impl Pipeline {
+    /// Loads and checks a pipeline file.
+    pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::plain(&name, format!("cannot read the pipeline file: {e}")))?;
+        Pipeline::parse(&name, &text)
+    }
+
+    /// The embedded default pipeline.
+    pub fn default_pipeline() -> Result<Pipeline, ConfigError> {
+        Pipeline::parse("pipelines/default.yaml (embedded)", DEFAULT_PIPELINE)
+    }
+
+    /// Parses pipeline text; `name` is used in error messages.
+    pub fn parse(name: &str, text: &str) -> Result<Pipeline, ConfigError> {
+        let (text, mut warnings) = env::substitute(name, text, |v| std::env::var(v).ok())?;
+        let file: PipelineFile =
+            serde_norway::from_str(&text).map_err(|e| ConfigError::from_yaml(name, &e))?;
+        warnings.extend(file.check(name, &text)?);
+        let extract = build_extract(name, &text, &file)?;
+        let engine = build_engine(name, &text, &file)?;
+        Ok(Pipeline {
+            file,
+            extract,
+            engine,
+            warnings,
+        })
+    }
+}
+
+fn build_extract(name: &str, text: &str, file: &PipelineFile) -> Result<ExtractConfig, ConfigError> {
+    let mut cfg = ExtractConfig::default();
+    let Some(section) = file.processors.extract.as_ref().filter(|_| file.processor_enabled("extract")) else {
+        return Ok(cfg);
+    };
+    if let Some(attrs) = &section.cohort_attributes {
+        if attrs.is_empty() {
+            return Err(ConfigError::at(
+                name,
+                text,
+                "cohort_attributes",
+                "processors.extract.cohort_attributes is empty".into(),
+                Some("name at least one attribute, or remove the key to use the default order".into()),
+            ));
+        }
+        cfg.cohort_attributes = attrs.clone();
+    }
+    for (metric, signal) in &section.metrics {
+        let Some(s) = Signal::from_name(signal) else {
+            let names: Vec<&str> = Signal::ALL.iter().map(|s| s.name()).collect();
+            return Err(ConfigError::at(
+                name,
+                text,
+                metric,
+                format!("processors.extract.metrics.{metric}: unknown signal `{signal}`"),
+                Some(error::did_you_mean(signal, &names).unwrap_or_else(|| format!("one of: {}", names.join(", ")))),
+            ));
+        };
+        cfg.metric_signals.insert(metric.clone(), s);
+    }
+    Ok(cfg)
+}
+
+fn build_engine(name: &str, text: &str, file: &PipelineFile) -> Result<EngineConfig, ConfigError> {
+    let mut cfg = EngineConfig::default();
+    let Some(w) = file.processors.windows.as_ref().filter(|_| file.processor_enabled("windows")) else {
+        return Ok(cfg);
+    };
+    let set = |field: Option<Duration>, into: &mut u64| {
+        if let Some(d) = field {
+            *into = d.as_nanos();
+        }
+    };
+    set(w.size, &mut cfg.window_ns);
+    set(w.step, &mut cfg.step_ns);
+    set(w.allowed_lateness, &mut cfg.allowed_lateness_ns);
+    set(w.idle_timeout, &mut cfg.idle_timeout_ns);
+    if let Some(n) = w.max_keys {
+        cfg.max_keys = n;
+    }
+    if let Some(n) = w.max_samples_per_pane {
+        cfg.max_samples_per_pane = n;
+    }
+    if let Some(n) = w.exemplars {
+        cfg.exemplars = n;
+    }
+    let bad = |key: &str, message: String, hint: &str| {
+        Err(ConfigError::at(name, text, key, message, Some(hint.to_string())))
+    };
+    if cfg.step_ns == 0 || cfg.window_ns == 0 {
+        return bad("step", "processors.windows: size and step must be positive".into(), "e.g. size: 60s, step: 10s");
+    }
+    if cfg.window_ns % cfg.step_ns != 0 {
+        return bad(
+            "size",
+            format!(
+                "processors.windows: size ({}) is not a whole number of steps ({})",
+                Duration(cfg.window_ns),
+                Duration(cfg.step_ns)
+            ),
+            "make size a multiple of step, e.g. size: 60s with step: 10s",
+        );
+    }
+    if cfg.window_ns / cfg.step_ns > 360 {
+        return bad("size", "processors.windows: more than 360 steps per window".into(), "use a larger step");
+    }
+    if cfg.idle_timeout_ns < cfg.window_ns {
+        return bad(
+            "idle_timeout",
+            "processors.windows: idle_timeout is shorter than the window".into(),
+            "set idle_timeout to at least the window size",
+        );
+    }
+    if cfg.max_keys == 0 || cfg.max_samples_per_pane == 0 {
+        return bad(
+            "max_keys",
+            "processors.windows: max_keys and max_samples_per_pane must be positive".into(),
+            "e.g. max_keys: 100000, max_samples_per_pane: 2048",
+        );
+    }
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests;

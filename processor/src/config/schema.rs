@@ -1,0 +1,267 @@
+//! The pipeline file's structure. Every section rejects unknown keys.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+
+use super::error::did_you_mean;
+use super::ConfigError;
+
+/// A duration written with a unit ("500ms", "10s", "5m"), held in nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Duration(pub u64);
+
+impl Duration {
+    pub fn as_nanos(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(std::time::Duration::from_nanos(self.0)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+            .and_then(|d| {
+                u64::try_from(d.as_nanos())
+                    .map(Duration)
+                    .map_err(|_| serde::de::Error::custom(format!("duration {s:?} is too long")))
+            })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    #[serde(default)]
+    pub receivers: Receivers,
+    #[serde(default)]
+    pub processors: Processors,
+    #[serde(default)]
+    pub exporters: Exporters,
+    pub service: Service,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receivers {
+    /// OTLP over gRPC and HTTP.
+    pub otlp: Option<OtlpReceiver>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpReceiver {
+    #[serde(default)]
+    pub protocols: Protocols,
+    /// Largest accepted request, compressed or not, in bytes (the decompressed body too). Default 16 MiB.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Spans and points stamped further than this in the future (by the receiving host's clock) are refused, so
+    /// one bad clock cannot push the watermark ahead and make everyone else's data late. Default 5m.
+    #[serde(default)]
+    pub max_clock_skew: Option<Duration>,
+}
+
+fn default_max_request_bytes() -> usize {
+    16 << 20
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Protocols {
+    pub grpc: Option<Endpoint>,
+    pub http: Option<Endpoint>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// host:port to listen on.
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Processors {
+    /// How samples are read from spans and metrics.
+    pub extract: Option<ExtractSection>,
+    /// Event-time windows and state bounds.
+    pub windows: Option<WindowsSection>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractSection {
+    /// Attributes tried in order (span, then resource) for the cohort. Default: memspan.cohort,
+    /// feature_flag.result.variant, service.version.
+    pub cohort_attributes: Option<Vec<String>>,
+    /// Extra or replacement metric names -> signal, e.g. `go.memory.used: memspan.heap.allocated`.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowsSection {
+    /// Window length. Default 60s.
+    pub size: Option<Duration>,
+    /// How far windows slide; windows end on multiples of it. Default 10s.
+    pub step: Option<Duration>,
+    /// How long after the newest event time a window stays open for stragglers. Default 5s.
+    pub allowed_lateness: Option<Duration>,
+    /// A group not seen for this long (event time) is forgotten. Default 10m.
+    pub idle_timeout: Option<Duration>,
+    /// Cap on live series; samples for new series beyond it are counted as overflow. Default 100000.
+    pub max_keys: Option<usize>,
+    /// Values kept per series per step for order statistics (a uniform reservoir beyond). Default 2048.
+    pub max_samples_per_pane: Option<usize>,
+    /// Trace ids kept per window as exemplars. Default 5.
+    pub exemplars: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exporters {
+    /// Anomaly events as JSON lines.
+    pub jsonl: Option<JsonlExporter>,
+    /// The Prometheus scrape endpoint.
+    pub prometheus: Option<PrometheusExporter>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlExporter {
+    /// A file path, or `stdout`.
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusExporter {
+    /// host:port to serve /metrics on.
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub pipelines: BTreeMap<String, PipelineDef>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineDef {
+    pub receivers: Vec<String>,
+    #[serde(default)]
+    pub processors: Vec<String>,
+    pub exporters: Vec<String>,
+}
+
+const RECEIVERS: [&str; 1] = ["otlp"];
+const PROCESSORS: [&str; 2] = ["extract", "windows"];
+const EXPORTERS: [&str; 2] = ["jsonl", "prometheus"];
+
+impl PipelineFile {
+    fn referenced<'a>(&'a self, pick: impl Fn(&'a PipelineDef) -> &'a Vec<String>) -> Vec<&'a str> {
+        let mut v: Vec<&str> = self
+            .service
+            .pipelines
+            .values()
+            .flat_map(|p| pick(p).iter().map(String::as_str))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn receiver_enabled(&self, name: &str) -> bool {
+        self.referenced(|p| &p.receivers).contains(&name)
+    }
+
+    pub fn exporter_enabled(&self, name: &str) -> bool {
+        self.referenced(|p| &p.exporters).contains(&name)
+    }
+
+    pub fn processor_enabled(&self, name: &str) -> bool {
+        self.referenced(|p| &p.processors).contains(&name)
+    }
+
+    /// Cross-references: every component a pipeline names is known and configured. Returns warnings for
+    /// components configured but unused.
+    pub fn check(&self, file: &str, text: &str) -> Result<Vec<String>, ConfigError> {
+        if self.service.pipelines.is_empty() {
+            return Err(ConfigError::at(
+                file,
+                text,
+                "pipelines",
+                "service.pipelines is empty".into(),
+                Some("add e.g. `memory: { receivers: [otlp], processors: [extract, windows], exporters: [jsonl] }`".into()),
+            ));
+        }
+        let defined_receivers: Vec<&str> = self.receivers.otlp.iter().map(|_| "otlp").collect();
+        let defined_processors: Vec<&str> = [
+            self.processors.extract.as_ref().map(|_| "extract"),
+            self.processors.windows.as_ref().map(|_| "windows"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let defined_exporters: Vec<&str> = [
+            self.exporters.jsonl.as_ref().map(|_| "jsonl"),
+            self.exporters.prometheus.as_ref().map(|_| "prometheus"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut warnings = Vec::new();
+        for (section, known, defined, used) in [
+            ("receivers", &RECEIVERS[..], &defined_receivers, self.referenced(|p| &p.receivers)),
+            ("processors", &PROCESSORS[..], &defined_processors, self.referenced(|p| &p.processors)),
+            ("exporters", &EXPORTERS[..], &defined_exporters, self.referenced(|p| &p.exporters)),
+        ] {
+            for name in &used {
+                if !known.contains(name) {
+                    return Err(ConfigError::at(
+                        file,
+                        text,
+                        name,
+                        format!("service.pipelines: unknown {section} component `{name}`"),
+                        Some(did_you_mean(name, known).unwrap_or_else(|| format!("known {section}: {}", known.join(", ")))),
+                    ));
+                }
+                if !defined.contains(name) {
+                    return Err(ConfigError::at(
+                        file,
+                        text,
+                        name,
+                        format!("service.pipelines uses `{name}` but the top-level `{section}:` section does not configure it"),
+                        Some(format!("add `{name}:` under `{section}:` (see pipelines/default.yaml)")),
+                    ));
+                }
+            }
+            for name in defined.iter().filter(|d| !used.contains(d)) {
+                warnings.push(format!("{file}: {section}.{name} is configured but no pipeline uses it"));
+            }
+        }
+        for (name, p) in &self.service.pipelines {
+            if p.receivers.is_empty() || p.exporters.is_empty() {
+                return Err(ConfigError::at(
+                    file,
+                    text,
+                    name,
+                    format!("service.pipelines.{name} needs at least one receiver and one exporter"),
+                    None,
+                ));
+            }
+        }
+        Ok(warnings)
+    }
+}

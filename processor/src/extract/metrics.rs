@@ -1,0 +1,67 @@
+//! OTLP gauge and sum points -> samples, for services that export memory metrics and no memspan spans.
+
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point, ResourceMetrics};
+
+use super::spans::{item_cohort, ResourceContext};
+use super::value::check_bytes;
+use super::{ExtractConfig, ExtractStats};
+use crate::extract::DropReason;
+use crate::sample::MemorySample;
+use crate::signal::SignalValues;
+
+/// Extracts one sample per number point of every metric named in the metric table. Other metrics, and
+/// histogram-like points, are not memory levels and are passed over without counting as errors.
+pub fn extract_metrics(
+    resource_metrics: &[ResourceMetrics],
+    config: &ExtractConfig,
+    out: &mut Vec<MemorySample>,
+    stats: &mut ExtractStats,
+) {
+    for rm in resource_metrics {
+        let ctx = ResourceContext::new(rm.resource.as_ref(), config);
+        for metric in rm.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
+            let Some(&signal) = config.metric_signals.get(&metric.name) else {
+                continue;
+            };
+            let points = match &metric.data {
+                Some(Data::Gauge(g)) => &g.data_points,
+                Some(Data::Sum(s)) => &s.data_points,
+                _ => continue,
+            };
+            for point in points {
+                stats.metric_points += 1;
+                let raw = match point.value {
+                    Some(number_data_point::Value::AsDouble(d)) => d,
+                    Some(number_data_point::Value::AsInt(i)) => i as f64,
+                    None => {
+                        stats.drop_value(DropReason::WrongType);
+                        continue;
+                    }
+                };
+                let value = match check_bytes(raw, false) {
+                    Ok(v) => v,
+                    Err(reason) => {
+                        stats.drop_value(reason);
+                        continue;
+                    }
+                };
+                if point.time_unix_nano == 0 {
+                    stats.drop_value(DropReason::NoTimestamp);
+                    continue;
+                }
+                let mut values = SignalValues::default();
+                values.set(signal, value);
+                *stats.samples_by_signal.entry(signal).or_default() += 1;
+                stats.metric_points_accepted += 1;
+                out.push(MemorySample {
+                    service: ctx.service.clone(),
+                    instance: ctx.instance.clone(),
+                    cohort: ctx.cohort(item_cohort(&point.attributes, config)),
+                    time_unix_nano: point.time_unix_nano,
+                    trace_id: None,
+                    values,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! OTLP -> [`MemorySample`]s: the MemorySpan attribute convention and the metric table.
+//!
+//! Every value is checked on its own: a bad one is counted by reason and dropped while the rest of the span and
+//! the batch are kept. A span is refused only when nothing of it can be used, and only the refusals that mean
+//! "bad input" (not "a span that is simply not about memory") count as rejected in OTLP partial success.
+
+mod metrics;
+mod spans;
+mod value;
+
+use std::collections::HashMap;
+
+pub use metrics::extract_metrics;
+pub use spans::extract_spans;
+pub use value::{bytes_value, DropReason, MAX_PLAUSIBLE_BYTES};
+
+use crate::signal::{attr, Signal};
+
+/// Why a whole span yielded no sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RefuseReason {
+    /// No `memspan.*` memory attribute at all: not our input, not an error.
+    NoMemoryAttributes,
+    /// It had memory attributes, but every one of them was rejected.
+    InvalidValues,
+    /// Neither end nor start time: the sample cannot be placed in event time.
+    NoTimestamp,
+}
+
+impl RefuseReason {
+    pub const ALL: [RefuseReason; 3] = [
+        RefuseReason::NoMemoryAttributes,
+        RefuseReason::InvalidValues,
+        RefuseReason::NoTimestamp,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RefuseReason::NoMemoryAttributes => "no_memory_attributes",
+            RefuseReason::InvalidValues => "invalid_values",
+            RefuseReason::NoTimestamp => "no_timestamp",
+        }
+    }
+
+    /// Whether this refusal is reported back to the sender as rejected in OTLP partial success.
+    pub fn is_rejection(self) -> bool {
+        !matches!(self, RefuseReason::NoMemoryAttributes)
+    }
+}
+
+/// How samples are read out of OTLP. Built from the pipeline's `extract` processor.
+#[derive(Clone, Debug)]
+pub struct ExtractConfig {
+    /// Attribute names tried in order, span first then resource, to find a sample's cohort.
+    pub cohort_attributes: Vec<String>,
+    /// OTLP metric name -> the signal its points feed.
+    pub metric_signals: HashMap<String, Signal>,
+}
+
+impl Default for ExtractConfig {
+    fn default() -> Self {
+        ExtractConfig {
+            cohort_attributes: vec![
+                attr::COHORT.to_string(),
+                "feature_flag.result.variant".to_string(),
+                "service.version".to_string(),
+            ],
+            metric_signals: default_metric_signals(),
+        }
+    }
+}
+
+/// The metric names of DESIGN.md and the signals they feed.
+pub fn default_metric_signals() -> HashMap<String, Signal> {
+    [
+        ("process.memory.usage", Signal::ProcessMemoryUsage),
+        ("container.memory.working_set", Signal::ContainerWorkingSet),
+        ("container.memory.usage", Signal::ContainerUsage),
+        ("k8s.container.memory.limit.current", Signal::Limit),
+    ]
+    .into_iter()
+    .map(|(name, signal)| (name.to_string(), signal))
+    .collect()
+}
+
+/// What one extraction saw, for self-telemetry and partial success.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExtractStats {
+    pub spans: u64,
+    /// Spans that gave a sample.
+    pub spans_accepted: u64,
+    pub refused: HashMap<RefuseReason, u64>,
+    pub dropped_values: HashMap<DropReason, u64>,
+    /// Number points of mapped metrics.
+    pub metric_points: u64,
+    pub metric_points_accepted: u64,
+    pub samples_by_signal: HashMap<Signal, u64>,
+}
+
+impl ExtractStats {
+    pub fn refuse(&mut self, reason: RefuseReason) {
+        *self.refused.entry(reason).or_default() += 1;
+    }
+
+    pub fn drop_value(&mut self, reason: DropReason) {
+        *self.dropped_values.entry(reason).or_default() += 1;
+    }
+
+    /// Spans to report as rejected in OTLP partial success.
+    pub fn rejected_spans(&self) -> u64 {
+        self.refused
+            .iter()
+            .filter(|(r, _)| r.is_rejection())
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// A short, human explanation for partial success, e.g. "2 spans rejected: invalid_values=2; dropped values:
+    /// negative=3". Empty when nothing was wrong.
+    pub fn error_message(&self) -> String {
+        let mut parts = Vec::new();
+        let rejected = self.rejected_spans();
+        if rejected > 0 {
+            let mut reasons: Vec<_> = self
+                .refused
+                .iter()
+                .filter(|(r, _)| r.is_rejection())
+                .map(|(r, n)| format!("{}={n}", r.name()))
+                .collect();
+            reasons.sort();
+            parts.push(format!("{rejected} spans rejected: {}", reasons.join(", ")));
+        }
+        if !self.dropped_values.is_empty() {
+            let mut reasons: Vec<_> = self
+                .dropped_values
+                .iter()
+                .map(|(r, n)| format!("{}={n}", r.name()))
+                .collect();
+            reasons.sort();
+            parts.push(format!(
+                "memory attribute values dropped: {}",
+                reasons.join(", ")
+            ));
+        }
+        parts.join("; ")
+    }
+
+    pub fn merge(&mut self, other: &ExtractStats) {
+        self.spans += other.spans;
+        self.spans_accepted += other.spans_accepted;
+        self.metric_points += other.metric_points;
+        self.metric_points_accepted += other.metric_points_accepted;
+        for (k, v) in &other.refused {
+            *self.refused.entry(*k).or_default() += v;
+        }
+        for (k, v) in &other.dropped_values {
+            *self.dropped_values.entry(*k).or_default() += v;
+        }
+        for (k, v) in &other.samples_by_signal {
+            *self.samples_by_signal.entry(*k).or_default() += v;
+        }
+    }
+}

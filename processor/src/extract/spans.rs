@@ -1,0 +1,144 @@
+//! Spans -> samples, by the MemorySpan attribute convention.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+
+use super::value::{bytes_value, label_value};
+use super::{ExtractConfig, ExtractStats, RefuseReason};
+use crate::sample::{MemorySample, TraceId};
+use crate::signal::{Signal, SignalValues};
+
+/// Who sent a batch: read once per resource and shared by all its samples.
+pub(super) struct ResourceContext {
+    pub service: Arc<str>,
+    pub instance: Arc<str>,
+    /// The resource's value for each cohort attribute, in the configured order.
+    pub cohorts: Vec<Option<Arc<str>>>,
+}
+
+impl ResourceContext {
+    pub fn new(resource: Option<&Resource>, config: &ExtractConfig) -> Self {
+        let attrs: &[KeyValue] = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+        let find = |key: &str| {
+            attrs
+                .iter()
+                .find(|kv| kv.key == key)
+                .and_then(|kv| label_value(kv.value.as_ref()))
+        };
+        // The SDKs' own fallback when no service name is configured.
+        let service = find("service.name").unwrap_or_else(|| "unknown_service".to_string());
+        let instance = find("service.instance.id")
+            .or_else(|| find("host.name"))
+            .or_else(|| find("k8s.pod.name"))
+            .unwrap_or_else(|| "unknown".to_string());
+        ResourceContext {
+            service: service.into(),
+            instance: instance.into(),
+            cohorts: config
+                .cohort_attributes
+                .iter()
+                .map(|k| find(k).map(Arc::from))
+                .collect(),
+        }
+    }
+
+    /// The cohort by precedence: the first configured attribute that is present, on the item (span or point)
+    /// before the resource. `item_best` is the index and value of the first configured attribute the item had.
+    pub fn cohort(&self, item_best: Option<(usize, String)>) -> Option<Arc<str>> {
+        let resource_best = self
+            .cohorts
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| c.as_ref().map(|c| (i, c)));
+        match (item_best, resource_best) {
+            (Some((i, v)), Some((j, _))) if i <= j => Some(v.into()),
+            (_, Some((_, c))) => Some(c.clone()),
+            (Some((_, v)), None) => Some(v.into()),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The first configured cohort attribute among `attrs`, as (its rank in the configuration, its value).
+pub(super) fn item_cohort(attrs: &[KeyValue], config: &ExtractConfig) -> Option<(usize, String)> {
+    let mut best: Option<(usize, String)> = None;
+    for kv in attrs {
+        if let Some(rank) = config.cohort_attributes.iter().position(|k| *k == kv.key) {
+            if best.as_ref().is_none_or(|(b, _)| rank < *b) {
+                if let Some(v) = label_value(kv.value.as_ref()) {
+                    best = Some((rank, v));
+                }
+            }
+        }
+    }
+    best
+}
+
+pub(super) fn trace_id(bytes: &[u8]) -> Option<TraceId> {
+    let id: TraceId = bytes.try_into().ok()?;
+    (id != [0; 16]).then_some(id)
+}
+
+/// Extracts the samples of a batch of spans, appending to `out`.
+pub fn extract_spans(
+    resource_spans: &[ResourceSpans],
+    config: &ExtractConfig,
+    out: &mut Vec<MemorySample>,
+    stats: &mut ExtractStats,
+) {
+    for rs in resource_spans {
+        let ctx = ResourceContext::new(rs.resource.as_ref(), config);
+        for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+            stats.spans += 1;
+            let mut values = SignalValues::default();
+            let mut had_memory = false;
+            for kv in &span.attributes {
+                let Some(signal) = Signal::from_span_attribute(&kv.key) else {
+                    continue;
+                };
+                had_memory = true;
+                match bytes_value(kv.value.as_ref()) {
+                    Ok(v) => values.set(signal, v),
+                    Err(reason) => stats.drop_value(reason),
+                }
+            }
+            if !had_memory {
+                stats.refuse(RefuseReason::NoMemoryAttributes);
+                continue;
+            }
+            if values.is_empty() {
+                stats.refuse(RefuseReason::InvalidValues);
+                continue;
+            }
+            let time = if span.end_time_unix_nano != 0 {
+                span.end_time_unix_nano
+            } else {
+                span.start_time_unix_nano
+            };
+            if time == 0 {
+                stats.refuse(RefuseReason::NoTimestamp);
+                continue;
+            }
+            if let (Some(start), Some(end)) =
+                (values.get(Signal::RssStart), values.get(Signal::RssEnd))
+            {
+                values.set(Signal::RssDelta, end - start);
+            }
+            for (signal, _) in values.iter() {
+                *stats.samples_by_signal.entry(signal).or_default() += 1;
+            }
+            stats.spans_accepted += 1;
+            out.push(MemorySample {
+                service: ctx.service.clone(),
+                instance: ctx.instance.clone(),
+                cohort: ctx.cohort(item_cohort(&span.attributes, config)),
+                time_unix_nano: time,
+                trace_id: trace_id(&span.trace_id),
+                values,
+            });
+        }
+    }
+}

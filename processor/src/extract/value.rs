@@ -1,0 +1,137 @@
+//! Reading one attribute or point value as a byte count.
+
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue};
+
+/// Nothing measured in bytes on one process is larger than 1 PiB; a bigger number is a unit or encoding bug.
+pub const MAX_PLAUSIBLE_BYTES: f64 = (1u64 << 50) as f64;
+
+/// Why one value was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// A bool, array, map, bytes or empty value where a number was expected.
+    WrongType,
+    /// A string where a number was expected, such as "12MB".
+    String,
+    Negative,
+    /// NaN or an infinity.
+    NotFinite,
+    /// A double with a fractional part where a whole number of bytes was expected.
+    Fractional,
+    /// More than [`MAX_PLAUSIBLE_BYTES`].
+    TooLarge,
+    /// A metric point with no time: it cannot be placed in event time.
+    NoTimestamp,
+    /// Stamped further in the future than the receiver's allowed clock skew.
+    FutureTimestamp,
+    /// Behind the event-time watermark when it arrived.
+    Late,
+    /// Its key would have exceeded the cap on live keys.
+    KeyOverflow,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 10] = [
+        DropReason::WrongType,
+        DropReason::String,
+        DropReason::Negative,
+        DropReason::NotFinite,
+        DropReason::Fractional,
+        DropReason::TooLarge,
+        DropReason::NoTimestamp,
+        DropReason::FutureTimestamp,
+        DropReason::Late,
+        DropReason::KeyOverflow,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::WrongType => "wrong_type",
+            DropReason::String => "string",
+            DropReason::Negative => "negative",
+            DropReason::NotFinite => "not_finite",
+            DropReason::Fractional => "fractional",
+            DropReason::TooLarge => "too_large",
+            DropReason::NoTimestamp => "no_timestamp",
+            DropReason::FutureTimestamp => "future_timestamp",
+            DropReason::Late => "late",
+            DropReason::KeyOverflow => "key_overflow",
+        }
+    }
+}
+
+/// Checks a number that should be a byte count. `whole` demands an integral value (span attributes are integer
+/// bytes by the convention; metric gauges may legitimately be averaged doubles).
+pub fn check_bytes(v: f64, whole: bool) -> Result<f64, DropReason> {
+    if !v.is_finite() {
+        Err(DropReason::NotFinite)
+    } else if v < 0.0 {
+        Err(DropReason::Negative)
+    } else if v > MAX_PLAUSIBLE_BYTES {
+        Err(DropReason::TooLarge)
+    } else if whole && v.fract() != 0.0 {
+        Err(DropReason::Fractional)
+    } else {
+        Ok(v)
+    }
+}
+
+/// Reads a span attribute value as a whole number of bytes.
+pub fn bytes_value(value: Option<&AnyValue>) -> Result<f64, DropReason> {
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(Value::IntValue(i)) => check_bytes(*i as f64, true),
+        Some(Value::DoubleValue(d)) => check_bytes(*d, true),
+        Some(Value::StringValue(_)) => Err(DropReason::String),
+        _ => Err(DropReason::WrongType),
+    }
+}
+
+/// Reads an attribute as a label (cohort, service name). Numbers and bools are accepted as their text.
+pub fn label_value(value: Option<&AnyValue>) -> Option<String> {
+    match value.and_then(|v| v.value.as_ref())? {
+        Value::StringValue(s) if !s.is_empty() => Some(s.clone()),
+        Value::IntValue(i) => Some(i.to_string()),
+        Value::BoolValue(b) => Some(b.to_string()),
+        Value::DoubleValue(d) => Some(d.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(v: Value) -> AnyValue {
+        AnyValue { value: Some(v) }
+    }
+
+    #[test]
+    fn accepts_ints_and_integral_doubles() {
+        assert_eq!(bytes_value(Some(&any(Value::IntValue(1024)))), Ok(1024.0));
+        assert_eq!(bytes_value(Some(&any(Value::DoubleValue(2048.0)))), Ok(2048.0));
+        assert_eq!(bytes_value(Some(&any(Value::IntValue(0)))), Ok(0.0));
+    }
+
+    #[test]
+    fn rejects_each_kind_of_bad_value_by_reason() {
+        let cases = [
+            (Value::IntValue(-1), DropReason::Negative),
+            (Value::DoubleValue(f64::NAN), DropReason::NotFinite),
+            (Value::DoubleValue(f64::INFINITY), DropReason::NotFinite),
+            (Value::DoubleValue(1.5), DropReason::Fractional),
+            (Value::IntValue(i64::MAX), DropReason::TooLarge),
+            (Value::StringValue("12MB".into()), DropReason::String),
+            (Value::BoolValue(true), DropReason::WrongType),
+        ];
+        for (v, reason) in cases {
+            assert_eq!(bytes_value(Some(&any(v.clone()))), Err(reason), "{v:?}");
+        }
+        assert_eq!(bytes_value(None), Err(DropReason::WrongType));
+        assert_eq!(bytes_value(Some(&AnyValue { value: None })), Err(DropReason::WrongType));
+    }
+
+    #[test]
+    fn metric_values_may_be_fractional() {
+        assert_eq!(check_bytes(1.5, false), Ok(1.5));
+        assert_eq!(check_bytes(1.5, true), Err(DropReason::Fractional));
+    }
+}

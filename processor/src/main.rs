@@ -1,0 +1,136 @@
+//! The `memdrift` command line: run (the default), replay, validate.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use memdrift::config::Pipeline;
+use memdrift::replay::{replay, ReplayOptions};
+use tracing_subscriber::EnvFilter;
+
+/// Catches memory trouble in AI inference services from OTLP spans and metrics.
+#[derive(Parser)]
+#[command(name = "memdrift", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default): OTLP in, anomaly events and metrics out.
+    Run {
+        /// Pipeline file; without it the embedded pipelines/default.yaml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Replay files of OTLP/JSON lines (the Collector's `file` exporter format) in event time.
+    Replay {
+        /// Input files, one OTLP/JSON TracesData or MetricsData object per line.
+        #[arg(long, short, num_args = 1.., required = true)]
+        input: Vec<PathBuf>,
+        /// Where anomaly events go, as JSON lines ("-" for stdout).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Pipeline file; without it the embedded default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Also write each closed window's per-series summary (count, mean, sd, median, MAD, p95) here.
+        #[arg(long)]
+        summaries: Option<PathBuf>,
+        /// No progress bar and no closing summary.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Check a pipeline file and explain any problem.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn load(config: Option<&PathBuf>) -> Result<Pipeline, memdrift::config::ConfigError> {
+    match config {
+        Some(path) => Pipeline::load(path),
+        None => Pipeline::default_pipeline(),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run { config: None }) {
+        Command::Run { config } => {
+            let pipeline = match load(config.as_ref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(memdrift::topology::run(pipeline)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Replay {
+            input,
+            output,
+            config,
+            summaries,
+            quiet,
+        } => {
+            let pipeline = match load(config.as_ref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = ReplayOptions {
+                inputs: input,
+                output,
+                summaries,
+                progress: !quiet,
+            };
+            match replay(&pipeline, &opts) {
+                Ok(summary) => {
+                    if !quiet {
+                        eprintln!("{summary}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Validate { config } => match Pipeline::load(&config) {
+            Ok(p) => {
+                for w in &p.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

@@ -1,0 +1,126 @@
+//! OTLP/gRPC: the generated tonic services for traces, metrics and logs, with gzip both ways.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status};
+
+use super::{Busy, Ingest};
+
+#[derive(Clone)]
+pub struct OtlpGrpc {
+    ingest: Arc<Ingest>,
+}
+
+fn busy(ingest: &Ingest, _: Busy) -> Status {
+    ingest.failed("grpc", "busy");
+    Status::unavailable("memdrift's queue is full; retry with backoff")
+}
+
+#[tonic::async_trait]
+impl TraceService for OtlpGrpc {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let req = request.into_inner();
+        let stats = self.ingest.traces(&req.resource_spans).map_err(|b| busy(&self.ingest, b))?;
+        let message = stats.error_message();
+        let partial_success = (!message.is_empty()).then(|| ExportTracePartialSuccess {
+            rejected_spans: stats.rejected_spans() as i64,
+            error_message: message,
+        });
+        Ok(Response::new(ExportTraceServiceResponse { partial_success }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for OtlpGrpc {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let req = request.into_inner();
+        let stats = self
+            .ingest
+            .metrics(&req.resource_metrics)
+            .map_err(|b| busy(&self.ingest, b))?;
+        let message = stats.error_message();
+        let partial_success = (!message.is_empty()).then(|| ExportMetricsPartialSuccess {
+            rejected_data_points: stats.dropped_values.values().sum::<u64>() as i64,
+            error_message: message,
+        });
+        Ok(Response::new(ExportMetricsServiceResponse { partial_success }))
+    }
+}
+
+/// Logs carry no memory samples; they are accepted (a Collector may send every signal) and counted.
+#[tonic::async_trait]
+impl LogsService for OtlpGrpc {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        self.ingest.logs(&request.into_inner());
+        Ok(Response::new(ExportLogsServiceResponse { partial_success: None }))
+    }
+}
+
+/// tonic answers an over-size message with OUT_OF_RANGE, which the OTLP specification makes *retryable*: a
+/// client would resend the same too-large batch forever. The OTLP answer is RESOURCE_EXHAUSTED without RetryInfo
+/// (not retried), so the status is rewritten on the way out. memdrift itself never returns OUT_OF_RANGE.
+fn out_of_range_to_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    const OUT_OF_RANGE: &str = "11";
+    const RESOURCE_EXHAUSTED: http::HeaderValue = http::HeaderValue::from_static("8");
+    if resp.headers().get("grpc-status").is_some_and(|v| v == OUT_OF_RANGE) {
+        resp.headers_mut().insert("grpc-status", RESOURCE_EXHAUSTED);
+    }
+    resp
+}
+
+/// Serves OTLP/gRPC on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ingest: Arc<Ingest>,
+    max_request_bytes: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let svc = OtlpGrpc { ingest };
+    let traces = TraceServiceServer::new(svc.clone())
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_request_bytes);
+    let metrics = MetricsServiceServer::new(svc.clone())
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_request_bytes);
+    let logs = LogsServiceServer::new(svc)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_request_bytes);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(out_of_range_to_resource_exhausted))
+        .add_service(traces)
+        .add_service(metrics)
+        .add_service(logs)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// The address a listener is bound to, for logs.
+pub fn local_addr(listener: &tokio::net::TcpListener) -> Option<SocketAddr> {
+    listener.local_addr().ok()
+}

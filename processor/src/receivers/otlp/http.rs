@@ -1,0 +1,286 @@
+//! OTLP/HTTP: POST /v1/traces, /v1/metrics, /v1/logs with protobuf or JSON bodies, gzip or not, fixed-length
+//! or chunked. Answers follow the OTLP/HTTP rules: 200 with the export response (partial success inside) in
+//! the request's encoding; 400 with a google.rpc.Status body for a body that cannot be read; 413 over the size
+//! limit; 415 for an unknown content type or encoding; 503 with Retry-After when memdrift is busy.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+
+use super::json::JsonDocument;
+use super::{Ingest, RpcStatus};
+
+const PROTOBUF: &str = "application/x-protobuf";
+const JSON: &str = "application/json";
+
+#[derive(Clone)]
+struct HttpState {
+    ingest: Arc<Ingest>,
+    max_request_bytes: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+/// An error answer: status, a message for the sender, and the reason label for self-telemetry.
+struct Failure {
+    status: StatusCode,
+    message: String,
+    reason: &'static str,
+}
+
+impl Failure {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Failure {
+        Failure {
+            status,
+            message: message.into(),
+            reason,
+        }
+    }
+}
+
+pub fn router(ingest: Arc<Ingest>, max_request_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/traces", post(traces))
+        .route("/v1/metrics", post(metrics))
+        .route("/v1/logs", post(logs))
+        .with_state(HttpState {
+            ingest,
+            max_request_bytes,
+        })
+}
+
+/// Serves OTLP/HTTP on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ingest: Arc<Ingest>,
+    max_request_bytes: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(ingest, max_request_bytes))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn content_type(headers: &HeaderMap) -> Result<Encoding, Failure> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match mime.as_str() {
+        PROTOBUF => Ok(Encoding::Protobuf),
+        JSON => Ok(Encoding::Json),
+        _ => Err(Failure::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type {ct:?} is not supported; send {PROTOBUF} or {JSON}"),
+        )),
+    }
+}
+
+/// Reads the whole body (fixed length or chunked) within the limit, and gunzips it within the same limit.
+async fn read_body(state: &HttpState, headers: &HeaderMap, body: Body) -> Result<Bytes, Failure> {
+    let limit = state.max_request_bytes;
+    let too_large = || {
+        Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body exceeds max_request_bytes ({limit} bytes); send smaller batches"),
+        )
+    };
+    let raw = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+        Err(e) => {
+            return Err(Failure::new(
+                StatusCode::BAD_REQUEST,
+                "body_read",
+                format!("could not read the request body: {e}"),
+            ))
+        }
+    };
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    match encoding.as_str() {
+        "identity" | "" => Ok(raw),
+        "gzip" => {
+            let mut out = Vec::new();
+            let mut decoder = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
+            decoder.read_to_end(&mut out).map_err(|e| {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed",
+                    format!("Content-Encoding is gzip but the body is not valid gzip: {e}"),
+                )
+            })?;
+            if out.len() > limit {
+                return Err(too_large());
+            }
+            Ok(out.into())
+        }
+        other => Err(Failure::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!("Content-Encoding {other:?} is not supported; use gzip or none"),
+        )),
+    }
+}
+
+fn malformed(what: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::new(
+        StatusCode::BAD_REQUEST,
+        "malformed",
+        format!("the body is not a valid {what}: {e}"),
+    )
+}
+
+fn busy() -> Failure {
+    Failure::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "memdrift's queue is full; retry with backoff",
+    )
+}
+
+/// Answers in the request's encoding.
+fn reply<M: Message + serde::Serialize>(encoding: Encoding, status: StatusCode, msg: &M) -> Response {
+    let (ct, body) = match encoding {
+        Encoding::Protobuf => (PROTOBUF, msg.encode_to_vec()),
+        Encoding::Json => (JSON, serde_json::to_vec(msg).unwrap_or_else(|_| b"{}".to_vec())),
+    };
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static(ct))], body).into_response()
+}
+
+fn fail(state: &HttpState, encoding: Encoding, f: Failure) -> Response {
+    state.ingest.failed("http", f.reason);
+    let code = match f.status {
+        StatusCode::SERVICE_UNAVAILABLE => 14, // UNAVAILABLE
+        StatusCode::PAYLOAD_TOO_LARGE => 8,    // RESOURCE_EXHAUSTED
+        _ => 3,                                // INVALID_ARGUMENT
+    };
+    let mut resp = reply(encoding, f.status, &RpcStatus { code, message: f.message });
+    if f.status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// Decodes a body into the request type; JSON goes through the lenient reader.
+async fn decode<T: Message + Default>(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: Body,
+    from_json: impl FnOnce(JsonDocument) -> T,
+    what: &str,
+) -> Result<(Encoding, T), (Encoding, Failure)> {
+    let encoding = content_type(headers).map_err(|f| (Encoding::Protobuf, f))?;
+    let bytes = read_body(state, headers, body).await.map_err(|f| (encoding, f))?;
+    let request = match encoding {
+        Encoding::Protobuf => T::decode(bytes).map_err(|e| (encoding, malformed(what, e)))?,
+        Encoding::Json => from_json(JsonDocument::parse(&bytes).map_err(|e| (encoding, malformed(what, e)))?),
+    };
+    Ok((encoding, request))
+}
+
+async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    let (encoding, req) = match decode(
+        &state,
+        &headers,
+        body,
+        |doc| ExportTraceServiceRequest {
+            resource_spans: doc.into_proto().0,
+        },
+        "OTLP ExportTraceServiceRequest",
+    )
+    .await
+    {
+        Ok(ok) => ok,
+        Err((enc, f)) => return fail(&state, enc, f),
+    };
+    match state.ingest.traces(&req.resource_spans) {
+        Ok(stats) => {
+            let message = stats.error_message();
+            let partial_success = (!message.is_empty()).then(|| ExportTracePartialSuccess {
+                rejected_spans: stats.rejected_spans() as i64,
+                error_message: message,
+            });
+            reply(encoding, StatusCode::OK, &ExportTraceServiceResponse { partial_success })
+        }
+        Err(_) => fail(&state, encoding, busy()),
+    }
+}
+
+async fn metrics(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    let (encoding, req) = match decode(
+        &state,
+        &headers,
+        body,
+        |doc| ExportMetricsServiceRequest {
+            resource_metrics: doc.into_proto().1,
+        },
+        "OTLP ExportMetricsServiceRequest",
+    )
+    .await
+    {
+        Ok(ok) => ok,
+        Err((enc, f)) => return fail(&state, enc, f),
+    };
+    match state.ingest.metrics(&req.resource_metrics) {
+        Ok(stats) => {
+            let message = stats.error_message();
+            let partial_success = (!message.is_empty()).then(|| ExportMetricsPartialSuccess {
+                rejected_data_points: stats.dropped_values.values().sum::<u64>() as i64,
+                error_message: message,
+            });
+            reply(encoding, StatusCode::OK, &ExportMetricsServiceResponse { partial_success })
+        }
+        Err(_) => fail(&state, encoding, busy()),
+    }
+}
+
+async fn logs(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    // The log body is only counted; JSON logs are validated as JSON but not modelled.
+    let encoding = match content_type(&headers) {
+        Ok(e) => e,
+        Err(f) => return fail(&state, Encoding::Protobuf, f),
+    };
+    let bytes = match read_body(&state, &headers, body).await {
+        Ok(b) => b,
+        Err(f) => return fail(&state, encoding, f),
+    };
+    let request = match encoding {
+        Encoding::Protobuf => ExportLogsServiceRequest::decode(bytes).map_err(|e| malformed("OTLP ExportLogsServiceRequest", e)),
+        Encoding::Json => serde_json::from_slice::<ExportLogsServiceRequest>(&bytes)
+            .map_err(|e| malformed("OTLP ExportLogsServiceRequest", e)),
+    };
+    match request {
+        Ok(req) => {
+            state.ingest.logs(&req);
+            reply(encoding, StatusCode::OK, &ExportLogsServiceResponse { partial_success: None })
+        }
+        Err(f) => fail(&state, encoding, f),
+    }
+}

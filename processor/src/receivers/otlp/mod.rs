@@ -1,0 +1,113 @@
+//! The OTLP receiver: gRPC on 4317, HTTP on 4318 (protobuf and JSON, gzip), both feeding one [`Ingest`].
+
+pub mod grpc;
+pub mod http;
+pub mod json;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use std::sync::mpsc::SyncSender;
+
+use crate::extract::{extract_metrics, extract_spans, DropReason, ExtractConfig, ExtractStats};
+use crate::sample::MemorySample;
+use crate::telemetry::Telemetry;
+
+/// A batch of samples on its way to the engine.
+pub type SampleBatch = Vec<MemorySample>;
+
+/// The engine's queue is full: the sender should retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// The path shared by every transport: extract, check clocks, count, enqueue.
+pub struct Ingest {
+    pub extract: ExtractConfig,
+    pub telemetry: Telemetry,
+    pub tx: SyncSender<SampleBatch>,
+    /// Samples stamped later than now + this are dropped as `future_timestamp`.
+    pub max_clock_skew_ns: u64,
+}
+
+impl Ingest {
+    pub fn new(
+        extract: ExtractConfig,
+        telemetry: Telemetry,
+        tx: SyncSender<SampleBatch>,
+        max_clock_skew_ns: u64,
+    ) -> Arc<Ingest> {
+        Arc::new(Ingest {
+            extract,
+            telemetry,
+            tx,
+            max_clock_skew_ns,
+        })
+    }
+
+    pub fn traces(&self, resource_spans: &[ResourceSpans]) -> Result<ExtractStats, Busy> {
+        let mut samples = Vec::new();
+        let mut stats = ExtractStats::default();
+        extract_spans(resource_spans, &self.extract, &mut samples, &mut stats);
+        self.enqueue(samples, stats)
+    }
+
+    pub fn metrics(&self, resource_metrics: &[ResourceMetrics]) -> Result<ExtractStats, Busy> {
+        let mut samples = Vec::new();
+        let mut stats = ExtractStats::default();
+        extract_metrics(resource_metrics, &self.extract, &mut samples, &mut stats);
+        self.enqueue(samples, stats)
+    }
+
+    fn enqueue(&self, mut samples: SampleBatch, mut stats: ExtractStats) -> Result<ExtractStats, Busy> {
+        // The receiving host's clock is read here, at the edge, never in the engine.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let horizon = now.saturating_add(self.max_clock_skew_ns);
+        samples.retain(|s| {
+            let ok = s.time_unix_nano <= horizon;
+            if !ok {
+                for _ in 0..s.values.len() {
+                    stats.drop_value(DropReason::FutureTimestamp);
+                }
+            }
+            ok
+        });
+        if !samples.is_empty() {
+            self.tx.try_send(samples).map_err(|_| Busy)?;
+        }
+        self.telemetry.record_extract(&stats);
+        Ok(stats)
+    }
+
+    /// Logs carry no memory samples: counted and let go.
+    pub fn logs(&self, request: &ExportLogsServiceRequest) {
+        let records: usize = request
+            .resource_logs
+            .iter()
+            .flat_map(|rl| &rl.scope_logs)
+            .map(|sl| sl.log_records.len())
+            .sum();
+        self.telemetry.log_records.inc_by(records as u64);
+    }
+
+    pub fn failed(&self, transport: &str, reason: &str) {
+        self.telemetry
+            .failed_requests
+            .with_label_values(&[transport, reason])
+            .inc();
+    }
+}
+
+/// google.rpc.Status, the error body of OTLP/HTTP (not in opentelemetry-proto).
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+}

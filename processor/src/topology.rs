@@ -1,0 +1,253 @@
+//! `memdrift run`: receivers -> bounded channel -> the engine thread -> sinks, with clean shutdown.
+//!
+//! The engine runs on its own OS thread: it is CPU work plus small synchronous writes, and keeping it off the
+//! async workers means a slow disk never stalls a receiver. Receivers extract on their own tasks and hand
+//! batches over a bounded channel; when it is full they answer "retry later".
+
+use std::net::SocketAddr;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use memdrift_exporter::jsonl::{Destination, JsonLinesWriter};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Pipeline;
+use crate::core::{Core, Output};
+use crate::detect::Detector;
+use crate::receivers::otlp::{grpc, http, Ingest, SampleBatch};
+use crate::telemetry::Telemetry;
+
+/// Batches that may wait for the engine before receivers push back.
+const QUEUE_BATCHES: usize = 1024;
+const DEFAULT_MAX_CLOCK_SKEW_NS: u64 = 300_000_000_000;
+
+/// The detectors a pipeline enables. The detectors arrive in their own modules; the engine and its window
+/// summaries run without them.
+pub fn build_detectors(_pipeline: &Pipeline) -> Vec<Box<dyn Detector>> {
+    Vec::new()
+}
+
+/// A running service: its bound addresses (useful when the pipeline asked for port 0) and its telemetry.
+pub struct Service {
+    pub grpc_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub prometheus_addr: Option<SocketAddr>,
+    pub telemetry: Telemetry,
+    stop: watch::Sender<bool>,
+    tasks: Vec<(&'static str, JoinHandle<Result<()>>)>,
+    engine: std::thread::JoinHandle<()>,
+}
+
+async fn bind(what: &str, endpoint: &str) -> Result<TcpListener> {
+    TcpListener::bind(endpoint).await.with_context(|| {
+        format!("cannot listen on {endpoint} for {what}: is another process using the port? (change it in the pipeline file)")
+    })
+}
+
+impl Service {
+    /// Binds every listener, then starts the servers and the engine thread.
+    pub async fn start(pipeline: Pipeline) -> Result<Service> {
+        let telemetry = Telemetry::new();
+        let (stop, _) = watch::channel(false);
+        let stopped = |stop: &watch::Sender<bool>| {
+            let mut rx = stop.subscribe();
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            }
+        };
+        let (tx, rx) = sync_channel::<SampleBatch>(QUEUE_BATCHES);
+        let file = &pipeline.file;
+        let mut tasks: Vec<(&'static str, JoinHandle<Result<()>>)> = Vec::new();
+        let (mut grpc_addr, mut http_addr, mut prometheus_addr) = (None, None, None);
+
+        if let Some(otlp) = file.receivers.otlp.as_ref().filter(|_| file.receiver_enabled("otlp")) {
+            let skew = otlp.max_clock_skew.map_or(DEFAULT_MAX_CLOCK_SKEW_NS, |d| d.as_nanos());
+            let ingest = Ingest::new(pipeline.extract.clone(), telemetry.clone(), tx, skew);
+            let max = otlp.max_request_bytes;
+            if let Some(g) = &otlp.protocols.grpc {
+                let listener = bind("OTLP/gRPC", &g.endpoint).await?;
+                grpc_addr = listener.local_addr().ok();
+                let (ingest, shutdown) = (ingest.clone(), stopped(&stop));
+                tasks.push((
+                    "otlp grpc",
+                    tokio::spawn(async move { Ok(grpc::serve(listener, ingest, max, shutdown).await?) }),
+                ));
+            }
+            if let Some(h) = &otlp.protocols.http {
+                let listener = bind("OTLP/HTTP", &h.endpoint).await?;
+                http_addr = listener.local_addr().ok();
+                let (ingest, shutdown) = (ingest.clone(), stopped(&stop));
+                tasks.push((
+                    "otlp http",
+                    tokio::spawn(async move { Ok(http::serve(listener, ingest, max, shutdown).await?) }),
+                ));
+            }
+        } else {
+            drop(tx);
+        }
+
+        if let Some(p) = file.exporters.prometheus.as_ref().filter(|_| file.exporter_enabled("prometheus")) {
+            let listener = bind("Prometheus", &p.endpoint).await?;
+            prometheus_addr = listener.local_addr().ok();
+            let (registry, shutdown) = (telemetry.registry.clone(), stopped(&stop));
+            tasks.push((
+                "prometheus",
+                tokio::spawn(async move {
+                    Ok(memdrift_exporter::prometheus::serve(listener, registry, shutdown).await?)
+                }),
+            ));
+        }
+
+        let jsonl = match file.exporters.jsonl.as_ref().filter(|_| file.exporter_enabled("jsonl")) {
+            Some(j) => Some(
+                JsonLinesWriter::open(&Destination::parse(&j.path))
+                    .with_context(|| format!("jsonl exporter: cannot open {}", j.path))?,
+            ),
+            None => None,
+        };
+        let core = Core::new(pipeline.engine.clone(), build_detectors(&pipeline));
+        let engine_telemetry = telemetry.clone();
+        let engine = std::thread::Builder::new()
+            .name("memdrift-engine".into())
+            .spawn(move || engine_loop(core, rx, engine_telemetry, jsonl))
+            .context("cannot start the engine thread")?;
+
+        Ok(Service {
+            grpc_addr,
+            http_addr,
+            prometheus_addr,
+            telemetry,
+            stop,
+            tasks,
+            engine,
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish, drains the engine queue and flushes the sinks.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        let mut first_error = None;
+        for (name, task) in self.tasks {
+            match tokio::time::timeout(Duration::from_secs(10), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    first_error.get_or_insert(e.context(format!("{name} failed")));
+                }
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(anyhow::anyhow!("{name} panicked: {e}"));
+                }
+                Err(_) => tracing::warn!(component = name, "did not stop within 10 s"),
+            }
+        }
+        // Every sender is gone with the servers, so the engine drains what is queued and returns.
+        let engine = self.engine;
+        tokio::task::spawn_blocking(move || engine.join())
+            .await
+            .ok()
+            .and_then(|r| r.err())
+            .map(|_| first_error.get_or_insert(anyhow::anyhow!("the engine thread panicked")));
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then shuts down cleanly.
+    pub async fn run_until_signal(self) -> Result<()> {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn now_unix_nano() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn engine_loop(
+    mut core: Core,
+    rx: Receiver<SampleBatch>,
+    telemetry: Telemetry,
+    mut jsonl: Option<JsonLinesWriter>,
+) {
+    let cfg = core.engine().config().clone();
+    let tick = Duration::from_nanos(cfg.step_ns);
+    // When traffic stops, windows still close once the wall clock has passed them by the allowed lateness
+    // plus a step.
+    let idle_delay = cfg.allowed_lateness_ns + cfg.step_ns;
+    let mut last_tick = Instant::now();
+    loop {
+        let out = match rx.recv_timeout(tick) {
+            Ok(batch) => core.ingest(&batch),
+            Err(RecvTimeoutError::Timeout) => Output::default(),
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        emit(&out, &telemetry, jsonl.as_mut());
+        if last_tick.elapsed() >= tick {
+            last_tick = Instant::now();
+            let out = core.tick(now_unix_nano().saturating_sub(idle_delay));
+            emit(&out, &telemetry, jsonl.as_mut());
+            telemetry.record_keys(core.engine());
+        }
+    }
+    telemetry.record_keys(core.engine());
+}
+
+fn emit(out: &Output, telemetry: &Telemetry, jsonl: Option<&mut JsonLinesWriter>) {
+    telemetry.record_engine_drops(&out.dropped);
+    for w in &out.windows {
+        telemetry.publish_window(w);
+    }
+    for a in &out.anomalies {
+        telemetry.anomalies.with_label_values(&[a.kind.name()]).inc();
+    }
+    if let (Some(w), false) = (jsonl, out.anomalies.is_empty()) {
+        if let Err(e) = w.write_all(&out.anomalies) {
+            tracing::error!(error = %e, "writing anomaly events failed");
+        }
+    }
+}
+
+/// Loads, starts and serves until a signal. The body of `memdrift run`.
+pub async fn run(pipeline: Pipeline) -> Result<()> {
+    for w in &pipeline.warnings {
+        tracing::warn!("{w}");
+    }
+    let service = Service::start(pipeline).await?;
+    tracing::info!(
+        grpc = ?service.grpc_addr,
+        http = ?service.http_addr,
+        prometheus = ?service.prometheus_addr,
+        "memdrift is running"
+    );
+    service.run_until_signal().await
+}
+
+/// Shared ingest handle type, re-exported for tests that drive receivers directly.
+pub type SharedIngest = Arc<Ingest>;

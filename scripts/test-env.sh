@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Prepares this machine for the end-to-end tests in tests/:
+#   - $REPO/.venv: a Python venv with the real OpenTelemetry SDK, used by the
+#     peer scripts in tests/peers/ (reinstalled only when requirements.txt
+#     changes, tracked by a sha256 stamp inside the venv);
+#   - promtool, from Debian's prometheus package, used to validate metrics
+#     exposition output. Tests that need it skip when it is missing, so outside
+#     CI a failed install is only a warning; with CI=true it is an error.
+# Idempotent: a second run only checks what is there and takes seconds.
+# Needs root (or passwordless sudo) only when something must be apt-installed.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO/.venv"
+REQUIREMENTS="$REPO/tests/peers/requirements.txt"
+STAMP="$VENV/.requirements.sha256"
+POLICY_RC=/usr/sbin/policy-rc.d
+
+log() { printf 'test-env: %s\n' "$*"; }
+warn() { printf 'test-env: WARNING: %s\n' "$*" >&2; }
+die() { printf 'test-env: ERROR: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [[ $EUID -eq 0 ]]; then "$@"; else sudo -n "$@"; fi
+}
+
+# Package scripts (postinst) must not start daemons: a policy-rc.d that answers
+# 101 ("action forbidden") makes invoke-rc.d and deb-systemd-invoke skip the
+# start. An existing policy-rc.d (Docker images ship one) is left untouched;
+# one we create is removed on exit, whatever happens.
+OWN_POLICY_RC=0
+APT_LOG="$(mktemp)"
+APT_UPDATED=0
+cleanup() {
+  if [[ $OWN_POLICY_RC -eq 1 ]]; then as_root rm -f "$POLICY_RC" || true; fi
+  rm -f "$APT_LOG"
+}
+trap cleanup EXIT
+
+# apt_install PKG...: installs quietly (output goes to $APT_LOG, whose tail is
+# shown on failure). Returns non-zero instead of exiting so callers decide.
+apt_install() {
+  if ! command -v apt-get >/dev/null; then
+    warn "apt-get not found; cannot install $*"
+    return 1
+  fi
+  if [[ $EUID -ne 0 ]] && ! sudo -n true 2>/dev/null; then
+    warn "not root and no passwordless sudo; cannot install $*"
+    return 1
+  fi
+  if [[ ! -e $POLICY_RC ]]; then
+    if printf '#!/bin/sh\nexit 101\n' | as_root tee "$POLICY_RC" >/dev/null; then
+      OWN_POLICY_RC=1
+      as_root chmod 755 "$POLICY_RC"
+    fi
+  fi
+  if [[ $APT_UPDATED -eq 0 ]]; then
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get update >>"$APT_LOG" 2>&1; then
+      warn "apt-get update failed:"; tail -n 5 "$APT_LOG" >&2
+      return 1
+    fi
+    APT_UPDATED=1
+  fi
+  log "apt-get install $* ..."
+  if ! as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
+      apt-get install -y --no-install-recommends "$@" >>"$APT_LOG" 2>&1; then
+    warn "apt-get install $* failed:"; tail -n 5 "$APT_LOG" >&2
+    return 1
+  fi
+}
+
+# --- Python venv ------------------------------------------------------------
+
+venv_works() { [[ -x $VENV/bin/python ]] && "$VENV/bin/python" -c '' 2>/dev/null; }
+
+# create_venv: prints python3's error on failure.
+create_venv() {
+  rm -rf "$VENV"
+  { python3 -m venv "$VENV" >/dev/null; } 2>&1
+}
+
+if ! venv_works; then
+  if ! command -v python3 >/dev/null; then
+    apt_install python3 python3-venv || die "python3 is not installed and could not be installed"
+  fi
+  if ! venv_error="$(create_venv)"; then
+    # Debian ships ensurepip (needed by venv) separately, in python3-venv.
+    if ! apt_install python3-venv || ! venv_error="$(create_venv)"; then
+      die "cannot create $VENV with $(command -v python3): ${venv_error:-see above}"
+    fi
+  fi
+fi
+
+requirements_sha="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
+if [[ "$(cat "$STAMP" 2>/dev/null)" != "$requirements_sha" ]]; then
+  log "pip install -r ${REQUIREMENTS#"$REPO"/} ..."
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQUIREMENTS" ||
+    die "pip install -r ${REQUIREMENTS#"$REPO"/} failed"
+  printf '%s\n' "$requirements_sha" >"$STAMP"
+fi
+sdk_version="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("opentelemetry-sdk"))')" ||
+  die "opentelemetry-sdk is missing from .venv; delete .venv and run again"
+log "venv ready (.venv, opentelemetry-sdk $sdk_version)"
+
+# --- promtool ---------------------------------------------------------------
+
+promtool_version() { promtool --version 2>&1 | awk 'NR == 1 { print $3 }'; }
+
+if ! command -v promtool >/dev/null; then
+  # The package may be left half-configured when its postinst fails; what the
+  # tests need is only the promtool binary, so its presence is what counts.
+  apt_install prometheus || true
+fi
+if command -v promtool >/dev/null; then
+  log "promtool ready ($(command -v promtool), version $(promtool_version))"
+elif [[ ${CI:-} == true ]]; then
+  die "promtool could not be installed (apt-get install prometheus); CI requires it"
+else
+  warn "promtool is unavailable; tests that need it will skip"
+fi
