@@ -1,0 +1,112 @@
+//! Helpers shared by the end-to-end tests: building OTLP batches, starting memdrift in-process on free ports,
+//! reading its counters, and finding the Python peers' virtual environment.
+
+use std::path::PathBuf;
+
+use memdrift::config::Pipeline;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+pub mod grpc_raw;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+pub fn int(key: &str, v: i64) -> KeyValue {
+    kv(key, Value::IntValue(v))
+}
+
+pub fn string(key: &str, v: &str) -> KeyValue {
+    kv(key, Value::StringValue(v.to_string()))
+}
+
+pub fn resource(service: &str, version: &str, instance: &str) -> Resource {
+    Resource {
+        attributes: vec![
+            string("service.name", service),
+            string("service.version", version),
+            string("service.instance.id", instance),
+        ],
+        ..Default::default()
+    }
+}
+
+/// A span ending at `end_unix_nano` with the given attributes and a trace id derived from `n`.
+pub fn span(n: u64, end_unix_nano: u64, attributes: Vec<KeyValue>) -> Span {
+    let mut trace_id = [0u8; 16];
+    trace_id[..8].copy_from_slice(&(n + 1).to_be_bytes());
+    trace_id[8..].copy_from_slice(&0x5eed_u64.to_be_bytes());
+    Span {
+        trace_id: trace_id.to_vec(),
+        span_id: (n + 1).to_be_bytes().to_vec(),
+        name: "chat small-model".into(),
+        kind: 3,
+        start_time_unix_nano: end_unix_nano - 5_000_000,
+        end_time_unix_nano: end_unix_nano,
+        attributes,
+        ..Default::default()
+    }
+}
+
+pub fn request(resource: Resource, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// Now, in Unix nanoseconds (for batches the receiver's clock-skew check must accept).
+pub fn now_unix_nano() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// A pipeline listening on free loopback ports, JSON lines to `jsonl_path`.
+pub fn loopback_pipeline(jsonl_path: &str) -> Pipeline {
+    let text = format!(
+        "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: 127.0.0.1:0 }}\n      http: {{ endpoint: 127.0.0.1:0 }}\n    max_request_bytes: 1048576\n\
+         processors:\n  extract: {{}}\n  windows: {{ size: 10s, step: 1s, allowed_lateness: 1s, idle_timeout: 10m }}\n\
+         exporters:\n  jsonl: {{ path: \"{jsonl_path}\" }}\n  prometheus: {{ endpoint: 127.0.0.1:0 }}\n\
+         service:\n  pipelines:\n    memory: {{ receivers: [otlp], processors: [extract, windows], exporters: [jsonl, prometheus] }}\n"
+    );
+    Pipeline::parse("loopback.yaml", &text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The value of one series in a Prometheus text exposition, e.g. `memdrift_samples_total{signal="memspan.rss.end"}`.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+/// The Python interpreter of the peers' virtual environment, set up by `scripts/test-env.sh`.
+pub fn venv_python() -> PathBuf {
+    let python = repo_root().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `scripts/test-env.sh` (the README's test command does) to install the Python peers",
+        python.display()
+    );
+    python
+}

@@ -520,3 +520,6 @@ fn summarize(key: SeriesKey, panes: &[&Pane], last_pane: i64, exemplars: usize) 
         newest_pane,
     }
 }
+
+#[cfg(test)]
+mod tests;

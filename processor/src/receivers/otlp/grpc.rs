@@ -79,14 +79,21 @@ impl LogsService for OtlpGrpc {
     }
 }
 
-/// tonic answers an over-size message with OUT_OF_RANGE, which the OTLP specification makes *retryable*: a
-/// client would resend the same too-large batch forever. The OTLP answer is RESOURCE_EXHAUSTED without RetryInfo
-/// (not retried), so the status is rewritten on the way out. memdrift itself never returns OUT_OF_RANGE.
-fn out_of_range_to_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Response<B> {
-    const OUT_OF_RANGE: &str = "11";
-    const RESOURCE_EXHAUSTED: http::HeaderValue = http::HeaderValue::from_static("8");
-    if resp.headers().get("grpc-status").is_some_and(|v| v == OUT_OF_RANGE) {
-        resp.headers_mut().insert("grpc-status", RESOURCE_EXHAUSTED);
+/// Rewrites two of tonic's request-decoding answers into the ones the OTLP specification means:
+/// - an over-size message gets OUT_OF_RANGE from tonic, which OTLP makes *retryable*, so a client would resend
+///   the same too-large batch forever; OTLP's answer is RESOURCE_EXHAUSTED without RetryInfo (not retried);
+/// - a body that is not a valid message (bad protobuf, bad compression) gets INTERNAL from tonic; it is the
+///   sender's fault, INVALID_ARGUMENT.
+///
+/// memdrift's handlers never return OUT_OF_RANGE or INTERNAL themselves, so only tonic's answers are touched.
+fn otlp_status_codes<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let rewrite = match resp.headers().get("grpc-status").map(|v| v.as_bytes()) {
+        Some(b"11") => Some(http::HeaderValue::from_static("8")),
+        Some(b"13") => Some(http::HeaderValue::from_static("3")),
+        _ => None,
+    };
+    if let Some(code) = rewrite {
+        resp.headers_mut().insert("grpc-status", code);
     }
     resp
 }
@@ -112,7 +119,7 @@ pub async fn serve(
         .max_decoding_message_size(max_request_bytes);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(out_of_range_to_resource_exhausted))
+        .layer(tower::util::MapResponseLayer::new(otlp_status_codes))
         .add_service(traces)
         .add_service(metrics)
         .add_service(logs)

@@ -1,0 +1,260 @@
+//! The same batch over every transport gives the same samples; bad requests get the OTLP answers and the
+//! receivers keep serving.
+
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use memdrift::extract::{extract_spans, ExtractConfig, ExtractStats};
+use memdrift::receivers::otlp::{grpc, http, Ingest, RpcStatus, SampleBatch};
+use memdrift::sample::MemorySample;
+use memdrift::telemetry::Telemetry;
+use memdrift_e2e::*;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use prost::Message;
+use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
+
+const LIMIT: usize = 256 * 1024;
+
+struct Receivers {
+    grpc: String,
+    http: String,
+    rx: Receiver<SampleBatch>,
+    telemetry: Telemetry,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start() -> Receivers {
+    let telemetry = Telemetry::new();
+    let (tx, rx) = sync_channel(64);
+    let ingest = Ingest::new(ExtractConfig::default(), telemetry.clone(), tx, 300_000_000_000);
+    let g = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let h = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (grpc_addr, http_addr) = (g.local_addr().expect("addr"), h.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = futures_util::FutureExt::shared(async move {
+        let _ = stopped.await;
+    });
+    tokio::spawn(grpc::serve(g, Arc::clone(&ingest), LIMIT, stopped.clone()));
+    tokio::spawn(http::serve(h, ingest, LIMIT, stopped));
+    Receivers {
+        grpc: format!("http://{grpc_addr}"),
+        http: format!("http://{http_addr}"),
+        rx,
+        telemetry,
+        _stop: stop,
+    }
+}
+
+/// Good spans, spans with some bad values, a span with only bad values, one without memory attributes and one
+/// without timestamps.
+fn mixed_batch() -> ExportTraceServiceRequest {
+    let t = now_unix_nano();
+    let mut no_time = span(9, t, vec![int("memspan.rss.end", 7)]);
+    no_time.start_time_unix_nano = 0;
+    no_time.end_time_unix_nano = 0;
+    let mut spans: Vec<_> = (0..20)
+        .map(|i| {
+            span(
+                i,
+                t + i * 1000,
+                vec![
+                    int("memspan.rss.start", 500_000_000 + i as i64),
+                    int("memspan.rss.end", 501_000_000 + 3 * i as i64),
+                    int("memspan.request.allocated", 1 << 20),
+                    string("gen_ai.request.model", "small-model"),
+                ],
+            )
+        })
+        .collect();
+    spans.push(span(
+        20,
+        t,
+        vec![
+            int("memspan.rss.end", 600_000_000),
+            int("memspan.heap.allocated", -5),
+            kv("memspan.request.allocated", Value::DoubleValue(f64::NAN)),
+            string("memspan.cohort", "canary"),
+        ],
+    ));
+    spans.push(span(21, t, vec![string("memspan.rss.end", "12MB")]));
+    spans.push(span(22, t, vec![string("gen_ai.operation.name", "chat")]));
+    spans.push(no_time);
+    request(resource("checkout-llm", "1.4.2", "pod-a"), spans)
+}
+
+fn expected(req: &ExportTraceServiceRequest) -> (Vec<MemorySample>, ExtractStats) {
+    let mut out = Vec::new();
+    let mut stats = ExtractStats::default();
+    extract_spans(&req.resource_spans, &ExtractConfig::default(), &mut out, &mut stats);
+    (out, stats)
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).expect("gzip");
+    enc.finish().expect("gzip")
+}
+
+fn next_batch(rx: &Receiver<SampleBatch>) -> SampleBatch {
+    rx.recv_timeout(Duration::from_secs(5)).expect("a batch reached the engine queue")
+}
+
+async fn post(url: &str, ct: &str, gz: bool, body: Vec<u8>) -> reqwest::Response {
+    let mut req = reqwest::Client::new().post(url).header("content-type", ct);
+    let body = if gz {
+        req = req.header("content-encoding", "gzip");
+        gzip(&body)
+    } else {
+        body
+    };
+    req.body(body).send().await.expect("request sent")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transport_gives_identical_samples_and_partial_success() {
+    let r = start().await;
+    let req = mixed_batch();
+    let (want, stats) = expected(&req);
+    assert_eq!(want.len(), 21, "20 good spans and one with some bad values");
+    assert_eq!(stats.rejected_spans(), 2, "the all-bad span and the span without timestamps");
+
+    // gRPC, plain and gzip.
+    for gz in [false, true] {
+        let mut client = TraceServiceClient::connect(r.grpc.clone()).await.expect("connect");
+        if gz {
+            client = client.send_compressed(CompressionEncoding::Gzip);
+        }
+        let resp = client.export(req.clone()).await.expect("export").into_inner();
+        let ps = resp.partial_success.expect("partial success reported");
+        assert_eq!(ps.rejected_spans, 2);
+        assert!(ps.error_message.contains("invalid_values=1"), "{}", ps.error_message);
+        assert_eq!(next_batch(&r.rx), want, "grpc gzip={gz}");
+    }
+
+    // HTTP protobuf and JSON, plain and gzip. The JSON is opentelemetry-proto's own writer: hex ids, int64 as
+    // strings, NaN as "NaN".
+    let url = format!("{}/v1/traces", r.http);
+    let json = serde_json::to_vec(&req).expect("json");
+    for (ct, body) in [("application/x-protobuf", req.encode_to_vec()), ("application/json", json)] {
+        for gz in [false, true] {
+            let resp = post(&url, ct, gz, body.clone()).await;
+            assert_eq!(resp.status(), 200, "{ct} gzip={gz}");
+            assert_eq!(resp.headers()["content-type"], ct);
+            let bytes = resp.bytes().await.expect("body");
+            let rejected = if ct == "application/json" {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json response");
+                v["partialSuccess"]["rejectedSpans"].to_string().trim_matches('"').parse::<i64>().expect("count")
+            } else {
+                ExportTraceServiceResponse::decode(bytes).expect("protobuf response")
+                    .partial_success
+                    .expect("partial success")
+                    .rejected_spans
+            };
+            assert_eq!(rejected, 2, "{ct} gzip={gz}");
+            assert_eq!(next_batch(&r.rx), want, "{ct} gzip={gz}");
+        }
+    }
+
+    // A chunked body (no Content-Length), as Node's exporter sends.
+    let chunks: Vec<Result<Bytes, std::io::Error>> = req
+        .encode_to_vec()
+        .chunks(97)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/x-protobuf")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(next_batch(&r.rx), want, "chunked");
+
+    // Seven deliveries of the batch, each counted once.
+    let text = r.telemetry.render();
+    assert_eq!(metric_value(&text, "memdrift_receiver_accepted_spans_total"), Some(7.0 * 21.0));
+    assert_eq!(
+        metric_value(&text, "memdrift_receiver_refused_spans_total{reason=\"no_memory_attributes\"}"),
+        Some(7.0)
+    );
+    assert_eq!(metric_value(&text, "memdrift_dropped_values_total{reason=\"string\"}"), Some(7.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests_get_otlp_errors_and_service_goes_on() {
+    let r = start().await;
+    let url = format!("{}/v1/traces", r.http);
+
+    let resp = post(&url, "application/x-protobuf", false, b"\xff\xff\xff not protobuf".to_vec()).await;
+    assert_eq!(resp.status(), 400);
+    let status = RpcStatus::decode(resp.bytes().await.expect("body")).expect("google.rpc.Status body");
+    assert_eq!(status.code, 3);
+    assert!(status.message.contains("not a valid OTLP ExportTraceServiceRequest"), "{}", status.message);
+
+    let resp = post(&url, "application/json", false, b"{\"resourceSpans\": [".to_vec()).await;
+    assert_eq!(resp.status(), 400);
+    let v: serde_json::Value = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json error body");
+    assert!(v["message"].as_str().unwrap_or("").contains("EOF"), "{v}");
+
+    let resp = post(&url, "application/x-protobuf", true, b"plain, not gzip".to_vec()).await;
+    assert_eq!(resp.status(), 400);
+
+    let resp = post(&url, "text/plain", false, b"hello".to_vec()).await;
+    assert_eq!(resp.status(), 415);
+
+    // Over the limit, raw and after decompression (a small gzip body that inflates past it).
+    let resp = post(&url, "application/x-protobuf", false, vec![0u8; LIMIT + 1]).await;
+    assert_eq!(resp.status(), 413);
+    let resp = post(&url, "application/x-protobuf", true, vec![0u8; LIMIT * 4]).await;
+    assert_eq!(resp.status(), 413);
+
+    let err = grpc_raw::export_raw(r.grpc.clone(), Bytes::from_static(b"\xff\xff\xff not protobuf"))
+        .await
+        .expect_err("rejected");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let err = grpc_raw::export_raw(r.grpc.clone(), Bytes::from(vec![0u8; LIMIT + 1]))
+        .await
+        .expect_err("rejected");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+
+    // Still serving, on both transports.
+    let req = mixed_batch();
+    let resp = post(&url, "application/x-protobuf", false, req.encode_to_vec()).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(next_batch(&r.rx).len(), 21);
+    let mut client = TraceServiceClient::connect(r.grpc.clone()).await.expect("connect");
+    client.export(req).await.expect("gRPC still serves");
+    assert_eq!(next_batch(&r.rx).len(), 21);
+
+    let text = r.telemetry.render();
+    assert_eq!(
+        metric_value(&text, "memdrift_receiver_failed_requests_total{reason=\"malformed\",transport=\"http\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric_value(&text, "memdrift_receiver_failed_requests_total{reason=\"too_large\",transport=\"http\"}"),
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_retry_later() {
+    let telemetry = Telemetry::new();
+    let (tx, _rx) = sync_channel(1);
+    let ingest = Ingest::new(ExtractConfig::default(), telemetry, tx, 300_000_000_000);
+    let h = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/v1/traces", h.local_addr().expect("addr"));
+    tokio::spawn(http::serve(h, ingest, LIMIT, std::future::pending()));
+    let body = mixed_batch().encode_to_vec();
+    assert_eq!(post(&url, "application/x-protobuf", false, body.clone()).await.status(), 200);
+    let resp = post(&url, "application/x-protobuf", false, body).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+}
