@@ -16,7 +16,11 @@ pub enum AnomalyKind {
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 3] = [AnomalyKind::SpreadDrift, AnomalyKind::Growth, AnomalyKind::Leak];
+    pub const ALL: [AnomalyKind; 3] = [
+        AnomalyKind::SpreadDrift,
+        AnomalyKind::Growth,
+        AnomalyKind::Leak,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -157,6 +161,9 @@ mod tests {
         assert_eq!(json["exemplar_trace_ids"], serde_json::json!([]));
         let back: Anomaly = serde_json::from_value(json).expect("reads back");
         assert_eq!(back, a);
-        assert_eq!(parse_rfc3339(&a.detected_at), Some(1_700_000_000_123_000_000));
+        assert_eq!(
+            parse_rfc3339(&a.detected_at),
+            Some(1_700_000_000_123_000_000)
+        );
     }
 }

@@ -62,9 +62,16 @@ fn open_append(path: &Path) -> io::Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot open {} for writing: {e}", path.display()))
-    })
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open {} for writing: {e}", path.display()),
+            )
+        })
 }
 
 #[cfg(test)]
@@ -76,7 +83,10 @@ mod tests {
     struct Shared(Arc<Mutex<Vec<u8>>>);
     impl Write for Shared {
         fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().map_err(|_| io::Error::other("poisoned"))?.extend_from_slice(b);
+            self.0
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?
+                .extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -88,8 +98,11 @@ mod tests {
     fn one_object_per_line() {
         let buf = Shared::default();
         let mut w = JsonLinesWriter::new(Box::new(buf.clone()));
-        w.write_all(&[serde_json::json!({"a": 1}), serde_json::json!({"b": "x\ny"})])
-            .expect("writes");
+        w.write_all(&[
+            serde_json::json!({"a": 1}),
+            serde_json::json!({"b": "x\ny"}),
+        ])
+        .expect("writes");
         let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
         assert_eq!(text, "{\"a\":1}\n{\"b\":\"x\\ny\"}\n");
         assert_eq!(w.written(), 2);

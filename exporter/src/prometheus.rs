@@ -13,7 +13,9 @@ use prometheus::{Encoder, Registry, TextEncoder};
 /// Registers the process collector (RSS, CPU, open fds) on `registry`. Linux only; elsewhere a no-op.
 pub fn register_process_metrics(registry: &Registry) -> prometheus::Result<()> {
     #[cfg(target_os = "linux")]
-    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
     let _ = registry;
     Ok(())
 }
@@ -70,7 +72,8 @@ mod tests {
     #[test]
     fn renders_registered_counters_and_process_memory() {
         let registry = Registry::new();
-        let c = prometheus::IntCounter::new("memdrift_test_total", "a test counter").expect("valid");
+        let c =
+            prometheus::IntCounter::new("memdrift_test_total", "a test counter").expect("valid");
         registry.register(Box::new(c.clone())).expect("registers");
         c.inc_by(3);
         register_process_metrics(&registry).expect("process metrics");

@@ -44,7 +44,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
 use prost::Message;
 
 use memdrift::extract::{extract_spans, ExtractConfig, ExtractStats};
@@ -101,7 +103,11 @@ fn int_attr(key: &str, value: i64) -> KeyValue {
 
 /// One GenAI chat call of a ~500 MiB inference process, as its SDK would export it.
 fn chat_span(rng: &mut Rng, end_time_unix_nano: u64) -> Span {
-    let model = if rng.next() % 4 == 0 { "large-model" } else { "small-model" };
+    let model = if rng.next() % 4 == 0 {
+        "large-model"
+    } else {
+        "small-model"
+    };
     let rss_start = 500 * MIB + rng.range(-32 * MIB, 32 * MIB);
     let allocated = rng.range(MIB, 8 * MIB);
     let retained = rng.range(0, 256 * KIB);
@@ -124,7 +130,10 @@ fn chat_span(rng: &mut Rng, end_time_unix_nano: u64) -> Span {
             int_attr("memspan.rss.start", rss_start),
             int_attr("memspan.rss.end", rss_start + retained),
             int_attr("memspan.heap.allocated", heap_allocated),
-            int_attr("memspan.heap.resident", heap_allocated + rng.range(8 * MIB, 24 * MIB)),
+            int_attr(
+                "memspan.heap.resident",
+                heap_allocated + rng.range(8 * MIB, 24 * MIB),
+            ),
             int_attr("memspan.request.allocated", allocated),
             int_attr("memspan.request.freed", allocated - retained),
             int_attr("memspan.limit", 4 * GIB),
@@ -173,7 +182,10 @@ fn export_request() -> ExportTraceServiceRequest {
 }
 
 /// What the receiver does with decoded spans: fresh output and stats per request.
-fn extract(resource_spans: &[ResourceSpans], config: &ExtractConfig) -> (Vec<MemorySample>, ExtractStats) {
+fn extract(
+    resource_spans: &[ResourceSpans],
+    config: &ExtractConfig,
+) -> (Vec<MemorySample>, ExtractStats) {
     let mut samples = Vec::new();
     let mut stats = ExtractStats::default();
     extract_spans(resource_spans, config, &mut samples, &mut stats);
@@ -188,16 +200,28 @@ fn decode_extract(c: &mut Criterion) {
 
     // The three paths must do the same work: every span yields one sample, with the resource's cohort.
     for (path, spans) in [
-        ("protobuf", ExportTraceServiceRequest::decode(protobuf.as_slice()).unwrap().resource_spans),
+        (
+            "protobuf",
+            ExportTraceServiceRequest::decode(protobuf.as_slice())
+                .unwrap()
+                .resource_spans,
+        ),
         ("json", JsonDocument::parse(&json).unwrap().into_proto().0),
         ("extract_only", request.resource_spans.clone()),
     ] {
         let (samples, stats) = extract(&spans, &config);
         assert_eq!(samples.len(), BATCH_SPANS, "{path}: one sample per span");
         assert_eq!(stats.spans_accepted, BATCH_SPANS as u64, "{path}");
-        assert!(stats.dropped_values.is_empty() && stats.refused.is_empty(), "{path}: {stats:?}");
+        assert!(
+            stats.dropped_values.is_empty() && stats.refused.is_empty(),
+            "{path}: {stats:?}"
+        );
         assert_eq!(samples[0].cohort.as_deref(), Some("1.4.2"), "{path}");
-        assert_eq!(samples[0].values.len(), 8, "{path}: 7 memspan attributes + rss delta");
+        assert_eq!(
+            samples[0].values.len(),
+            8,
+            "{path}: 7 memspan attributes + rss delta"
+        );
     }
     eprintln!(
         "decode_extract: {BATCH_SPANS} spans, protobuf body {} bytes ({} B/span), JSON body {} bytes ({} B/span)",

@@ -106,7 +106,9 @@ fn open_output(path: &Path) -> Result<JsonLinesWriter> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    Ok(JsonLinesWriter::new(Box::new(std::io::BufWriter::new(file))))
+    Ok(JsonLinesWriter::new(Box::new(std::io::BufWriter::new(
+        file,
+    ))))
 }
 
 struct Sinks {
@@ -118,7 +120,10 @@ impl Sinks {
     fn emit(&mut self, out: &Output, summary: &mut ReplaySummary) -> Result<()> {
         summary.windows += out.windows.len() as u64;
         for a in &out.anomalies {
-            *summary.anomalies.entry(a.kind.name().to_string()).or_default() += 1;
+            *summary
+                .anomalies
+                .entry(a.kind.name().to_string())
+                .or_default() += 1;
         }
         self.anomalies.write_all(&out.anomalies)?;
         if let Some(s) = &mut self.summaries {
@@ -141,14 +146,20 @@ pub fn replay(pipeline: &Pipeline, opts: &ReplayOptions) -> Result<ReplaySummary
     let total: u64 = opts
         .inputs
         .iter()
-        .map(|p| std::fs::metadata(p).map(|m| m.len()).with_context(|| format!("cannot read {}", p.display())))
+        .map(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.len())
+                .with_context(|| format!("cannot read {}", p.display()))
+        })
         .sum::<Result<u64>>()?;
     let bar = if opts.progress && std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} replay [{bar:30}] {bytes}/{total_bytes} {msg} ({eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} replay [{bar:30}] {bytes}/{total_bytes} {msg} ({eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar
     } else {
@@ -205,7 +216,7 @@ pub fn replay(pipeline: &Pipeline, opts: &ReplayOptions) -> Result<ReplaySummary
             summary.extract.merge(&stats);
             let out = core.ingest(&samples);
             sinks.emit(&out, &mut summary)?;
-            if lineno % 256 == 0 {
+            if lineno.is_multiple_of(256) {
                 bar.set_message(format!("{} samples", summary.samples));
             }
         }
@@ -220,13 +231,19 @@ pub fn replay(pipeline: &Pipeline, opts: &ReplayOptions) -> Result<ReplaySummary
     Ok(summary)
 }
 
-fn by_reason<K: Copy>(map: &std::collections::HashMap<K, u64>, name: impl Fn(K) -> &'static str) -> String {
+fn by_reason<K: Copy>(
+    map: &std::collections::HashMap<K, u64>,
+    name: impl Fn(K) -> &'static str,
+) -> String {
     let mut v: Vec<(&'static str, u64)> = map.iter().map(|(k, n)| (name(*k), *n)).collect();
     v.sort();
     if v.is_empty() {
         "none".into()
     } else {
-        v.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(", ")
+        v.iter()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -260,7 +277,11 @@ impl fmt::Display for ReplaySummary {
             "  metrics    {} points read, {} gave samples",
             e.metric_points, e.metric_points_accepted
         )?;
-        writeln!(f, "  values     dropped: {}", by_reason(&e.dropped_values, |r| r.name()))?;
+        writeln!(
+            f,
+            "  values     dropped: {}",
+            by_reason(&e.dropped_values, |r| r.name())
+        )?;
         writeln!(
             f,
             "  samples    {} ({} values late, {} over the key cap); by signal: {}",
@@ -272,7 +293,13 @@ impl fmt::Display for ReplaySummary {
         writeln!(f, "  windows    {} closed", self.windows)?;
         let anomalies: Vec<String> = memdrift_exporter::AnomalyKind::ALL
             .iter()
-            .map(|k| format!("{}={}", k.name(), self.anomalies.get(k.name()).copied().unwrap_or(0)))
+            .map(|k| {
+                format!(
+                    "{}={}",
+                    k.name(),
+                    self.anomalies.get(k.name()).copied().unwrap_or(0)
+                )
+            })
             .collect();
         write!(f, "  anomalies  {}", anomalies.join(", "))
     }

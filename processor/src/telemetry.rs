@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, GaugeVec};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::engine::{ClosedWindow, Engine, Scope};
 use crate::extract::{DropReason, ExtractStats};
@@ -30,13 +30,18 @@ const WINDOW_STATS: [&str; 6] = ["count", "mean", "sd", "median", "mad", "p95"];
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("static metric definition is valid");
-    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
     c
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition is valid");
-    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("static metric definition is valid");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
     c
 }
 
@@ -44,8 +49,11 @@ impl Telemetry {
     pub fn new() -> Telemetry {
         let registry = Registry::new();
         let r = &registry;
-        let keys = IntGaugeVec::new(Opts::new("memdrift_keys", "Live state keys (series) by kind."), &["kind"])
-            .expect("valid");
+        let keys = IntGaugeVec::new(
+            Opts::new("memdrift_keys", "Live state keys (series) by kind."),
+            &["kind"],
+        )
+        .expect("valid");
         r.register(Box::new(keys.clone())).expect("unique");
         let window = WINDOW_STATS.map(|stat| {
             let g = GaugeVec::new(
@@ -60,7 +68,11 @@ impl Telemetry {
             g
         });
         let t = Telemetry {
-            accepted_spans: counter(r, "memdrift_receiver_accepted_spans_total", "Spans that gave a memory sample."),
+            accepted_spans: counter(
+                r,
+                "memdrift_receiver_accepted_spans_total",
+                "Spans that gave a memory sample.",
+            ),
             refused_spans: counter_vec(
                 r,
                 "memdrift_receiver_refused_spans_total",
@@ -77,7 +89,12 @@ impl Telemetry {
                 "memdrift_receiver_log_records_total",
                 "Log records received (accepted and not used: logs carry no memory samples).",
             ),
-            samples: counter_vec(r, "memdrift_samples_total", "Values read, by signal.", &["signal"]),
+            samples: counter_vec(
+                r,
+                "memdrift_samples_total",
+                "Values read, by signal.",
+                &["signal"],
+            ),
             dropped_values: counter_vec(
                 r,
                 "memdrift_dropped_values_total",
@@ -91,8 +108,17 @@ impl Telemetry {
                 &["transport", "reason"],
             ),
             keys,
-            windows_closed: counter(r, "memdrift_windows_closed_total", "Event-time windows closed."),
-            anomalies: counter_vec(r, "memdrift_anomalies_total", "Anomaly events emitted, by kind.", &["kind"]),
+            windows_closed: counter(
+                r,
+                "memdrift_windows_closed_total",
+                "Event-time windows closed.",
+            ),
+            anomalies: counter_vec(
+                r,
+                "memdrift_anomalies_total",
+                "Anomaly events emitted, by kind.",
+                &["kind"],
+            ),
             window,
             published: Default::default(),
             registry,
@@ -118,12 +144,17 @@ impl Telemetry {
 
     pub fn record_extract(&self, stats: &ExtractStats) {
         self.accepted_spans.inc_by(stats.spans_accepted);
-        self.accepted_metric_points.inc_by(stats.metric_points_accepted);
+        self.accepted_metric_points
+            .inc_by(stats.metric_points_accepted);
         for (reason, n) in &stats.refused {
-            self.refused_spans.with_label_values(&[reason.name()]).inc_by(*n);
+            self.refused_spans
+                .with_label_values(&[reason.name()])
+                .inc_by(*n);
         }
         for (reason, n) in &stats.dropped_values {
-            self.dropped_values.with_label_values(&[reason.name()]).inc_by(*n);
+            self.dropped_values
+                .with_label_values(&[reason.name()])
+                .inc_by(*n);
         }
         for (signal, n) in &stats.samples_by_signal {
             self.samples.with_label_values(&[signal.name()]).inc_by(*n);
@@ -132,7 +163,9 @@ impl Telemetry {
 
     pub fn record_engine_drops(&self, dropped: &[(DropReason, Signal)]) {
         for (reason, _) in dropped {
-            self.dropped_values.with_label_values(&[reason.name()]).inc();
+            self.dropped_values
+                .with_label_values(&[reason.name()])
+                .inc();
         }
     }
 
@@ -146,10 +179,14 @@ impl Telemetry {
     /// exposition never holds more series than the engine holds keys.
     pub fn publish_window(&self, window: &ClosedWindow) {
         self.windows_closed.inc();
-        let Ok(mut published) = self.published.lock() else { return };
+        let Ok(mut published) = self.published.lock() else {
+            return;
+        };
         let mut now = HashSet::new();
         for s in &window.summaries {
-            let Scope::Cohort(cohort) = &s.key.group.scope else { continue };
+            let Scope::Cohort(cohort) = &s.key.group.scope else {
+                continue;
+            };
             let labels = [
                 s.key.group.service.to_string(),
                 cohort.as_deref().unwrap_or("").to_string(),

@@ -64,8 +64,15 @@ impl Service {
         let mut tasks: Vec<(&'static str, JoinHandle<Result<()>>)> = Vec::new();
         let (mut grpc_addr, mut http_addr, mut prometheus_addr) = (None, None, None);
 
-        if let Some(otlp) = file.receivers.otlp.as_ref().filter(|_| file.receiver_enabled("otlp")) {
-            let skew = otlp.max_clock_skew.map_or(DEFAULT_MAX_CLOCK_SKEW_NS, |d| d.as_nanos());
+        if let Some(otlp) = file
+            .receivers
+            .otlp
+            .as_ref()
+            .filter(|_| file.receiver_enabled("otlp"))
+        {
+            let skew = otlp
+                .max_clock_skew
+                .map_or(DEFAULT_MAX_CLOCK_SKEW_NS, |d| d.as_nanos());
             let ingest = Ingest::new(pipeline.extract.clone(), telemetry.clone(), tx, skew);
             let max = otlp.max_request_bytes;
             if let Some(g) = &otlp.protocols.grpc {
@@ -74,7 +81,9 @@ impl Service {
                 let (ingest, shutdown) = (ingest.clone(), stopped(&stop));
                 tasks.push((
                     "otlp grpc",
-                    tokio::spawn(async move { Ok(grpc::serve(listener, ingest, max, shutdown).await?) }),
+                    tokio::spawn(
+                        async move { Ok(grpc::serve(listener, ingest, max, shutdown).await?) },
+                    ),
                 ));
             }
             if let Some(h) = &otlp.protocols.http {
@@ -83,14 +92,21 @@ impl Service {
                 let (ingest, shutdown) = (ingest.clone(), stopped(&stop));
                 tasks.push((
                     "otlp http",
-                    tokio::spawn(async move { Ok(http::serve(listener, ingest, max, shutdown).await?) }),
+                    tokio::spawn(
+                        async move { Ok(http::serve(listener, ingest, max, shutdown).await?) },
+                    ),
                 ));
             }
         } else {
             drop(tx);
         }
 
-        if let Some(p) = file.exporters.prometheus.as_ref().filter(|_| file.exporter_enabled("prometheus")) {
+        if let Some(p) = file
+            .exporters
+            .prometheus
+            .as_ref()
+            .filter(|_| file.exporter_enabled("prometheus"))
+        {
             let listener = bind("Prometheus", &p.endpoint).await?;
             prometheus_addr = listener.local_addr().ok();
             let (registry, shutdown) = (telemetry.registry.clone(), stopped(&stop));
@@ -102,7 +118,12 @@ impl Service {
             ));
         }
 
-        let jsonl = match file.exporters.jsonl.as_ref().filter(|_| file.exporter_enabled("jsonl")) {
+        let jsonl = match file
+            .exporters
+            .jsonl
+            .as_ref()
+            .filter(|_| file.exporter_enabled("jsonl"))
+        {
             Some(j) => Some(
                 JsonLinesWriter::open(&Destination::parse(&j.path))
                     .with_context(|| format!("jsonl exporter: cannot open {}", j.path))?,
@@ -225,7 +246,10 @@ fn emit(out: &Output, telemetry: &Telemetry, jsonl: Option<&mut JsonLinesWriter>
         telemetry.publish_window(w);
     }
     for a in &out.anomalies {
-        telemetry.anomalies.with_label_values(&[a.kind.name()]).inc();
+        telemetry
+            .anomalies
+            .with_label_values(&[a.kind.name()])
+            .inc();
     }
     if let (Some(w), false) = (jsonl, out.anomalies.is_empty()) {
         if let Err(e) = w.write_all(&out.anomalies) {

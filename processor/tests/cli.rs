@@ -52,8 +52,14 @@ fn write_collector_file(path: &Path, lines: usize) -> u64 {
                         kv("memspan.rss.start", Value::IntValue(rss - 1000)),
                         kv("memspan.rss.end", Value::IntValue(rss)),
                         kv("memspan.heap.allocated", Value::IntValue(rss / 2)),
-                        kv("memspan.request.allocated", Value::IntValue((n % 4096) as i64 * 1024)),
-                        kv("gen_ai.request.model", Value::StringValue("small-model".into())),
+                        kv(
+                            "memspan.request.allocated",
+                            Value::IntValue((n % 4096) as i64 * 1024),
+                        ),
+                        kv(
+                            "gen_ai.request.model",
+                            Value::StringValue("small-model".into()),
+                        ),
                     ],
                     ..Default::default()
                 }
@@ -104,8 +110,14 @@ fn replay_of_a_15_mb_file_prints_its_summary() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("500 lines (0 broken)"), "{stderr}");
-    assert!(stderr.contains(&format!("{spans} read, {spans} gave samples")), "{stderr}");
-    assert!(stderr.contains("anomalies  spread_drift=0, growth=0, leak=0"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{spans} read, {spans} gave samples")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("anomalies  spread_drift=0, growth=0, leak=0"),
+        "{stderr}"
+    );
     // Event time runs from 0.01 s to 500 s (panes 0 to 50): the windows ending at 10 s, 20 s, ..., 510 s, and
     // the five after the last pane that still hold it, up to 560 s.
     let windows = std::fs::read_to_string(&summaries).expect("summaries");
@@ -140,7 +152,11 @@ fn validate_names_the_line_and_the_fix() {
          service:\n  pipelines:\n    m: { receivers: [otlp], exporters: [jsonl] }\n",
     )
     .expect("write");
-    let out = Command::new(BIN).args(["validate", "--config"]).arg(&bad).output().expect("runs");
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("runs");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.yaml:8:"), "{stderr}");
@@ -148,7 +164,15 @@ fn validate_names_the_line_and_the_fix() {
     assert!(stderr.contains("did you mean `path`?"), "{stderr}");
 
     let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/default.yaml");
-    let out = Command::new(BIN).args(["validate", "--config"]).arg(&good).output().expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&good)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).ends_with(": ok\n"));
 }

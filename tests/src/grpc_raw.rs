@@ -48,7 +48,9 @@ pub async fn export_raw(endpoint: String, body: Bytes) -> Result<Bytes, Status> 
         .await
         .map_err(|e| Status::unavailable(e.to_string()))?;
     let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
     let path = http::uri::PathAndQuery::from_static(
         "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
     );

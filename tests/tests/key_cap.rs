@@ -15,7 +15,11 @@ const CAP: usize = 10_000;
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("resident pages");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
     pages * 4096
 }
 
@@ -70,15 +74,25 @@ fn a_million_distinct_keys_stay_under_the_cap_with_flat_memory() {
         }
     }
     let engine = core.engine();
-    assert!(max_live <= CAP, "live keys peaked at {max_live}, over the cap {CAP}");
+    assert!(
+        max_live <= CAP,
+        "live keys peaked at {max_live}, over the cap {CAP}"
+    );
     // In the first half, the first CAP/2 keys fill the cap (a cohort and an instance series each); every later
     // key of that half overflows twice.
     let first_half_overflow = 2 * (TOTAL / 2) - CAP as u64;
-    assert!(overflow >= first_half_overflow, "overflow {overflow} < {first_half_overflow}");
+    assert!(
+        overflow >= first_half_overflow,
+        "overflow {overflow} < {first_half_overflow}"
+    );
     assert_eq!(engine.stats().overflow_values, overflow);
     // Expiry let new keys in during the second half: at least the whole first population (CAP series in CAP
     // groups' worth of cohort and instance keys) was forgotten and replaced.
-    assert!(engine.stats().expired_groups >= CAP as u64, "{:?}", engine.stats());
+    assert!(
+        engine.stats().expired_groups >= CAP as u64,
+        "{:?}",
+        engine.stats()
+    );
     assert!(engine.live_keys() > 0);
     let growth = rss_bytes().saturating_sub(rss_after_warmup);
     assert!(

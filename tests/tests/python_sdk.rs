@@ -11,8 +11,22 @@ use memdrift_e2e::{loopback_pipeline, metric_value, repo_root, venv_python};
 fn send(protocol: &str, endpoint: &str, spans: u32, instance: &str, gzip: bool) {
     let mut cmd = Command::new(venv_python());
     cmd.arg(repo_root().join("tests/peers/otlp_client.py"))
-        .args(["--protocol", protocol, "--endpoint", endpoint, "--spans", &spans.to_string()])
-        .args(["--service", "py-infer", "--instance", instance, "--cohort", "canary"]);
+        .args([
+            "--protocol",
+            protocol,
+            "--endpoint",
+            endpoint,
+            "--spans",
+            &spans.to_string(),
+        ])
+        .args([
+            "--service",
+            "py-infer",
+            "--instance",
+            instance,
+            "--cohort",
+            "canary",
+        ]);
     if gzip {
         cmd.arg("--gzip");
     }
@@ -24,7 +38,10 @@ fn send(protocol: &str, endpoint: &str, spans: u32, instance: &str, gzip: bool) 
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains(&format!("sent {spans} spans via {protocol}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("sent {spans} spans via {protocol}")),
+        "{stdout}"
+    );
 }
 
 async fn scrape(addr: std::net::SocketAddr) -> String {
@@ -47,8 +64,12 @@ async fn python_sdk_spans_over_grpc_and_http_are_all_counted() {
     let http = format!("http://{}", service.http_addr.expect("http bound"));
     let prom = service.prometheus_addr.expect("prometheus bound");
 
-    let runs = [("grpc", &grpc, 300, "py-1", false), ("grpc", &grpc, 200, "py-2", true),
-                ("http", &http, 250, "py-3", false), ("http", &http, 150, "py-4", true)];
+    let runs = [
+        ("grpc", &grpc, 300, "py-1", false),
+        ("grpc", &grpc, 200, "py-2", true),
+        ("http", &http, 250, "py-3", false),
+        ("http", &http, 150, "py-4", true),
+    ];
     for (protocol, endpoint, n, instance, gzip) in runs {
         let endpoint = endpoint.clone();
         tokio::task::spawn_blocking(move || send(protocol, &endpoint, n, instance, gzip))
@@ -58,28 +79,47 @@ async fn python_sdk_spans_over_grpc_and_http_are_all_counted() {
     let total: u32 = runs.iter().map(|r| r.2).sum();
 
     let text = scrape(prom).await;
-    assert_eq!(metric_value(&text, "memdrift_receiver_accepted_spans_total"), Some(total as f64), "{text}");
+    assert_eq!(
+        metric_value(&text, "memdrift_receiver_accepted_spans_total"),
+        Some(total as f64),
+        "{text}"
+    );
     // Each span carries rss.start, rss.end, heap.allocated, request.allocated, request.freed and the limit.
-    for signal in ["memspan.rss.end", "memspan.rss.delta", "memspan.request.allocated", "memspan.limit"] {
+    for signal in [
+        "memspan.rss.end",
+        "memspan.rss.delta",
+        "memspan.request.allocated",
+        "memspan.limit",
+    ] {
         let series = format!("memdrift_samples_total{{signal=\"{signal}\"}}");
         assert_eq!(metric_value(&text, &series), Some(total as f64), "{series}");
     }
     assert_eq!(
-        metric_value(&text, "memdrift_receiver_refused_spans_total{reason=\"invalid_values\"}"),
+        metric_value(
+            &text,
+            "memdrift_receiver_refused_spans_total{reason=\"invalid_values\"}"
+        ),
         Some(0.0)
     );
     assert!(metric_value(&text, "process_resident_memory_bytes").is_some_and(|v| v > 0.0));
 
     // The spans' cohort reaches the window summaries once the engine closes a window (1 s steps here).
     let deadline = Instant::now() + Duration::from_secs(20);
-    let series = "memdrift_window_count{cohort=\"canary\",service=\"py-infer\",signal=\"memspan.rss.end\"}";
+    let series =
+        "memdrift_window_count{cohort=\"canary\",service=\"py-infer\",signal=\"memspan.rss.end\"}";
     loop {
         let text = scrape(prom).await;
         if metric_value(&text, series).is_some_and(|v| v > 0.0) {
-            assert!(metric_value(&text, "memdrift_keys{kind=\"instance\"}").is_some_and(|v| v >= 4.0), "{text}");
+            assert!(
+                metric_value(&text, "memdrift_keys{kind=\"instance\"}").is_some_and(|v| v >= 4.0),
+                "{text}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "no closed window for the canary cohort:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "no closed window for the canary cohort:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     service.shutdown().await.expect("clean shutdown");

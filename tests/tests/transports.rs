@@ -13,7 +13,9 @@ use memdrift::sample::MemorySample;
 use memdrift::telemetry::Telemetry;
 use memdrift_e2e::*;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
 use tokio::net::TcpListener;
@@ -32,7 +34,12 @@ struct Receivers {
 async fn start() -> Receivers {
     let telemetry = Telemetry::new();
     let (tx, rx) = sync_channel(64);
-    let ingest = Ingest::new(ExtractConfig::default(), telemetry.clone(), tx, 300_000_000_000);
+    let ingest = Ingest::new(
+        ExtractConfig::default(),
+        telemetry.clone(),
+        tx,
+        300_000_000_000,
+    );
     let g = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let h = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let (grpc_addr, http_addr) = (g.local_addr().expect("addr"), h.local_addr().expect("addr"));
@@ -91,7 +98,12 @@ fn mixed_batch() -> ExportTraceServiceRequest {
 fn expected(req: &ExportTraceServiceRequest) -> (Vec<MemorySample>, ExtractStats) {
     let mut out = Vec::new();
     let mut stats = ExtractStats::default();
-    extract_spans(&req.resource_spans, &ExtractConfig::default(), &mut out, &mut stats);
+    extract_spans(
+        &req.resource_spans,
+        &ExtractConfig::default(),
+        &mut out,
+        &mut stats,
+    );
     (out, stats)
 }
 
@@ -102,7 +114,8 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 fn next_batch(rx: &Receiver<SampleBatch>) -> SampleBatch {
-    rx.recv_timeout(Duration::from_secs(5)).expect("a batch reached the engine queue")
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("a batch reached the engine queue")
 }
 
 async fn post(url: &str, ct: &str, gz: bool, body: Vec<u8>) -> reqwest::Response {
@@ -122,18 +135,32 @@ async fn every_transport_gives_identical_samples_and_partial_success() {
     let req = mixed_batch();
     let (want, stats) = expected(&req);
     assert_eq!(want.len(), 21, "20 good spans and one with some bad values");
-    assert_eq!(stats.rejected_spans(), 2, "the all-bad span and the span without timestamps");
+    assert_eq!(
+        stats.rejected_spans(),
+        2,
+        "the all-bad span and the span without timestamps"
+    );
 
     // gRPC, plain and gzip.
     for gz in [false, true] {
-        let mut client = TraceServiceClient::connect(r.grpc.clone()).await.expect("connect");
+        let mut client = TraceServiceClient::connect(r.grpc.clone())
+            .await
+            .expect("connect");
         if gz {
             client = client.send_compressed(CompressionEncoding::Gzip);
         }
-        let resp = client.export(req.clone()).await.expect("export").into_inner();
+        let resp = client
+            .export(req.clone())
+            .await
+            .expect("export")
+            .into_inner();
         let ps = resp.partial_success.expect("partial success reported");
         assert_eq!(ps.rejected_spans, 2);
-        assert!(ps.error_message.contains("invalid_values=1"), "{}", ps.error_message);
+        assert!(
+            ps.error_message.contains("invalid_values=1"),
+            "{}",
+            ps.error_message
+        );
         assert_eq!(next_batch(&r.rx), want, "grpc gzip={gz}");
     }
 
@@ -141,7 +168,10 @@ async fn every_transport_gives_identical_samples_and_partial_success() {
     // strings, NaN as "NaN".
     let url = format!("{}/v1/traces", r.http);
     let json = serde_json::to_vec(&req).expect("json");
-    for (ct, body) in [("application/x-protobuf", req.encode_to_vec()), ("application/json", json)] {
+    for (ct, body) in [
+        ("application/x-protobuf", req.encode_to_vec()),
+        ("application/json", json),
+    ] {
         for gz in [false, true] {
             let resp = post(&url, ct, gz, body.clone()).await;
             assert_eq!(resp.status(), 200, "{ct} gzip={gz}");
@@ -149,9 +179,14 @@ async fn every_transport_gives_identical_samples_and_partial_success() {
             let bytes = resp.bytes().await.expect("body");
             let rejected = if ct == "application/json" {
                 let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json response");
-                v["partialSuccess"]["rejectedSpans"].to_string().trim_matches('"').parse::<i64>().expect("count")
+                v["partialSuccess"]["rejectedSpans"]
+                    .to_string()
+                    .trim_matches('"')
+                    .parse::<i64>()
+                    .expect("count")
             } else {
-                ExportTraceServiceResponse::decode(bytes).expect("protobuf response")
+                ExportTraceServiceResponse::decode(bytes)
+                    .expect("protobuf response")
                     .partial_success
                     .expect("partial success")
                     .rejected_spans
@@ -170,7 +205,9 @@ async fn every_transport_gives_identical_samples_and_partial_success() {
     let resp = reqwest::Client::new()
         .post(&url)
         .header("content-type", "application/x-protobuf")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .expect("sent");
@@ -179,12 +216,21 @@ async fn every_transport_gives_identical_samples_and_partial_success() {
 
     // Seven deliveries of the batch, each counted once.
     let text = r.telemetry.render();
-    assert_eq!(metric_value(&text, "memdrift_receiver_accepted_spans_total"), Some(7.0 * 21.0));
     assert_eq!(
-        metric_value(&text, "memdrift_receiver_refused_spans_total{reason=\"no_memory_attributes\"}"),
+        metric_value(&text, "memdrift_receiver_accepted_spans_total"),
+        Some(7.0 * 21.0)
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "memdrift_receiver_refused_spans_total{reason=\"no_memory_attributes\"}"
+        ),
         Some(7.0)
     );
-    assert_eq!(metric_value(&text, "memdrift_dropped_values_total{reason=\"string\"}"), Some(7.0));
+    assert_eq!(
+        metric_value(&text, "memdrift_dropped_values_total{reason=\"string\"}"),
+        Some(7.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,18 +238,44 @@ async fn malformed_and_oversized_requests_get_otlp_errors_and_service_goes_on() 
     let r = start().await;
     let url = format!("{}/v1/traces", r.http);
 
-    let resp = post(&url, "application/x-protobuf", false, b"\xff\xff\xff not protobuf".to_vec()).await;
+    let resp = post(
+        &url,
+        "application/x-protobuf",
+        false,
+        b"\xff\xff\xff not protobuf".to_vec(),
+    )
+    .await;
     assert_eq!(resp.status(), 400);
-    let status = RpcStatus::decode(resp.bytes().await.expect("body")).expect("google.rpc.Status body");
+    let status =
+        RpcStatus::decode(resp.bytes().await.expect("body")).expect("google.rpc.Status body");
     assert_eq!(status.code, 3);
-    assert!(status.message.contains("not a valid OTLP ExportTraceServiceRequest"), "{}", status.message);
+    assert!(
+        status
+            .message
+            .contains("not a valid OTLP ExportTraceServiceRequest"),
+        "{}",
+        status.message
+    );
 
-    let resp = post(&url, "application/json", false, b"{\"resourceSpans\": [".to_vec()).await;
+    let resp = post(
+        &url,
+        "application/json",
+        false,
+        b"{\"resourceSpans\": [".to_vec(),
+    )
+    .await;
     assert_eq!(resp.status(), 400);
-    let v: serde_json::Value = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json error body");
+    let v: serde_json::Value =
+        serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json error body");
     assert!(v["message"].as_str().unwrap_or("").contains("EOF"), "{v}");
 
-    let resp = post(&url, "application/x-protobuf", true, b"plain, not gzip".to_vec()).await;
+    let resp = post(
+        &url,
+        "application/x-protobuf",
+        true,
+        b"plain, not gzip".to_vec(),
+    )
+    .await;
     assert_eq!(resp.status(), 400);
 
     let resp = post(&url, "text/plain", false, b"hello".to_vec()).await;
@@ -215,9 +287,12 @@ async fn malformed_and_oversized_requests_get_otlp_errors_and_service_goes_on() 
     let resp = post(&url, "application/x-protobuf", true, vec![0u8; LIMIT * 4]).await;
     assert_eq!(resp.status(), 413);
 
-    let err = grpc_raw::export_raw(r.grpc.clone(), Bytes::from_static(b"\xff\xff\xff not protobuf"))
-        .await
-        .expect_err("rejected");
+    let err = grpc_raw::export_raw(
+        r.grpc.clone(),
+        Bytes::from_static(b"\xff\xff\xff not protobuf"),
+    )
+    .await
+    .expect_err("rejected");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     let err = grpc_raw::export_raw(r.grpc.clone(), Bytes::from(vec![0u8; LIMIT + 1]))
         .await
@@ -229,17 +304,25 @@ async fn malformed_and_oversized_requests_get_otlp_errors_and_service_goes_on() 
     let resp = post(&url, "application/x-protobuf", false, req.encode_to_vec()).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(next_batch(&r.rx).len(), 21);
-    let mut client = TraceServiceClient::connect(r.grpc.clone()).await.expect("connect");
+    let mut client = TraceServiceClient::connect(r.grpc.clone())
+        .await
+        .expect("connect");
     client.export(req).await.expect("gRPC still serves");
     assert_eq!(next_batch(&r.rx).len(), 21);
 
     let text = r.telemetry.render();
     assert_eq!(
-        metric_value(&text, "memdrift_receiver_failed_requests_total{reason=\"malformed\",transport=\"http\"}"),
+        metric_value(
+            &text,
+            "memdrift_receiver_failed_requests_total{reason=\"malformed\",transport=\"http\"}"
+        ),
         Some(3.0)
     );
     assert_eq!(
-        metric_value(&text, "memdrift_receiver_failed_requests_total{reason=\"too_large\",transport=\"http\"}"),
+        metric_value(
+            &text,
+            "memdrift_receiver_failed_requests_total{reason=\"too_large\",transport=\"http\"}"
+        ),
         Some(2.0)
     );
 }
@@ -253,7 +336,12 @@ async fn a_full_queue_answers_retry_later() {
     let url = format!("http://{}/v1/traces", h.local_addr().expect("addr"));
     tokio::spawn(http::serve(h, ingest, LIMIT, std::future::pending()));
     let body = mixed_batch().encode_to_vec();
-    assert_eq!(post(&url, "application/x-protobuf", false, body.clone()).await.status(), 200);
+    assert_eq!(
+        post(&url, "application/x-protobuf", false, body.clone())
+            .await
+            .status(),
+        200
+    );
     let resp = post(&url, "application/x-protobuf", false, body).await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");

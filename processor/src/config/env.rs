@@ -78,7 +78,12 @@ mod tests {
 
     #[test]
     fn substitutes_defaults_and_escapes() {
-        let (out, w) = substitute("f", "a: ${env:PORT}\nb: ${env:NOPE:-x}\nc: $$HOME $5\n", env).expect("ok");
+        let (out, w) = substitute(
+            "f",
+            "a: ${env:PORT}\nb: ${env:NOPE:-x}\nc: $$HOME $5\n",
+            env,
+        )
+        .expect("ok");
         assert_eq!(out, "a: 4317\nb: x\nc: $HOME $5\n");
         assert!(w.is_empty());
     }
@@ -87,7 +92,10 @@ mod tests {
     fn unset_without_default_warns_with_the_line() {
         let (out, w) = substitute("f", "x: 1\nendpoint: \"${env:NOPE}\"\n", env).expect("ok");
         assert_eq!(out, "x: 1\nendpoint: \"\"\n");
-        assert_eq!(w, vec!["f:2: environment variable NOPE is not set; substituted an empty value"]);
+        assert_eq!(
+            w,
+            vec!["f:2: environment variable NOPE is not set; substituted an empty value"]
+        );
     }
 
     #[test]

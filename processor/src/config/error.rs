@@ -31,7 +31,13 @@ impl ConfigError {
     }
 
     /// An error about `key`, placed at the first line of `text` where `key` appears as a word.
-    pub fn at(file: &str, text: &str, key: &str, message: String, hint: Option<String>) -> ConfigError {
+    pub fn at(
+        file: &str,
+        text: &str,
+        key: &str,
+        message: String,
+        hint: Option<String>,
+    ) -> ConfigError {
         ConfigError {
             line: find_line(text, key),
             hint,
@@ -77,15 +83,19 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn find_line(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|l| {
-        let code = l.split('#').next().unwrap_or("");
-        code.match_indices(key).any(|(i, _)| {
-            let before = code[..i].chars().next_back();
-            let after = code[i + key.len()..].chars().next();
-            let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.');
-            !word(before) && !word(after)
+    text.lines()
+        .position(|l| {
+            let code = l.split('#').next().unwrap_or("");
+            code.match_indices(key).any(|(i, _)| {
+                let before = code[..i].chars().next_back();
+                let after = code[i + key.len()..].chars().next();
+                let word = |c: Option<char>| {
+                    c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
+                };
+                !word(before) && !word(after)
+            })
         })
-    }).map(|i| i + 1)
+        .map(|i| i + 1)
 }
 
 /// "did you mean `x`?" for the closest of `candidates`, when one is close.
@@ -104,7 +114,8 @@ fn unknown_field_hint(message: &str) -> Option<String> {
     let (field, rest) = rest.split_once('`')?;
     let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
     did_you_mean(field, &expected).or_else(|| {
-        (!expected.is_empty()).then(|| format!("remove `{field}`; allowed here: {}", expected.join(", ")))
+        (!expected.is_empty())
+            .then(|| format!("remove `{field}`; allowed here: {}", expected.join(", ")))
     })
 }
 

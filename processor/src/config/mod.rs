@@ -40,8 +40,9 @@ impl Pipeline {
     /// Loads and checks a pipeline file.
     pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::plain(&name, format!("cannot read the pipeline file: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::plain(&name, format!("cannot read the pipeline file: {e}"))
+        })?;
         Pipeline::parse(&name, &text)
     }
 
@@ -67,9 +68,18 @@ impl Pipeline {
     }
 }
 
-fn build_extract(name: &str, text: &str, file: &PipelineFile) -> Result<ExtractConfig, ConfigError> {
+fn build_extract(
+    name: &str,
+    text: &str,
+    file: &PipelineFile,
+) -> Result<ExtractConfig, ConfigError> {
     let mut cfg = ExtractConfig::default();
-    let Some(section) = file.processors.extract.as_ref().filter(|_| file.processor_enabled("extract")) else {
+    let Some(section) = file
+        .processors
+        .extract
+        .as_ref()
+        .filter(|_| file.processor_enabled("extract"))
+    else {
         return Ok(cfg);
     };
     if let Some(attrs) = &section.cohort_attributes {
@@ -79,7 +89,10 @@ fn build_extract(name: &str, text: &str, file: &PipelineFile) -> Result<ExtractC
                 text,
                 "cohort_attributes",
                 "processors.extract.cohort_attributes is empty".into(),
-                Some("name at least one attribute, or remove the key to use the default order".into()),
+                Some(
+                    "name at least one attribute, or remove the key to use the default order"
+                        .into(),
+                ),
             ));
         }
         cfg.cohort_attributes = attrs.clone();
@@ -92,7 +105,10 @@ fn build_extract(name: &str, text: &str, file: &PipelineFile) -> Result<ExtractC
                 text,
                 metric,
                 format!("processors.extract.metrics.{metric}: unknown signal `{signal}`"),
-                Some(error::did_you_mean(signal, &names).unwrap_or_else(|| format!("one of: {}", names.join(", ")))),
+                Some(
+                    error::did_you_mean(signal, &names)
+                        .unwrap_or_else(|| format!("one of: {}", names.join(", "))),
+                ),
             ));
         };
         cfg.metric_signals.insert(metric.clone(), s);
@@ -102,7 +118,12 @@ fn build_extract(name: &str, text: &str, file: &PipelineFile) -> Result<ExtractC
 
 fn build_engine(name: &str, text: &str, file: &PipelineFile) -> Result<EngineConfig, ConfigError> {
     let mut cfg = EngineConfig::default();
-    let Some(w) = file.processors.windows.as_ref().filter(|_| file.processor_enabled("windows")) else {
+    let Some(w) = file
+        .processors
+        .windows
+        .as_ref()
+        .filter(|_| file.processor_enabled("windows"))
+    else {
         return Ok(cfg);
     };
     let set = |field: Option<Duration>, into: &mut u64| {
@@ -124,12 +145,22 @@ fn build_engine(name: &str, text: &str, file: &PipelineFile) -> Result<EngineCon
         cfg.exemplars = n;
     }
     let bad = |key: &str, message: String, hint: &str| {
-        Err(ConfigError::at(name, text, key, message, Some(hint.to_string())))
+        Err(ConfigError::at(
+            name,
+            text,
+            key,
+            message,
+            Some(hint.to_string()),
+        ))
     };
     if cfg.step_ns == 0 || cfg.window_ns == 0 {
-        return bad("step", "processors.windows: size and step must be positive".into(), "e.g. size: 60s, step: 10s");
+        return bad(
+            "step",
+            "processors.windows: size and step must be positive".into(),
+            "e.g. size: 60s, step: 10s",
+        );
     }
-    if cfg.window_ns % cfg.step_ns != 0 {
+    if !cfg.window_ns.is_multiple_of(cfg.step_ns) {
         return bad(
             "size",
             format!(
@@ -141,7 +172,11 @@ fn build_engine(name: &str, text: &str, file: &PipelineFile) -> Result<EngineCon
         );
     }
     if cfg.window_ns / cfg.step_ns > 360 {
-        return bad("size", "processors.windows: more than 360 steps per window".into(), "use a larger step");
+        return bad(
+            "size",
+            "processors.windows: more than 360 steps per window".into(),
+            "use a larger step",
+        );
     }
     if cfg.idle_timeout_ns < cfg.window_ns {
         return bad(

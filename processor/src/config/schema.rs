@@ -20,7 +20,11 @@ impl Duration {
 
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(std::time::Duration::from_nanos(self.0)))
+        write!(
+            f,
+            "{}",
+            humantime::format_duration(std::time::Duration::from_nanos(self.0))
+        )
     }
 }
 
@@ -223,9 +227,24 @@ impl PipelineFile {
         .collect();
         let mut warnings = Vec::new();
         for (section, known, defined, used) in [
-            ("receivers", &RECEIVERS[..], &defined_receivers, self.referenced(|p| &p.receivers)),
-            ("processors", &PROCESSORS[..], &defined_processors, self.referenced(|p| &p.processors)),
-            ("exporters", &EXPORTERS[..], &defined_exporters, self.referenced(|p| &p.exporters)),
+            (
+                "receivers",
+                &RECEIVERS[..],
+                &defined_receivers,
+                self.referenced(|p| &p.receivers),
+            ),
+            (
+                "processors",
+                &PROCESSORS[..],
+                &defined_processors,
+                self.referenced(|p| &p.processors),
+            ),
+            (
+                "exporters",
+                &EXPORTERS[..],
+                &defined_exporters,
+                self.referenced(|p| &p.exporters),
+            ),
         ] {
             for name in &used {
                 if !known.contains(name) {
@@ -234,7 +253,11 @@ impl PipelineFile {
                         text,
                         name,
                         format!("service.pipelines: unknown {section} component `{name}`"),
-                        Some(did_you_mean(name, known).unwrap_or_else(|| format!("known {section}: {}", known.join(", ")))),
+                        Some(
+                            did_you_mean(name, known).unwrap_or_else(|| {
+                                format!("known {section}: {}", known.join(", "))
+                            }),
+                        ),
                     ));
                 }
                 if !defined.contains(name) {
@@ -248,7 +271,9 @@ impl PipelineFile {
                 }
             }
             for name in defined.iter().filter(|d| !used.contains(d)) {
-                warnings.push(format!("{file}: {section}.{name} is configured but no pipeline uses it"));
+                warnings.push(format!(
+                    "{file}: {section}.{name} is configured but no pipeline uses it"
+                ));
             }
         }
         for (name, p) in &self.service.pipelines {
@@ -257,7 +282,9 @@ impl PipelineFile {
                     file,
                     text,
                     name,
-                    format!("service.pipelines.{name} needs at least one receiver and one exporter"),
+                    format!(
+                        "service.pipelines.{name} needs at least one receiver and one exporter"
+                    ),
                     None,
                 ));
             }

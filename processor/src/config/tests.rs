@@ -11,7 +11,10 @@ fn embedded_default_loads() {
     assert!(p.file.receiver_enabled("otlp"));
     assert!(p.file.exporter_enabled("prometheus"));
     assert_eq!(p.engine, EngineConfig::default());
-    assert_eq!(p.extract.cohort_attributes, ExtractConfig::default().cohort_attributes);
+    assert_eq!(
+        p.extract.cohort_attributes,
+        ExtractConfig::default().cohort_attributes
+    );
 }
 
 #[test]
@@ -75,20 +78,33 @@ fn semantic_errors_name_line() {
 
 #[test]
 fn env_substitution_applies_before_parsing() {
-    let text = GOOD.replace("127.0.0.1:4317", "${env:MEMDRIFT_TEST_UNSET_VAR_X:-127.0.0.1:5555}");
+    let text = GOOD.replace(
+        "127.0.0.1:4317",
+        "${env:MEMDRIFT_TEST_UNSET_VAR_X:-127.0.0.1:5555}",
+    );
     let p = Pipeline::parse("t.yaml", &text).expect("valid");
-    let grpc = p.file.receivers.otlp.and_then(|o| o.protocols.grpc).expect("grpc");
+    let grpc = p
+        .file
+        .receivers
+        .otlp
+        .and_then(|o| o.protocols.grpc)
+        .expect("grpc");
     assert_eq!(grpc.endpoint, "127.0.0.1:5555");
 }
 
 #[test]
 fn unknown_signal_in_metric_table_is_rejected() {
-    let text = GOOD.replace(
-        "processors:\n",
-        "processors:\n  extract:\n    metrics:\n      go.memory.used: memspan.heap.alocated\n",
-    )
-    .replace("processors: [windows]", "processors: [extract, windows]");
+    let text = GOOD
+        .replace(
+            "processors:\n",
+            "processors:\n  extract:\n    metrics:\n      go.memory.used: memspan.heap.alocated\n",
+        )
+        .replace("processors: [windows]", "processors: [extract, windows]");
     let e = Pipeline::parse("t.yaml", &text).expect_err("rejected");
-    assert_eq!(e.hint.as_deref(), Some("did you mean `memspan.heap.allocated`?"), "{e}");
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("did you mean `memspan.heap.allocated`?"),
+        "{e}"
+    );
     assert_eq!(e.line, Some(9), "{e}");
 }

@@ -227,7 +227,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(config: EngineConfig) -> Engine {
         assert!(
-            config.step_ns > 0 && config.window_ns % config.step_ns == 0,
+            config.step_ns > 0 && config.window_ns.is_multiple_of(config.step_ns),
             "window must be a whole number of steps (checked when the pipeline is loaded)"
         );
         Engine {
@@ -282,7 +282,9 @@ impl Engine {
             }
             self.max_event_time = self.max_event_time.max(s.time_unix_nano);
             let next_end = self.next_end.get_or_insert(earliest_end);
-            *next_end = (*next_end).min(earliest_end).max(self.last_closed_end + self.config.step_ns);
+            *next_end = (*next_end)
+                .min(earliest_end)
+                .max(self.last_closed_end + self.config.step_ns);
             for scope in [
                 Scope::Cohort(s.cohort.clone()),
                 Scope::Instance(s.instance.clone()),
@@ -337,7 +339,9 @@ impl Engine {
                     rng: 0x9e37_79b9_7f4a_7c15 ^ (signal as u64 + 1),
                 });
             }
-            let Some(series) = slot.as_mut() else { continue };
+            let Some(series) = slot.as_mut() else {
+                continue;
+            };
             let idx = match series.panes.binary_search_by_key(&pane, |p| p.index) {
                 Ok(i) => i,
                 Err(i) => {
@@ -346,7 +350,13 @@ impl Engine {
                     i
                 }
             };
-            series.panes[idx].push(sample.time_unix_nano, v, sample.trace_id, cfg, &mut series.rng);
+            series.panes[idx].push(
+                sample.time_unix_nano,
+                v,
+                sample.trace_id,
+                cfg,
+                &mut series.rng,
+            );
         }
     }
 
@@ -443,7 +453,9 @@ impl Engine {
         let mut summaries = Vec::new();
         for (gkey, group) in &self.groups {
             for signal in Signal::ALL {
-                let Some(series) = &group.series[signal as usize] else { continue };
+                let Some(series) = &group.series[signal as usize] else {
+                    continue;
+                };
                 let panes: Vec<&Pane> = series
                     .panes
                     .iter()
@@ -499,12 +511,15 @@ fn summarize(key: SeriesKey, panes: &[&Pane], last_pane: i64, exemplars: usize) 
     ex.truncate(exemplars);
     let mut sorted = values.clone();
     let (median, mad, p95) = robust_summary(&mut sorted);
-    let newest_pane = panes.iter().find(|p| p.index == last_pane).map(|p| PaneSummary {
-        count: p.moments.n,
-        min: p.min,
-        max: p.max,
-        last: p.last.1,
-    });
+    let newest_pane = panes
+        .iter()
+        .find(|p| p.index == last_pane)
+        .map(|p| PaneSummary {
+            count: p.moments.n,
+            min: p.min,
+            max: p.max,
+            last: p.last.1,
+        });
     WindowSummary {
         key,
         count: moments.n,

@@ -4,7 +4,14 @@ const S: u64 = 1_000_000_000;
 /// A base time aligned to the 10 s step.
 const T0: u64 = 1_700_000_000 * S;
 
-fn sample(service: &str, cohort: &str, instance: &str, t_s: f64, signal: Signal, v: f64) -> MemorySample {
+fn sample(
+    service: &str,
+    cohort: &str,
+    instance: &str,
+    t_s: f64,
+    signal: Signal,
+    v: f64,
+) -> MemorySample {
     let mut values = SignalValues::default();
     values.set(signal, v);
     MemorySample {
@@ -41,7 +48,10 @@ fn windows_close_when_the_watermark_passes_their_end() {
     assert_eq!(last.median, 29.5);
     assert_eq!(last.min, 0.0);
     assert_eq!(last.max, 59.0);
-    assert_eq!(last.newest_pane.map(|p| (p.count, p.min, p.max, p.last)), Some((10, 50.0, 59.0, 59.0)));
+    assert_eq!(
+        last.newest_pane.map(|p| (p.count, p.min, p.max, p.last)),
+        Some((10, 50.0, 59.0, 59.0))
+    );
     // The window is [end - 60 s, end): the first holds only the first step.
     assert_eq!(cohort_summaries(&closed[0], "a")[0].count, 10);
     assert_eq!(closed[5].start_unix_nano, T0);
@@ -57,7 +67,10 @@ fn late_samples_are_counted_and_dropped() {
     let mut e = Engine::new(EngineConfig::default());
     e.ingest(&[sample("svc", "a", "i1", 0.0, Signal::RssEnd, 1.0)]);
     e.ingest(&[sample("svc", "a", "i1", 66.0, Signal::RssEnd, 1.0)]);
-    assert_eq!(e.advance().last().map(|w| (w.end_unix_nano - T0) / S), Some(60));
+    assert_eq!(
+        e.advance().last().map(|w| (w.end_unix_nano - T0) / S),
+        Some(60)
+    );
     // 55 s belongs to the window ending at 60 s, which has closed: late.
     let dropped = e.ingest(&[sample("svc", "a", "i1", 55.0, Signal::RssEnd, 1.0)]);
     assert_eq!(dropped, vec![(DropReason::Late, Signal::RssEnd)]);
@@ -95,14 +108,20 @@ fn idle_keys_expire_and_free_their_slots() {
     e.ingest(&[sample("old", "a", "i1", 0.0, Signal::RssEnd, 1.0)]);
     assert_eq!(e.live_keys(), 2);
     // A new service is refused while the old one holds the slots...
-    assert_eq!(e.ingest(&[sample("new", "a", "i1", 100.0, Signal::RssEnd, 1.0)]).len(), 2);
+    assert_eq!(
+        e.ingest(&[sample("new", "a", "i1", 100.0, Signal::RssEnd, 1.0)])
+            .len(),
+        2
+    );
     e.advance();
     assert_eq!(e.live_keys(), 2);
     // ...and admitted once "old" has been idle for longer than the timeout.
     e.advance_to(T0 + 200 * S);
     assert_eq!(e.live_keys(), 0);
     assert_eq!(e.stats().expired_groups, 2);
-    assert!(e.ingest(&[sample("new", "a", "i1", 300.0, Signal::RssEnd, 1.0)]).is_empty());
+    assert!(e
+        .ingest(&[sample("new", "a", "i1", 300.0, Signal::RssEnd, 1.0)])
+        .is_empty());
     assert_eq!(e.live_keys(), 2);
 }
 
@@ -113,7 +132,16 @@ fn reservoir_bounds_values_but_moments_stay_exact() {
         ..EngineConfig::default()
     });
     let samples: Vec<_> = (0..5000)
-        .map(|i| sample("svc", "a", "i1", 1.0 + i as f64 * 1e-4, Signal::RssEnd, i as f64))
+        .map(|i| {
+            sample(
+                "svc",
+                "a",
+                "i1",
+                1.0 + i as f64 * 1e-4,
+                Signal::RssEnd,
+                i as f64,
+            )
+        })
         .collect();
     e.ingest(&samples);
     let closed = e.finish();
@@ -146,7 +174,16 @@ fn same_input_gives_the_same_windows() {
             ..EngineConfig::default()
         });
         let samples: Vec<_> = (0..2000)
-            .map(|i| sample("svc", if i % 2 == 0 { "a" } else { "b" }, "i1", i as f64 * 0.05, Signal::RssEnd, (i * 7919 % 1000) as f64))
+            .map(|i| {
+                sample(
+                    "svc",
+                    if i % 2 == 0 { "a" } else { "b" },
+                    "i1",
+                    i as f64 * 0.05,
+                    Signal::RssEnd,
+                    (i * 7919 % 1000) as f64,
+                )
+            })
             .collect();
         e.ingest(&samples);
         let mut all = e.advance();

@@ -107,7 +107,10 @@ mod tests {
     #[test]
     fn accepts_ints_and_integral_doubles() {
         assert_eq!(bytes_value(Some(&any(Value::IntValue(1024)))), Ok(1024.0));
-        assert_eq!(bytes_value(Some(&any(Value::DoubleValue(2048.0)))), Ok(2048.0));
+        assert_eq!(
+            bytes_value(Some(&any(Value::DoubleValue(2048.0)))),
+            Ok(2048.0)
+        );
         assert_eq!(bytes_value(Some(&any(Value::IntValue(0)))), Ok(0.0));
     }
 
@@ -126,7 +129,10 @@ mod tests {
             assert_eq!(bytes_value(Some(&any(v.clone()))), Err(reason), "{v:?}");
         }
         assert_eq!(bytes_value(None), Err(DropReason::WrongType));
-        assert_eq!(bytes_value(Some(&AnyValue { value: None })), Err(DropReason::WrongType));
+        assert_eq!(
+            bytes_value(Some(&AnyValue { value: None })),
+            Err(DropReason::WrongType)
+        );
     }
 
     #[test]

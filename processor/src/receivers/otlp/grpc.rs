@@ -3,15 +3,21 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -37,13 +43,18 @@ impl TraceService for OtlpGrpc {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let req = request.into_inner();
-        let stats = self.ingest.traces(&req.resource_spans).map_err(|b| busy(&self.ingest, b))?;
+        let stats = self
+            .ingest
+            .traces(&req.resource_spans)
+            .map_err(|b| busy(&self.ingest, b))?;
         let message = stats.error_message();
         let partial_success = (!message.is_empty()).then(|| ExportTracePartialSuccess {
             rejected_spans: stats.rejected_spans() as i64,
             error_message: message,
         });
-        Ok(Response::new(ExportTraceServiceResponse { partial_success }))
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success,
+        }))
     }
 }
 
@@ -63,7 +74,9 @@ impl MetricsService for OtlpGrpc {
             rejected_data_points: stats.dropped_values.values().sum::<u64>() as i64,
             error_message: message,
         });
-        Ok(Response::new(ExportMetricsServiceResponse { partial_success }))
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success,
+        }))
     }
 }
 
@@ -75,7 +88,9 @@ impl LogsService for OtlpGrpc {
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         self.ingest.logs(&request.into_inner());
-        Ok(Response::new(ExportLogsServiceResponse { partial_success: None }))
+        Ok(Response::new(ExportLogsServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 

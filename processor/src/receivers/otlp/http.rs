@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -85,7 +87,12 @@ fn content_type(headers: &HeaderMap) -> Result<Encoding, Failure> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match mime.as_str() {
         PROTOBUF => Ok(Encoding::Protobuf),
         JSON => Ok(Encoding::Json),
@@ -166,12 +173,24 @@ fn busy() -> Failure {
 }
 
 /// Answers in the request's encoding.
-fn reply<M: Message + serde::Serialize>(encoding: Encoding, status: StatusCode, msg: &M) -> Response {
+fn reply<M: Message + serde::Serialize>(
+    encoding: Encoding,
+    status: StatusCode,
+    msg: &M,
+) -> Response {
     let (ct, body) = match encoding {
         Encoding::Protobuf => (PROTOBUF, msg.encode_to_vec()),
-        Encoding::Json => (JSON, serde_json::to_vec(msg).unwrap_or_else(|_| b"{}".to_vec())),
+        Encoding::Json => (
+            JSON,
+            serde_json::to_vec(msg).unwrap_or_else(|_| b"{}".to_vec()),
+        ),
     };
-    (status, [(header::CONTENT_TYPE, HeaderValue::from_static(ct))], body).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(ct))],
+        body,
+    )
+        .into_response()
 }
 
 fn fail(state: &HttpState, encoding: Encoding, f: Failure) -> Response {
@@ -181,9 +200,17 @@ fn fail(state: &HttpState, encoding: Encoding, f: Failure) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => 8,    // RESOURCE_EXHAUSTED
         _ => 3,                                // INVALID_ARGUMENT
     };
-    let mut resp = reply(encoding, f.status, &RpcStatus { code, message: f.message });
+    let mut resp = reply(
+        encoding,
+        f.status,
+        &RpcStatus {
+            code,
+            message: f.message,
+        },
+    );
     if f.status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
 }
@@ -197,10 +224,14 @@ async fn decode<T: Message + Default>(
     what: &str,
 ) -> Result<(Encoding, T), (Encoding, Failure)> {
     let encoding = content_type(headers).map_err(|f| (Encoding::Protobuf, f))?;
-    let bytes = read_body(state, headers, body).await.map_err(|f| (encoding, f))?;
+    let bytes = read_body(state, headers, body)
+        .await
+        .map_err(|f| (encoding, f))?;
     let request = match encoding {
         Encoding::Protobuf => T::decode(bytes).map_err(|e| (encoding, malformed(what, e)))?,
-        Encoding::Json => from_json(JsonDocument::parse(&bytes).map_err(|e| (encoding, malformed(what, e)))?),
+        Encoding::Json => {
+            from_json(JsonDocument::parse(&bytes).map_err(|e| (encoding, malformed(what, e)))?)
+        }
     };
     Ok((encoding, request))
 }
@@ -227,7 +258,11 @@ async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
                 rejected_spans: stats.rejected_spans() as i64,
                 error_message: message,
             });
-            reply(encoding, StatusCode::OK, &ExportTraceServiceResponse { partial_success })
+            reply(
+                encoding,
+                StatusCode::OK,
+                &ExportTraceServiceResponse { partial_success },
+            )
         }
         Err(_) => fail(&state, encoding, busy()),
     }
@@ -255,7 +290,11 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap, body: Body)
                 rejected_data_points: stats.dropped_values.values().sum::<u64>() as i64,
                 error_message: message,
             });
-            reply(encoding, StatusCode::OK, &ExportMetricsServiceResponse { partial_success })
+            reply(
+                encoding,
+                StatusCode::OK,
+                &ExportMetricsServiceResponse { partial_success },
+            )
         }
         Err(_) => fail(&state, encoding, busy()),
     }
@@ -272,14 +311,21 @@ async fn logs(State(state): State<HttpState>, headers: HeaderMap, body: Body) ->
         Err(f) => return fail(&state, encoding, f),
     };
     let request = match encoding {
-        Encoding::Protobuf => ExportLogsServiceRequest::decode(bytes).map_err(|e| malformed("OTLP ExportLogsServiceRequest", e)),
+        Encoding::Protobuf => ExportLogsServiceRequest::decode(bytes)
+            .map_err(|e| malformed("OTLP ExportLogsServiceRequest", e)),
         Encoding::Json => serde_json::from_slice::<ExportLogsServiceRequest>(&bytes)
             .map_err(|e| malformed("OTLP ExportLogsServiceRequest", e)),
     };
     match request {
         Ok(req) => {
             state.ingest.logs(&req);
-            reply(encoding, StatusCode::OK, &ExportLogsServiceResponse { partial_success: None })
+            reply(
+                encoding,
+                StatusCode::OK,
+                &ExportLogsServiceResponse {
+                    partial_success: None,
+                },
+            )
         }
         Err(f) => fail(&state, encoding, f),
     }

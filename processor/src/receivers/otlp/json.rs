@@ -34,7 +34,9 @@ impl JsonDocument {
     pub fn parse(bytes: &[u8]) -> Result<JsonDocument, serde_json::Error> {
         // serde would also read a struct from a JSON array; an OTLP document is always an object.
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(serde::de::Error::custom("expected a JSON object (TracesData or MetricsData)"));
+            return Err(serde::de::Error::custom(
+                "expected a JSON object (TracesData or MetricsData)",
+            ));
         }
         serde_json::from_slice(bytes)
     }
@@ -170,7 +172,11 @@ fn raw_to_i64(raw: RawNumber) -> Number {
         // JSON writers sometimes print integral int64 values as 1.0; anything fractional is kept as a double so
         // that extraction rejects it as fractional.
         RawNumber::F(f) => Number::Double(f),
-        RawNumber::S(s) => s.trim().parse::<i64>().map(Number::Int).unwrap_or(Number::Text(s)),
+        RawNumber::S(s) => s
+            .trim()
+            .parse::<i64>()
+            .map(Number::Int)
+            .unwrap_or(Number::Text(s)),
     }
 }
 
@@ -183,7 +189,11 @@ fn raw_to_f64(raw: RawNumber) -> Number {
             "NaN" => Number::Double(f64::NAN),
             "Infinity" => Number::Double(f64::INFINITY),
             "-Infinity" => Number::Double(f64::NEG_INFINITY),
-            other => other.trim().parse::<f64>().map(Number::Double).unwrap_or(Number::Text(s)),
+            other => other
+                .trim()
+                .parse::<f64>()
+                .map(Number::Double)
+                .unwrap_or(Number::Text(s)),
         },
     }
 }
@@ -202,13 +212,18 @@ fn u64_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match Option::<RawNumber>::deserialize(d)? {
         None => Ok(0),
         Some(RawNumber::U(u)) => Ok(u),
-        Some(RawNumber::I(i)) => u64::try_from(i)
-            .map_err(|_| de::Error::custom(format!("negative timestamp {i}"))),
-        Some(RawNumber::F(f)) if f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64 => Ok(f as u64),
-        Some(RawNumber::F(f)) => Err(de::Error::custom(format!("timestamp {f} is not a whole number"))),
-        Some(RawNumber::S(s)) => s
-            .parse::<u64>()
-            .map_err(|_| de::Error::custom(format!("timestamp {s:?} is not a number of nanoseconds"))),
+        Some(RawNumber::I(i)) => {
+            u64::try_from(i).map_err(|_| de::Error::custom(format!("negative timestamp {i}")))
+        }
+        Some(RawNumber::F(f)) if f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64 => {
+            Ok(f as u64)
+        }
+        Some(RawNumber::F(f)) => Err(de::Error::custom(format!(
+            "timestamp {f} is not a whole number"
+        ))),
+        Some(RawNumber::S(s)) => s.parse::<u64>().map_err(|_| {
+            de::Error::custom(format!("timestamp {s:?} is not a number of nanoseconds"))
+        }),
     }
 }
 
@@ -304,9 +319,13 @@ impl From<ResourceMetrics> for pm::ResourceMetrics {
                     attributes: attrs(p.attributes),
                     time_unix_nano: p.time_unix_nano,
                     value: match (p.as_double, p.as_int) {
-                        (Some(Number::Double(d)), _) => Some(pm::number_data_point::Value::AsDouble(d)),
+                        (Some(Number::Double(d)), _) => {
+                            Some(pm::number_data_point::Value::AsDouble(d))
+                        }
                         (_, Some(Number::Int(i))) => Some(pm::number_data_point::Value::AsInt(i)),
-                        (_, Some(Number::Double(d))) => Some(pm::number_data_point::Value::AsDouble(d)),
+                        (_, Some(Number::Double(d))) => {
+                            Some(pm::number_data_point::Value::AsDouble(d))
+                        }
                         // Text that is no number: a point without a value, counted as wrong_type.
                         _ => None,
                     },
@@ -353,7 +372,9 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
     fn first_value(doc: &str) -> Option<any_value::Value> {
-        let (spans, _) = JsonDocument::parse(doc.as_bytes()).expect("parses").into_proto();
+        let (spans, _) = JsonDocument::parse(doc.as_bytes())
+            .expect("parses")
+            .into_proto();
         spans[0].scope_spans[0].spans[0].attributes[0]
             .value
             .clone()
@@ -370,10 +391,21 @@ mod tests {
     #[test]
     fn reads_int64_as_string_and_number_and_special_doubles() {
         use any_value::Value as V;
-        assert_eq!(first_value(&span_with(r#"{"intValue":"1048576"}"#)), Some(V::IntValue(1048576)));
-        assert_eq!(first_value(&span_with(r#"{"intValue":1048576}"#)), Some(V::IntValue(1048576)));
-        assert_eq!(first_value(&span_with(r#"{"doubleValue":2048}"#)), Some(V::DoubleValue(2048.0)));
-        assert!(matches!(first_value(&span_with(r#"{"doubleValue":"NaN"}"#)), Some(V::DoubleValue(d)) if d.is_nan()));
+        assert_eq!(
+            first_value(&span_with(r#"{"intValue":"1048576"}"#)),
+            Some(V::IntValue(1048576))
+        );
+        assert_eq!(
+            first_value(&span_with(r#"{"intValue":1048576}"#)),
+            Some(V::IntValue(1048576))
+        );
+        assert_eq!(
+            first_value(&span_with(r#"{"doubleValue":2048}"#)),
+            Some(V::DoubleValue(2048.0))
+        );
+        assert!(
+            matches!(first_value(&span_with(r#"{"doubleValue":"NaN"}"#)), Some(V::DoubleValue(d)) if d.is_nan())
+        );
         assert_eq!(
             first_value(&span_with(r#"{"doubleValue":"-Infinity"}"#)),
             Some(V::DoubleValue(f64::NEG_INFINITY))
@@ -395,7 +427,10 @@ mod tests {
             .expect("parses")
             .into_proto();
         let span = &spans[0].scope_spans[0].spans[0];
-        assert_eq!(hex::encode(&span.trace_id), "5b8efff798038103d269b633813fc60c");
+        assert_eq!(
+            hex::encode(&span.trace_id),
+            "5b8efff798038103d269b633813fc60c"
+        );
         assert_eq!(span.end_time_unix_nano, 1_700_000_000_000_000_000);
     }
 
@@ -403,10 +438,16 @@ mod tests {
     fn agrees_with_opentelemetry_proto_serializer() {
         // What opentelemetry-proto writes as OTLP/JSON, this model reads back to the same fields.
         let doc = span_with(r#"{"intValue":"42"}"#);
-        let (spans, _) = JsonDocument::parse(doc.as_bytes()).expect("parses").into_proto();
-        let request = ExportTraceServiceRequest { resource_spans: spans.clone() };
+        let (spans, _) = JsonDocument::parse(doc.as_bytes())
+            .expect("parses")
+            .into_proto();
+        let request = ExportTraceServiceRequest {
+            resource_spans: spans.clone(),
+        };
         let written = serde_json::to_string(&request).expect("serializes");
-        let (again, _) = JsonDocument::parse(written.as_bytes()).expect("parses").into_proto();
+        let (again, _) = JsonDocument::parse(written.as_bytes())
+            .expect("parses")
+            .into_proto();
         assert_eq!(again, spans);
     }
 

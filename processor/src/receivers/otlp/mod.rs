@@ -61,7 +61,11 @@ impl Ingest {
         self.enqueue(samples, stats)
     }
 
-    fn enqueue(&self, mut samples: SampleBatch, mut stats: ExtractStats) -> Result<ExtractStats, Busy> {
+    fn enqueue(
+        &self,
+        mut samples: SampleBatch,
+        mut stats: ExtractStats,
+    ) -> Result<ExtractStats, Busy> {
         // The receiving host's clock is read here, at the edge, never in the engine.
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
