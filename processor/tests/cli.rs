@@ -176,3 +176,54 @@ fn validate_names_the_line_and_the_fix() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).ends_with(": ok\n"));
 }
+
+#[test]
+fn run_serves_on_the_default_pipeline_and_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let mut child = Command::new(BIN)
+        .env("MEMDRIFT_GRPC_ENDPOINT", "127.0.0.1:0")
+        .env("MEMDRIFT_HTTP_ENDPOINT", "127.0.0.1:0")
+        .env("MEMDRIFT_PROMETHEUS_ENDPOINT", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.iter().any(|l: &String| l.contains("memdrift is running")) {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("memdrift did not start: {seen:?}"));
+        seen.push(line);
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("memdrift did not stop within 15 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit}");
+    seen.extend(rx.try_iter());
+    assert!(seen.iter().any(|l| l.contains("shutting down")), "{seen:?}");
+}
