@@ -201,7 +201,10 @@ fn run_serves_on_the_default_pipeline_and_stops_cleanly_on_sigterm() {
     });
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !seen.iter().any(|l: &String| l.contains("memdrift is running")) {
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("memdrift is running"))
+    {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| panic!("memdrift did not start: {seen:?}"));

@@ -13,13 +13,13 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
     MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
@@ -43,18 +43,10 @@ impl TraceService for OtlpGrpc {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let req = request.into_inner();
-        let stats = self
-            .ingest
+        self.ingest
             .traces(&req.resource_spans)
-            .map_err(|b| busy(&self.ingest, b))?;
-        let message = stats.error_message();
-        let partial_success = (!message.is_empty()).then(|| ExportTracePartialSuccess {
-            rejected_spans: stats.rejected_spans() as i64,
-            error_message: message,
-        });
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success,
-        }))
+            .map(Response::new)
+            .map_err(|b| busy(&self.ingest, b))
     }
 }
 
@@ -65,18 +57,10 @@ impl MetricsService for OtlpGrpc {
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         let req = request.into_inner();
-        let stats = self
-            .ingest
+        self.ingest
             .metrics(&req.resource_metrics)
-            .map_err(|b| busy(&self.ingest, b))?;
-        let message = stats.error_message();
-        let partial_success = (!message.is_empty()).then(|| ExportMetricsPartialSuccess {
-            rejected_data_points: stats.dropped_values.values().sum::<u64>() as i64,
-            error_message: message,
-        });
-        Ok(Response::new(ExportMetricsServiceResponse {
-            partial_success,
-        }))
+            .map(Response::new)
+            .map_err(|b| busy(&self.ingest, b))
     }
 }
 

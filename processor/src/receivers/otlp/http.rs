@@ -16,12 +16,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use super::json::JsonDocument;
@@ -252,18 +248,7 @@ async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         Err((enc, f)) => return fail(&state, enc, f),
     };
     match state.ingest.traces(&req.resource_spans) {
-        Ok(stats) => {
-            let message = stats.error_message();
-            let partial_success = (!message.is_empty()).then(|| ExportTracePartialSuccess {
-                rejected_spans: stats.rejected_spans() as i64,
-                error_message: message,
-            });
-            reply(
-                encoding,
-                StatusCode::OK,
-                &ExportTraceServiceResponse { partial_success },
-            )
-        }
+        Ok(resp) => reply(encoding, StatusCode::OK, &resp),
         Err(_) => fail(&state, encoding, busy()),
     }
 }
@@ -284,18 +269,7 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap, body: Body)
         Err((enc, f)) => return fail(&state, enc, f),
     };
     match state.ingest.metrics(&req.resource_metrics) {
-        Ok(stats) => {
-            let message = stats.error_message();
-            let partial_success = (!message.is_empty()).then(|| ExportMetricsPartialSuccess {
-                rejected_data_points: stats.dropped_values.values().sum::<u64>() as i64,
-                error_message: message,
-            });
-            reply(
-                encoding,
-                StatusCode::OK,
-                &ExportMetricsServiceResponse { partial_success },
-            )
-        }
+        Ok(resp) => reply(encoding, StatusCode::OK, &resp),
         Err(_) => fail(&state, encoding, busy()),
     }
 }

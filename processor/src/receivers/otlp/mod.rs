@@ -8,6 +8,12 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use std::sync::mpsc::SyncSender;
@@ -47,18 +53,40 @@ impl Ingest {
         })
     }
 
-    pub fn traces(&self, resource_spans: &[ResourceSpans]) -> Result<ExtractStats, Busy> {
+    /// Extracts and enqueues spans; the answer carries partial success when anything was rejected.
+    pub fn traces(
+        &self,
+        resource_spans: &[ResourceSpans],
+    ) -> Result<ExportTraceServiceResponse, Busy> {
         let mut samples = Vec::new();
         let mut stats = ExtractStats::default();
         extract_spans(resource_spans, &self.extract, &mut samples, &mut stats);
-        self.enqueue(samples, stats)
+        let stats = self.enqueue(samples, stats)?;
+        let message = stats.error_message();
+        Ok(ExportTraceServiceResponse {
+            partial_success: (!message.is_empty()).then(|| ExportTracePartialSuccess {
+                rejected_spans: stats.rejected_spans() as i64,
+                error_message: message,
+            }),
+        })
     }
 
-    pub fn metrics(&self, resource_metrics: &[ResourceMetrics]) -> Result<ExtractStats, Busy> {
+    /// Extracts and enqueues metric points; every dropped point counts as rejected.
+    pub fn metrics(
+        &self,
+        resource_metrics: &[ResourceMetrics],
+    ) -> Result<ExportMetricsServiceResponse, Busy> {
         let mut samples = Vec::new();
         let mut stats = ExtractStats::default();
         extract_metrics(resource_metrics, &self.extract, &mut samples, &mut stats);
-        self.enqueue(samples, stats)
+        let stats = self.enqueue(samples, stats)?;
+        let message = stats.error_message();
+        Ok(ExportMetricsServiceResponse {
+            partial_success: (!message.is_empty()).then(|| ExportMetricsPartialSuccess {
+                rejected_data_points: stats.dropped_values.values().sum::<u64>() as i64,
+                error_message: message,
+            }),
+        })
     }
 
     fn enqueue(
