@@ -216,7 +216,7 @@ pub fn replay(pipeline: &Pipeline, opts: &ReplayOptions) -> Result<ReplaySummary
             summary.extract.merge(&stats);
             let out = core.ingest(&samples);
             sinks.emit(&out, &mut summary)?;
-            if lineno.is_multiple_of(256) {
+            if lineno.is_multiple_of(64) {
                 bar.set_message(format!("{} samples", summary.samples));
             }
         }

@@ -93,7 +93,7 @@ fn write_collector_file(path: &Path, lines: usize) -> u64 {
 fn replay_of_a_15_mb_file_prints_its_summary() {
     let dir = tempdir("replay");
     let input = dir.join("traces.jsonl");
-    let spans = write_collector_file(&input, 500);
+    let spans = write_collector_file(&input, 250);
     let size = std::fs::metadata(&input).expect("input").len();
     assert!(size >= 15_000_000, "the input is {size} bytes");
     let output = dir.join("anomalies.jsonl");
@@ -109,7 +109,7 @@ fn replay_of_a_15_mb_file_prints_its_summary() {
         .expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("500 lines (0 broken)"), "{stderr}");
+    assert!(stderr.contains("250 lines (0 broken)"), "{stderr}");
     assert!(
         stderr.contains(&format!("{spans} read, {spans} gave samples")),
         "{stderr}"
@@ -118,15 +118,16 @@ fn replay_of_a_15_mb_file_prints_its_summary() {
         stderr.contains("anomalies  spread_drift=0, growth=0, leak=0"),
         "{stderr}"
     );
-    // Event time runs from 0.01 s to 500 s (panes 0 to 50): the windows ending at 10 s, 20 s, ..., 510 s, and
-    // the five after the last pane that still hold it, up to 560 s.
+    // Event time runs from 0.01 s to 250 s (panes 0 to 25): the windows ending at 10 s, 20 s, ..., 260 s, and
+    // the five after the last pane that still hold it, up to 310 s.
     let windows = std::fs::read_to_string(&summaries).expect("summaries");
     let ends: std::collections::BTreeSet<&str> = windows
         .lines()
         .filter_map(|l| l.split("\"window_end\":\"").nth(1)?.split('"').next())
         .collect();
-    assert_eq!(ends.len(), 51 + 5, "distinct window ends");
+    assert_eq!(ends.len(), 26 + 5, "distinct window ends");
     assert!(output.exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -139,6 +140,7 @@ fn replay_reports_a_missing_input_and_fails() {
         .expect("runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/file.jsonl"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -175,6 +177,7 @@ fn validate_names_the_line_and_the_fix() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).ends_with(": ok\n"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

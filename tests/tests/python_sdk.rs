@@ -123,4 +123,5 @@ async fn python_sdk_spans_over_grpc_and_http_are_all_counted() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     service.shutdown().await.expect("clean shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -96,6 +96,7 @@ fn exact_counts_for_every_kind_of_input() {
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -162,4 +163,6 @@ fn replay_is_deterministic() {
         let y = std::fs::read(b.join(f)).expect("b");
         assert_eq!(x, y, "{f} differs between two replays");
     }
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
 }
