@@ -3,16 +3,18 @@
 //! # What is measured
 //!
 //! The receiver-side CPU cost of turning one export request body into [`MemorySample`]s, on a single thread,
-//! for a batch of [`BATCH_SPANS`] spans. Four benchmarks in the group `decode_extract/512_spans`:
+//! for a batch of [`BATCH_SPANS`] spans. Five benchmarks in the group `decode_extract/512_spans`:
 //!
-//! - `protobuf`: `prost::Message::decode` of an `ExportTraceServiceRequest` from the body as `bytes::Bytes`, then
-//!   `extract_spans`. Both receivers decode from a `Bytes`-backed buffer (axum's body `Bytes` for OTLP/HTTP,
-//!   tonic's `DecodeBuf` over `BytesMut` for gRPC), from which prost can slice `bytes` fields before copying.
-//! - `protobuf_from_slice`: the same from a `&[u8]`, for comparison (prost then copies each id twice, into a
-//!   temporary `Bytes` and into the `Vec<u8>`; on this batch the difference stays within noise).
-//! - `json`: `JsonDocument::parse` of the OTLP/JSON body, `into_proto`, then `extract_spans` (what the
-//!   OTLP/HTTP-JSON receiver does).
+//! - `protobuf`: `prost::Message::decode` of extraction's model (`extract::model::TraceRequest`) from the body as
+//!   `bytes::Bytes`, then `extract_spans`. Both receivers decode from a `Bytes`-backed buffer (axum's body
+//!   `Bytes` for OTLP/HTTP, tonic's `DecodeBuf` over `BytesMut` for gRPC), so keys, string values and ids are
+//!   slices of the body, not copies.
+//! - `protobuf_from_slice`: the same from a `&[u8]`, for comparison (prost then copies every `bytes` field).
+//! - `json`: `JsonDocument::parse` of the OTLP/JSON body, `into_model`, then `extract_spans` (what the
+//!   OTLP/HTTP-JSON receiver and `replay` do).
 //! - `extract_only`: `extract_spans` on an already decoded request, so that decode cost = `protobuf` - this.
+//! - `decode_generated_types_only`: decoding opentelemetry-proto's generated `ExportTraceServiceRequest`, the
+//!   reference the model replaced (no extraction).
 //!
 //! Each iteration does what `receivers::otlp::Ingest::traces` does per request: a fresh `Vec<MemorySample>` and
 //! `ExtractStats`, one shared `ExtractConfig::default()`; the decoded request and the samples are dropped inside
@@ -53,6 +55,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use prost::Message;
 
+use memdrift::extract::model::{self, TraceRequest};
 use memdrift::extract::{extract_spans, ExtractConfig, ExtractStats};
 use memdrift::receivers::otlp::json::JsonDocument;
 use memdrift::sample::MemorySample;
@@ -187,7 +190,7 @@ fn export_request() -> ExportTraceServiceRequest {
 
 /// What the receiver does with decoded spans: fresh output and stats per request.
 fn extract(
-    resource_spans: &[ResourceSpans],
+    resource_spans: &[model::ResourceSpans],
     config: &ExtractConfig,
 ) -> (Vec<MemorySample>, ExtractStats) {
     let mut samples = Vec::new();
@@ -201,23 +204,23 @@ fn decode_extract(c: &mut Criterion) {
     let config = ExtractConfig::default();
     let protobuf = Bytes::from(request.encode_to_vec());
     let json = serde_json::to_vec(&request).expect("the request serializes to OTLP/JSON");
+    let decoded = TraceRequest::decode(protobuf.clone()).expect("valid protobuf");
 
     // Every path must do the same work: every span yields one sample, with the resource's cohort.
     for (path, spans) in [
-        (
-            "protobuf",
-            ExportTraceServiceRequest::decode(protobuf.clone())
-                .unwrap()
-                .resource_spans,
-        ),
+        ("protobuf", decoded.resource_spans.clone()),
         (
             "protobuf_from_slice",
-            ExportTraceServiceRequest::decode(&protobuf[..])
+            TraceRequest::decode(&protobuf[..]).unwrap().resource_spans,
+        ),
+        (
+            "json",
+            JsonDocument::parse(&json)
                 .unwrap()
+                .into_model()
+                .0
                 .resource_spans,
         ),
-        ("json", JsonDocument::parse(&json).unwrap().into_proto().0),
-        ("extract_only", request.resource_spans.clone()),
     ] {
         let (samples, stats) = extract(&spans, &config);
         assert_eq!(samples.len(), BATCH_SPANS, "{path}: one sample per span");
@@ -246,9 +249,9 @@ fn decode_extract(c: &mut Criterion) {
 
     group.bench_function("protobuf", |b| {
         b.iter(|| {
-            // A clone of `Bytes` is a reference count, as when the receiver hands its body to prost.
-            let req = ExportTraceServiceRequest::decode(black_box(protobuf.clone()))
-                .expect("valid protobuf");
+            // A clone of `Bytes` is a reference count, as when the receiver hands its body to prost; keys,
+            // string values and ids are then slices of it.
+            let req = TraceRequest::decode(black_box(protobuf.clone())).expect("valid protobuf");
             let out = extract(&req.resource_spans, &config);
             (req, out)
         })
@@ -256,8 +259,7 @@ fn decode_extract(c: &mut Criterion) {
 
     group.bench_function("protobuf_from_slice", |b| {
         b.iter(|| {
-            let req = ExportTraceServiceRequest::decode(black_box(&protobuf[..]))
-                .expect("valid protobuf");
+            let req = TraceRequest::decode(black_box(&protobuf[..])).expect("valid protobuf");
             let out = extract(&req.resource_spans, &config);
             (req, out)
         })
@@ -267,14 +269,21 @@ fn decode_extract(c: &mut Criterion) {
         b.iter(|| {
             let (spans, metrics) = JsonDocument::parse(black_box(&json))
                 .expect("valid OTLP/JSON")
-                .into_proto();
-            let out = extract(&spans, &config);
+                .into_model();
+            let out = extract(&spans.resource_spans, &config);
             (spans, metrics, out)
         })
     });
 
     group.bench_function("extract_only", |b| {
-        b.iter(|| extract(black_box(&request.resource_spans), &config))
+        b.iter(|| extract(black_box(&decoded.resource_spans), &config))
+    });
+
+    // The reference the model replaced: decoding the generated opentelemetry-proto types alone, no extraction.
+    group.bench_function("decode_generated_types_only", |b| {
+        b.iter(|| {
+            ExportTraceServiceRequest::decode(black_box(protobuf.clone())).expect("valid protobuf")
+        })
     });
 
     group.finish();

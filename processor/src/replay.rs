@@ -207,11 +207,21 @@ pub fn replay(pipeline: &Pipeline, opts: &ReplayOptions) -> Result<ReplaySummary
                     continue;
                 }
             };
-            let (spans, metrics) = doc.into_proto();
+            let (spans, metrics) = doc.into_model();
             let mut stats = ExtractStats::default();
             samples.clear();
-            extract_spans(&spans, &pipeline.extract, &mut samples, &mut stats);
-            extract_metrics(&metrics, &pipeline.extract, &mut samples, &mut stats);
+            extract_spans(
+                &spans.resource_spans,
+                &pipeline.extract,
+                &mut samples,
+                &mut stats,
+            );
+            extract_metrics(
+                &metrics.resource_metrics,
+                &pipeline.extract,
+                &mut samples,
+                &mut stats,
+            );
             summary.samples += samples.len() as u64;
             summary.extract.merge(&stats);
             let out = core.ingest(&samples);
@@ -288,7 +298,7 @@ impl fmt::Display for ReplaySummary {
             self.samples,
             self.late_values,
             self.overflow_values,
-            by_reason(&e.samples_by_signal, |s| s.name())
+            by_reason(&e.samples_by_signal(), |s| s.name())
         )?;
         writeln!(f, "  windows    {} closed", self.windows)?;
         let anomalies: Vec<String> = memdrift_exporter::AnomalyKind::ALL

@@ -78,23 +78,16 @@ impl Signal {
         Signal::ALL.into_iter().find(|s| s.name() == name)
     }
 
-    /// The signal a span attribute carries, if it is one of ours. Derived signals have no attribute.
-    pub fn from_span_attribute(key: &str) -> Option<Signal> {
-        if !key.starts_with("memspan.") {
+    /// The signal a span attribute carries, if it is one of ours. Derived signals have no attribute. Takes the
+    /// key as bytes, as it comes off the wire.
+    pub fn from_span_attribute(key: &[u8]) -> Option<Signal> {
+        if !key.starts_with(b"memspan.") {
             return None;
         }
-        match key {
-            attr::RSS_START => Some(Signal::RssStart),
-            attr::RSS_END => Some(Signal::RssEnd),
-            attr::HEAP_ALLOCATED => Some(Signal::HeapAllocated),
-            attr::HEAP_RESIDENT => Some(Signal::HeapResident),
-            attr::HEAP_RETAINED => Some(Signal::HeapRetained),
-            attr::REQUEST_ALLOCATED => Some(Signal::RequestAllocated),
-            attr::REQUEST_FREED => Some(Signal::RequestFreed),
-            attr::LIMIT => Some(Signal::Limit),
-            attr::GPU_USED => Some(Signal::GpuUsed),
-            _ => None,
-        }
+        SPAN_SIGNALS
+            .iter()
+            .find(|s| s.name().as_bytes() == key)
+            .copied()
     }
 
     /// Per-request quantities are independent across requests; process-level levels are autocorrelated.
@@ -106,6 +99,19 @@ impl Signal {
         )
     }
 }
+
+/// The signals that span attributes carry directly.
+const SPAN_SIGNALS: [Signal; 9] = [
+    Signal::RssStart,
+    Signal::RssEnd,
+    Signal::HeapAllocated,
+    Signal::HeapResident,
+    Signal::HeapRetained,
+    Signal::RequestAllocated,
+    Signal::RequestFreed,
+    Signal::Limit,
+    Signal::GpuUsed,
+];
 
 impl std::fmt::Display for Signal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -156,8 +156,8 @@ impl Telemetry {
                 .with_label_values(&[reason.name()])
                 .inc_by(*n);
         }
-        for (signal, n) in &stats.samples_by_signal {
-            self.samples.with_label_values(&[signal.name()]).inc_by(*n);
+        for (signal, n) in stats.samples_by_signal() {
+            self.samples.with_label_values(&[signal.name()]).inc_by(n);
         }
     }
 

@@ -6,14 +6,14 @@ use memspan::attributes;
 #[test]
 fn every_sdk_attribute_is_a_processor_signal() {
     for name in attributes::ALL_BYTES {
-        let signal =
-            Signal::from_span_attribute(name).unwrap_or_else(|| panic!("{name} is not read"));
+        let signal = Signal::from_span_attribute(name.as_bytes())
+            .unwrap_or_else(|| panic!("{name} is not read"));
         assert_eq!(signal.name(), name);
     }
     // And every signal read from a span attribute is one the SDK can write.
     let from_spans = Signal::ALL
         .iter()
-        .filter(|s| Signal::from_span_attribute(s.name()).is_some())
+        .filter(|s| Signal::from_span_attribute(s.name().as_bytes()).is_some())
         .count();
     assert_eq!(from_spans, attributes::ALL_BYTES.len());
     assert_eq!(attributes::COHORT, memdrift::signal::attr::COHORT);

@@ -76,7 +76,7 @@ fn exact_counts_for_every_kind_of_input() {
         (Signal::ProcessMemoryUsage, 2),
     ]
     .into();
-    assert_eq!(e.samples_by_signal, by_signal);
+    assert_eq!(e.samples_by_signal(), by_signal);
     assert_eq!((s.late_values, s.overflow_values), (0, 0));
     // No detector is enabled by the default pipeline yet: no anomaly, an empty (but written) output.
     assert_eq!(s.anomalies.values().sum::<u64>(), 0);

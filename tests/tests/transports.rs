@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use memdrift::extract::model::{from_proto, TraceRequest};
 use memdrift::extract::{extract_spans, ExtractConfig, ExtractStats};
 use memdrift::receivers::otlp::{grpc, http, Ingest, RpcStatus, SampleBatch};
 use memdrift::sample::MemorySample;
@@ -98,8 +99,9 @@ fn mixed_batch() -> ExportTraceServiceRequest {
 fn expected(req: &ExportTraceServiceRequest) -> (Vec<MemorySample>, ExtractStats) {
     let mut out = Vec::new();
     let mut stats = ExtractStats::default();
+    let lean: TraceRequest = from_proto(req);
     extract_spans(
-        &req.resource_spans,
+        &lean.resource_spans,
         &ExtractConfig::default(),
         &mut out,
         &mut stats,

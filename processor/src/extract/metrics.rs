@@ -1,6 +1,6 @@
 //! OTLP gauge and sum points -> samples, for services that export memory metrics and no memspan spans.
 
-use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point, ResourceMetrics};
+use super::model::{Data, PointValue, ResourceMetrics};
 
 use super::spans::{item_cohort, ResourceContext};
 use super::value::check_bytes;
@@ -31,8 +31,8 @@ pub fn extract_metrics(
             for point in points {
                 stats.metric_points += 1;
                 let raw = match point.value {
-                    Some(number_data_point::Value::AsDouble(d)) => d,
-                    Some(number_data_point::Value::AsInt(i)) => i as f64,
+                    Some(PointValue::AsDouble(d)) => d,
+                    Some(PointValue::AsInt(i)) => i as f64,
                     None => {
                         stats.drop_value(DropReason::WrongType);
                         continue;
@@ -51,7 +51,7 @@ pub fn extract_metrics(
                 }
                 let mut values = SignalValues::default();
                 values.set(signal, value);
-                *stats.samples_by_signal.entry(signal).or_default() += 1;
+                stats.values_by_signal[signal as usize] += 1;
                 stats.metric_points_accepted += 1;
                 out.push(MemorySample {
                     service: ctx.service.clone(),

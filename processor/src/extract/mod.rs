@@ -5,6 +5,7 @@
 //! "bad input" (not "a span that is simply not about memory") count as rejected in OTLP partial success.
 
 mod metrics;
+pub mod model;
 mod spans;
 mod value;
 
@@ -94,10 +95,20 @@ pub struct ExtractStats {
     /// Number points of mapped metrics.
     pub metric_points: u64,
     pub metric_points_accepted: u64,
-    pub samples_by_signal: HashMap<Signal, u64>,
+    /// Values read, indexed by `Signal as usize` (an array: this is counted once per value on the hot path).
+    pub values_by_signal: [u64; Signal::COUNT],
 }
 
 impl ExtractStats {
+    /// Values read per signal, the signals with none left out.
+    pub fn samples_by_signal(&self) -> HashMap<Signal, u64> {
+        Signal::ALL
+            .into_iter()
+            .map(|s| (s, self.values_by_signal[s as usize]))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     pub fn refuse(&mut self, reason: RefuseReason) {
         *self.refused.entry(reason).or_default() += 1;
     }
@@ -156,8 +167,8 @@ impl ExtractStats {
         for (k, v) in &other.dropped_values {
             *self.dropped_values.entry(*k).or_default() += v;
         }
-        for (k, v) in &other.samples_by_signal {
-            *self.samples_by_signal.entry(*k).or_default() += v;
+        for (mine, theirs) in self.values_by_signal.iter_mut().zip(other.values_by_signal) {
+            *mine += theirs;
         }
     }
 }

@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use super::model::{KeyValue, Resource, ResourceSpans};
 
 use super::value::{bytes_value, label_value};
 use super::{ExtractConfig, ExtractStats, RefuseReason};
@@ -25,7 +23,7 @@ impl ResourceContext {
         let find = |key: &str| {
             attrs
                 .iter()
-                .find(|kv| kv.key == key)
+                .find(|kv| kv.key == key.as_bytes())
                 .and_then(|kv| label_value(kv.value.as_ref()))
         };
         // The SDKs' own fallback when no service name is configured.
@@ -66,7 +64,11 @@ impl ResourceContext {
 pub(super) fn item_cohort(attrs: &[KeyValue], config: &ExtractConfig) -> Option<(usize, String)> {
     let mut best: Option<(usize, String)> = None;
     for kv in attrs {
-        if let Some(rank) = config.cohort_attributes.iter().position(|k| *k == kv.key) {
+        if let Some(rank) = config
+            .cohort_attributes
+            .iter()
+            .position(|k| k.as_bytes() == kv.key)
+        {
             if best.as_ref().is_none_or(|(b, _)| rank < *b) {
                 if let Some(v) = label_value(kv.value.as_ref()) {
                     best = Some((rank, v));
@@ -128,7 +130,7 @@ pub fn extract_spans(
                 values.set(Signal::RssDelta, end - start);
             }
             for (signal, _) in values.iter() {
-                *stats.samples_by_signal.entry(signal).or_default() += 1;
+                stats.values_by_signal[signal as usize] += 1;
             }
             stats.spans_accepted += 1;
             out.push(MemorySample {

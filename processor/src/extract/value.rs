@@ -1,6 +1,6 @@
 //! Reading one attribute or point value as a byte count.
 
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue};
+use super::model::{AnyValue, Value};
 
 /// Nothing measured in bytes on one process is larger than 1 PiB; a bigger number is a unit or encoding bug.
 pub const MAX_PLAUSIBLE_BYTES: f64 = (1u64 << 50) as f64;
@@ -78,20 +78,21 @@ pub fn check_bytes(v: f64, whole: bool) -> Result<f64, DropReason> {
 /// Reads a span attribute value as a whole number of bytes.
 pub fn bytes_value(value: Option<&AnyValue>) -> Result<f64, DropReason> {
     match value.and_then(|v| v.value.as_ref()) {
-        Some(Value::IntValue(i)) => check_bytes(*i as f64, true),
-        Some(Value::DoubleValue(d)) => check_bytes(*d, true),
-        Some(Value::StringValue(_)) => Err(DropReason::String),
+        Some(Value::Int(i)) => check_bytes(*i as f64, true),
+        Some(Value::Double(d)) => check_bytes(*d, true),
+        Some(Value::String(_)) => Err(DropReason::String),
         _ => Err(DropReason::WrongType),
     }
 }
 
-/// Reads an attribute as a label (cohort, service name). Numbers and bools are accepted as their text.
+/// Reads an attribute as a label (cohort, service name). Numbers and bools are accepted as their text; a string
+/// that is not UTF-8 is no label.
 pub fn label_value(value: Option<&AnyValue>) -> Option<String> {
     match value.and_then(|v| v.value.as_ref())? {
-        Value::StringValue(s) if !s.is_empty() => Some(s.clone()),
-        Value::IntValue(i) => Some(i.to_string()),
-        Value::BoolValue(b) => Some(b.to_string()),
-        Value::DoubleValue(d) => Some(d.to_string()),
+        Value::String(s) if !s.is_empty() => std::str::from_utf8(s).ok().map(str::to_string),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Double(d) => Some(d.to_string()),
         _ => None,
     }
 }
@@ -106,24 +107,21 @@ mod tests {
 
     #[test]
     fn accepts_ints_and_integral_doubles() {
-        assert_eq!(bytes_value(Some(&any(Value::IntValue(1024)))), Ok(1024.0));
-        assert_eq!(
-            bytes_value(Some(&any(Value::DoubleValue(2048.0)))),
-            Ok(2048.0)
-        );
-        assert_eq!(bytes_value(Some(&any(Value::IntValue(0)))), Ok(0.0));
+        assert_eq!(bytes_value(Some(&any(Value::Int(1024)))), Ok(1024.0));
+        assert_eq!(bytes_value(Some(&any(Value::Double(2048.0)))), Ok(2048.0));
+        assert_eq!(bytes_value(Some(&any(Value::Int(0)))), Ok(0.0));
     }
 
     #[test]
     fn rejects_each_kind_of_bad_value_by_reason() {
         let cases = [
-            (Value::IntValue(-1), DropReason::Negative),
-            (Value::DoubleValue(f64::NAN), DropReason::NotFinite),
-            (Value::DoubleValue(f64::INFINITY), DropReason::NotFinite),
-            (Value::DoubleValue(1.5), DropReason::Fractional),
-            (Value::IntValue(i64::MAX), DropReason::TooLarge),
-            (Value::StringValue("12MB".into()), DropReason::String),
-            (Value::BoolValue(true), DropReason::WrongType),
+            (Value::Int(-1), DropReason::Negative),
+            (Value::Double(f64::NAN), DropReason::NotFinite),
+            (Value::Double(f64::INFINITY), DropReason::NotFinite),
+            (Value::Double(1.5), DropReason::Fractional),
+            (Value::Int(i64::MAX), DropReason::TooLarge),
+            (Value::String("12MB".into()), DropReason::String),
+            (Value::Bool(true), DropReason::WrongType),
         ];
         for (v, reason) in cases {
             assert_eq!(bytes_value(Some(&any(v.clone()))), Err(reason), "{v:?}");
@@ -133,6 +131,20 @@ mod tests {
             bytes_value(Some(&AnyValue { value: None })),
             Err(DropReason::WrongType)
         );
+    }
+
+    #[test]
+    fn labels_read_text_numbers_and_bools_but_not_invalid_utf8() {
+        assert_eq!(
+            label_value(Some(&any(Value::String("1.5.0".into())))),
+            Some("1.5.0".into())
+        );
+        assert_eq!(label_value(Some(&any(Value::Int(2)))), Some("2".into()));
+        assert_eq!(
+            label_value(Some(&any(Value::String(vec![0xff, 0xfe].into())))),
+            None
+        );
+        assert_eq!(label_value(Some(&any(Value::String("".into())))), None);
     }
 
     #[test]

@@ -1,7 +1,16 @@
-//! OTLP/gRPC: the generated tonic services for traces, metrics and logs, with gzip both ways.
+//! OTLP/gRPC: the trace and metrics Export calls decoded straight into extraction's model, logs through the
+//! generated service; gzip both ways.
+//!
+//! The trace and metrics services are written here rather than taken from opentelemetry-proto's generated
+//! servers because those decode into the full generated types, which costs most of the intake budget (see
+//! `extract::model`). Both use tonic's own `Grpc` machinery with a prost codec over the model, so framing,
+//! compression and size limits behave exactly as in a generated server.
 
-use std::net::SocketAddr;
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::marker::PhantomData;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
@@ -9,69 +18,134 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use tonic::codec::CompressionEncoding;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use tonic::body::Body;
+use tonic::codec::{CompressionEncoding, EnabledCompressionEncodings};
+use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use super::{Busy, Ingest};
+use crate::extract::model::{MetricsRequest, TraceRequest};
 
-#[derive(Clone)]
-pub struct OtlpGrpc {
-    ingest: Arc<Ingest>,
+/// One OTLP Export call: its service name, the model it decodes into, and what to do with a request.
+pub trait ExportCall: Send + Sync + 'static {
+    const SERVICE: &'static str;
+    const PATH: &'static str;
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: prost::Message + Send + 'static;
+    fn handle(ingest: &Ingest, request: Self::Request) -> Result<Self::Response, Busy>;
 }
 
-fn busy(ingest: &Ingest, _: Busy) -> Status {
-    ingest.failed("grpc", "busy");
-    Status::unavailable("memdrift's queue is full; retry with backoff")
-}
+pub struct Traces;
+pub struct Metrics;
 
-#[tonic::async_trait]
-impl TraceService for OtlpGrpc {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let req = request.into_inner();
-        self.ingest
-            .traces(&req.resource_spans)
-            .map(Response::new)
-            .map_err(|b| busy(&self.ingest, b))
+impl ExportCall for Traces {
+    const SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    type Request = TraceRequest;
+    type Response = ExportTraceServiceResponse;
+    fn handle(ingest: &Ingest, request: TraceRequest) -> Result<Self::Response, Busy> {
+        ingest.traces(&request.resource_spans)
     }
 }
 
-#[tonic::async_trait]
-impl MetricsService for OtlpGrpc {
-    async fn export(
-        &self,
-        request: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let req = request.into_inner();
-        self.ingest
-            .metrics(&req.resource_metrics)
-            .map(Response::new)
-            .map_err(|b| busy(&self.ingest, b))
+impl ExportCall for Metrics {
+    const SERVICE: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+    type Request = MetricsRequest;
+    type Response = ExportMetricsServiceResponse;
+    fn handle(ingest: &Ingest, request: MetricsRequest) -> Result<Self::Response, Busy> {
+        ingest.metrics(&request.resource_metrics)
+    }
+}
+
+/// A gRPC service serving one Export call.
+pub struct ExportServer<C> {
+    ingest: Arc<Ingest>,
+    max_request_bytes: usize,
+    call: PhantomData<fn() -> C>,
+}
+
+impl<C> Clone for ExportServer<C> {
+    fn clone(&self) -> Self {
+        ExportServer {
+            ingest: Arc::clone(&self.ingest),
+            max_request_bytes: self.max_request_bytes,
+            call: PhantomData,
+        }
+    }
+}
+
+impl<C: ExportCall> NamedService for ExportServer<C> {
+    const NAME: &'static str = C::SERVICE;
+}
+
+struct Handler<C>(Arc<Ingest>, PhantomData<fn() -> C>);
+
+impl<C: ExportCall> UnaryService<C::Request> for Handler<C> {
+    type Response = C::Response;
+    type Future = Ready<Result<Response<C::Response>, Status>>;
+    fn call(&mut self, request: Request<C::Request>) -> Self::Future {
+        ready(
+            C::handle(&self.0, request.into_inner())
+                .map(Response::new)
+                .map_err(|Busy| {
+                    self.0.failed("grpc", "busy");
+                    Status::unavailable("memdrift's queue is full; retry with backoff")
+                }),
+        )
+    }
+}
+
+impl<C: ExportCall> tower::Service<http::Request<Body>> for ExportServer<C> {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        if req.uri().path() != C::PATH {
+            return Box::pin(async { Ok(Status::unimplemented("unknown method").into_http()) });
+        }
+        let mut gzip = EnabledCompressionEncodings::default();
+        gzip.enable(CompressionEncoding::Gzip);
+        let handler = Handler::<C>(Arc::clone(&self.ingest), PhantomData);
+        let max = self.max_request_bytes;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(tonic_prost::ProstCodec::<C::Response, C::Request>::default())
+                .apply_compression_config(gzip, gzip)
+                .apply_max_message_size_config(Some(max), None);
+            Ok(grpc.unary(handler, req).await)
+        })
+    }
+}
+
+impl<C> ExportServer<C> {
+    pub fn new(ingest: Arc<Ingest>, max_request_bytes: usize) -> Self {
+        ExportServer {
+            ingest,
+            max_request_bytes,
+            call: PhantomData,
+        }
     }
 }
 
 /// Logs carry no memory samples; they are accepted (a Collector may send every signal) and counted.
+struct Logs(Arc<Ingest>);
+
 #[tonic::async_trait]
-impl LogsService for OtlpGrpc {
+impl LogsService for Logs {
     async fn export(
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.ingest.logs(&request.into_inner());
+        self.0.logs(&request.into_inner());
         Ok(Response::new(ExportLogsServiceResponse {
             partial_success: None,
         }))
@@ -104,29 +178,18 @@ pub async fn serve(
     max_request_bytes: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let svc = OtlpGrpc { ingest };
-    let traces = TraceServiceServer::new(svc.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_request_bytes);
-    let metrics = MetricsServiceServer::new(svc.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_request_bytes);
-    let logs = LogsServiceServer::new(svc)
+    let logs = LogsServiceServer::new(Logs(Arc::clone(&ingest)))
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_request_bytes);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(otlp_status_codes))
-        .add_service(traces)
-        .add_service(metrics)
+        .add_service(ExportServer::<Traces>::new(
+            Arc::clone(&ingest),
+            max_request_bytes,
+        ))
+        .add_service(ExportServer::<Metrics>::new(ingest, max_request_bytes))
         .add_service(logs)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-}
-
-/// The address a listener is bound to, for logs.
-pub fn local_addr(listener: &tokio::net::TcpListener) -> Option<SocketAddr> {
-    listener.local_addr().ok()
 }

@@ -16,8 +16,6 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use super::json::JsonDocument;
@@ -237,9 +235,7 @@ async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         &state,
         &headers,
         body,
-        |doc| ExportTraceServiceRequest {
-            resource_spans: doc.into_proto().0,
-        },
+        |doc| doc.into_model().0,
         "OTLP ExportTraceServiceRequest",
     )
     .await
@@ -258,9 +254,7 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap, body: Body)
         &state,
         &headers,
         body,
-        |doc| ExportMetricsServiceRequest {
-            resource_metrics: doc.into_proto().1,
-        },
+        |doc| doc.into_model().1,
         "OTLP ExportMetricsServiceRequest",
     )
     .await

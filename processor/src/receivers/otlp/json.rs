@@ -3,21 +3,21 @@
 //! opentelemetry-proto's own serde support fails a whole request on a single value it cannot read: a
 //! `"doubleValue": "NaN"` (proto3 JSON's spelling of NaN, which the Collector's `file` exporter writes) or an
 //! `"intValue": "12MB"`. memdrift must reject such a value alone and keep the rest of the batch, so JSON is read
-//! through this small model of the fields extraction uses and converted into the generated prost types; bad
-//! values survive the reading as values of the wrong kind, and extraction counts them by reason.
+//! through this small model of the fields extraction uses and converted into extraction's model
+//! ([`crate::extract::model`]); bad values survive the reading as values of the wrong kind, and extraction
+//! counts them by reason.
 //!
 //! What the model accepts, per the OTLP/JSON rules: lowerCamelCase keys, unknown keys ignored, trace ids in hex,
 //! 64-bit integers as strings or numbers, doubles as numbers or the strings "NaN", "Infinity", "-Infinity".
 //! Fields memdrift does not read (events, links, status, ...) are skipped, so the conversion is not a round
 //! trip; it is a faithful reading of every field extraction looks at.
 
-use serde::de::{self, Deserializer, IgnoredAny};
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 use serde::Deserialize;
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1 as pm;
-use opentelemetry_proto::tonic::resource::v1::Resource as PResource;
-use opentelemetry_proto::tonic::trace::v1 as pt;
+use crate::extract::model as m;
 
 /// One OTLP/JSON document: an export request body, or one line of the Collector's `file` exporter. Either
 /// signal may be present; `resourceLogs` is accepted and ignored.
@@ -41,11 +41,15 @@ impl JsonDocument {
         serde_json::from_slice(bytes)
     }
 
-    /// Converts into the generated types: (spans, metrics).
-    pub fn into_proto(self) -> (Vec<pt::ResourceSpans>, Vec<pm::ResourceMetrics>) {
+    /// Converts into extraction's model: (spans, metrics).
+    pub fn into_model(self) -> (m::TraceRequest, m::MetricsRequest) {
         (
-            self.resource_spans.into_iter().map(Into::into).collect(),
-            self.resource_metrics.into_iter().map(Into::into).collect(),
+            m::TraceRequest {
+                resource_spans: self.resource_spans.into_iter().map(Into::into).collect(),
+            },
+            m::MetricsRequest {
+                resource_metrics: self.resource_metrics.into_iter().map(Into::into).collect(),
+            },
         )
     }
 }
@@ -74,9 +78,6 @@ struct ScopeSpans {
 struct Span {
     #[serde(deserialize_with = "hex_id")]
     trace_id: Vec<u8>,
-    #[serde(deserialize_with = "hex_id")]
-    span_id: Vec<u8>,
-    name: String,
     #[serde(deserialize_with = "u64_lenient")]
     start_time_unix_nano: u64,
     #[serde(deserialize_with = "u64_lenient")]
@@ -101,7 +102,6 @@ struct ScopeMetrics {
 #[serde(rename_all = "camelCase", default)]
 struct Metric {
     name: String,
-    unit: String,
     gauge: Option<Points>,
     sum: Option<Points>,
 }
@@ -131,7 +131,8 @@ struct Attribute {
     value: Option<Value>,
 }
 
-/// An AnyValue as read. The JSON form names its kind by key, one key per object.
+/// An AnyValue as read. The JSON form names its kind by key, one key per object; arrays, maps and bytes are
+/// unknown keys here, skipped, and leave the value empty.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct Value {
@@ -141,9 +142,6 @@ struct Value {
     int_value: Option<Number>,
     #[serde(deserialize_with = "opt_f64_lenient")]
     double_value: Option<Number>,
-    array_value: Option<IgnoredAny>,
-    kvlist_value: Option<IgnoredAny>,
-    bytes_value: Option<IgnoredAny>,
 }
 
 /// A number field as found: a value, or text that is not a number of that kind (kept to be counted).
@@ -154,74 +152,110 @@ enum Number {
     Text(String),
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawNumber {
-    U(u64),
-    I(i64),
-    F(f64),
-    S(String),
+/// What a number field should hold; the visitor reads any JSON scalar into it without buffering.
+#[derive(Clone, Copy)]
+enum Want {
+    Int,
+    Double,
 }
 
-fn raw_to_i64(raw: RawNumber) -> Number {
-    match raw {
-        RawNumber::I(i) => Number::Int(i),
-        RawNumber::U(u) => i64::try_from(u)
-            .map(Number::Int)
-            .unwrap_or(Number::Double(u as f64)),
-        // JSON writers sometimes print integral int64 values as 1.0; anything fractional is kept as a double so
-        // that extraction rejects it as fractional.
-        RawNumber::F(f) => Number::Double(f),
-        RawNumber::S(s) => s
-            .trim()
-            .parse::<i64>()
-            .map(Number::Int)
-            .unwrap_or(Number::Text(s)),
+struct NumberVisitor(Want);
+
+impl<'de> Visitor<'de> for NumberVisitor {
+    type Value = Number;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number, or a number in a string")
+    }
+
+    fn visit_i64<E: de::Error>(self, i: i64) -> Result<Number, E> {
+        Ok(match self.0 {
+            Want::Int => Number::Int(i),
+            Want::Double => Number::Double(i as f64),
+        })
+    }
+
+    fn visit_u64<E: de::Error>(self, u: u64) -> Result<Number, E> {
+        Ok(match (self.0, i64::try_from(u)) {
+            (Want::Int, Ok(i)) => Number::Int(i),
+            _ => Number::Double(u as f64),
+        })
+    }
+
+    /// JSON writers sometimes print integral int64 values as 1.0; anything fractional stays a double so that
+    /// extraction rejects it as fractional.
+    fn visit_f64<E: de::Error>(self, f: f64) -> Result<Number, E> {
+        Ok(Number::Double(f))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Number, E> {
+        let t = s.trim();
+        let n = match self.0 {
+            Want::Int => t.parse::<i64>().ok().map(Number::Int),
+            Want::Double => match t {
+                "NaN" => Some(Number::Double(f64::NAN)),
+                "Infinity" => Some(Number::Double(f64::INFINITY)),
+                "-Infinity" => Some(Number::Double(f64::NEG_INFINITY)),
+                _ => t.parse::<f64>().ok().map(Number::Double),
+            },
+        };
+        Ok(n.unwrap_or_else(|| Number::Text(s.to_string())))
+    }
+
+    /// A bool or other scalar where a number belongs: kept as text, to be counted as a string value.
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Number, E> {
+        Ok(Number::Text(b.to_string()))
     }
 }
 
-fn raw_to_f64(raw: RawNumber) -> Number {
-    match raw {
-        RawNumber::I(i) => Number::Double(i as f64),
-        RawNumber::U(u) => Number::Double(u as f64),
-        RawNumber::F(f) => Number::Double(f),
-        RawNumber::S(s) => match s.as_str() {
-            "NaN" => Number::Double(f64::NAN),
-            "Infinity" => Number::Double(f64::INFINITY),
-            "-Infinity" => Number::Double(f64::NEG_INFINITY),
-            other => other
-                .trim()
-                .parse::<f64>()
-                .map(Number::Double)
-                .unwrap_or(Number::Text(s)),
-        },
+struct OptNumber(Want);
+
+impl<'de> de::DeserializeSeed<'de> for OptNumber {
+    type Value = Option<Number>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Number>, D::Error> {
+        struct OptVisitor(Want);
+        impl<'de> Visitor<'de> for OptVisitor {
+            type Value = Option<Number>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number, a number in a string, or null")
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_any(NumberVisitor(self.0)).map(Some)
+            }
+        }
+        d.deserialize_option(OptVisitor(self.0))
     }
 }
 
 fn opt_i64_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Number>, D::Error> {
-    Ok(Option::<RawNumber>::deserialize(d)?.map(raw_to_i64))
+    de::DeserializeSeed::deserialize(OptNumber(Want::Int), d)
 }
 
 fn opt_f64_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Number>, D::Error> {
-    Ok(Option::<RawNumber>::deserialize(d)?.map(raw_to_f64))
+    de::DeserializeSeed::deserialize(OptNumber(Want::Double), d)
 }
 
 /// Timestamps: a string or a number. A timestamp that is not a non-negative integer fails the document: without
 /// it nothing in the document can be placed in event time reliably, and writers never produce one.
 fn u64_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match Option::<RawNumber>::deserialize(d)? {
+    match opt_i64_lenient(d)? {
         None => Ok(0),
-        Some(RawNumber::U(u)) => Ok(u),
-        Some(RawNumber::I(i)) => {
+        Some(Number::Int(i)) => {
             u64::try_from(i).map_err(|_| de::Error::custom(format!("negative timestamp {i}")))
         }
-        Some(RawNumber::F(f)) if f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64 => {
+        Some(Number::Double(f)) if f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64 => {
             Ok(f as u64)
         }
-        Some(RawNumber::F(f)) => Err(de::Error::custom(format!(
+        Some(Number::Double(f)) => Err(de::Error::custom(format!(
             "timestamp {f} is not a whole number"
         ))),
-        Some(RawNumber::S(s)) => s.parse::<u64>().map_err(|_| {
+        Some(Number::Text(s)) => s.parse::<u64>().map_err(|_| {
             de::Error::custom(format!("timestamp {s:?} is not a number of nanoseconds"))
         }),
     }
@@ -229,139 +263,130 @@ fn u64_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 /// Trace and span ids are hex in OTLP/JSON. An id that is not hex is dropped (the span stays usable without it).
 fn hex_id<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-    let s = Option::<String>::deserialize(d)?.unwrap_or_default();
-    Ok(hex::decode(&s).unwrap_or_default())
+    struct HexVisitor;
+    impl<'de> Visitor<'de> for HexVisitor {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a hex id")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<u8>, E> {
+            Ok(hex::decode(s).unwrap_or_default())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Vec<u8>, E> {
+            Ok(Vec::new())
+        }
+    }
+    d.deserialize_any(HexVisitor)
 }
 
-impl From<Attribute> for KeyValue {
-    fn from(a: Attribute) -> KeyValue {
-        KeyValue {
-            key: a.key,
+impl From<Attribute> for m::KeyValue {
+    fn from(a: Attribute) -> m::KeyValue {
+        m::KeyValue {
+            key: a.key.into(),
             value: a.value.map(Into::into),
-            ..Default::default()
         }
     }
 }
 
-fn attrs(v: Vec<Attribute>) -> Vec<KeyValue> {
+fn attrs(v: Vec<Attribute>) -> Vec<m::KeyValue> {
     v.into_iter().map(Into::into).collect()
 }
 
-impl From<Value> for AnyValue {
-    fn from(v: Value) -> AnyValue {
-        use any_value::Value as V;
+impl From<Value> for m::AnyValue {
+    fn from(v: Value) -> m::AnyValue {
         let number = |n: Number| match n {
-            Number::Int(i) => V::IntValue(i),
-            Number::Double(d) => V::DoubleValue(d),
-            Number::Text(s) => V::StringValue(s),
+            Number::Int(i) => m::Value::Int(i),
+            Number::Double(d) => m::Value::Double(d),
+            Number::Text(s) => m::Value::String(s.into()),
         };
+        // Arrays, maps and bytes are not read (see the model); they leave the value empty.
         let value = if let Some(s) = v.string_value {
-            Some(V::StringValue(s))
+            Some(m::Value::String(s.into()))
         } else if let Some(n) = v.int_value {
             Some(number(n))
         } else if let Some(n) = v.double_value {
             Some(number(n))
-        } else if let Some(b) = v.bool_value {
-            Some(V::BoolValue(b))
-        } else if v.array_value.is_some() || v.kvlist_value.is_some() {
-            Some(V::ArrayValue(ArrayValue::default()))
-        } else if v.bytes_value.is_some() {
-            Some(V::BytesValue(Vec::new()))
         } else {
-            None
+            v.bool_value.map(m::Value::Bool)
         };
-        AnyValue { value }
+        m::AnyValue { value }
     }
 }
 
-fn resource(r: Option<Resource>) -> Option<PResource> {
-    r.map(|r| PResource {
+fn resource(r: Option<Resource>) -> Option<m::Resource> {
+    r.map(|r| m::Resource {
         attributes: attrs(r.attributes),
-        ..Default::default()
     })
 }
 
-impl From<ResourceSpans> for pt::ResourceSpans {
-    fn from(rs: ResourceSpans) -> pt::ResourceSpans {
-        pt::ResourceSpans {
+impl From<ResourceSpans> for m::ResourceSpans {
+    fn from(rs: ResourceSpans) -> m::ResourceSpans {
+        m::ResourceSpans {
             resource: resource(rs.resource),
             scope_spans: rs
                 .scope_spans
                 .into_iter()
-                .map(|ss| pt::ScopeSpans {
+                .map(|ss| m::ScopeSpans {
                     spans: ss
                         .spans
                         .into_iter()
-                        .map(|s| pt::Span {
-                            trace_id: s.trace_id,
-                            span_id: s.span_id,
-                            name: s.name,
+                        .map(|s| m::Span {
+                            trace_id: s.trace_id.into(),
                             start_time_unix_nano: s.start_time_unix_nano,
                             end_time_unix_nano: s.end_time_unix_nano,
                             attributes: attrs(s.attributes),
-                            ..Default::default()
                         })
                         .collect(),
-                    ..Default::default()
                 })
                 .collect(),
-            ..Default::default()
         }
     }
 }
 
-impl From<ResourceMetrics> for pm::ResourceMetrics {
-    fn from(rm: ResourceMetrics) -> pm::ResourceMetrics {
-        let points = |p: Points| -> Vec<pm::NumberDataPoint> {
-            p.data_points
+impl From<Points> for m::NumberPoints {
+    fn from(p: Points) -> m::NumberPoints {
+        m::NumberPoints {
+            data_points: p
+                .data_points
                 .into_iter()
-                .map(|p| pm::NumberDataPoint {
+                .map(|p| m::NumberDataPoint {
                     attributes: attrs(p.attributes),
                     time_unix_nano: p.time_unix_nano,
                     value: match (p.as_double, p.as_int) {
-                        (Some(Number::Double(d)), _) => {
-                            Some(pm::number_data_point::Value::AsDouble(d))
-                        }
-                        (_, Some(Number::Int(i))) => Some(pm::number_data_point::Value::AsInt(i)),
-                        (_, Some(Number::Double(d))) => {
-                            Some(pm::number_data_point::Value::AsDouble(d))
-                        }
+                        (Some(Number::Double(d)), _) => Some(m::PointValue::AsDouble(d)),
+                        (_, Some(Number::Int(i))) => Some(m::PointValue::AsInt(i)),
+                        (_, Some(Number::Double(d))) => Some(m::PointValue::AsDouble(d)),
                         // Text that is no number: a point without a value, counted as wrong_type.
                         _ => None,
                     },
-                    ..Default::default()
                 })
-                .collect()
-        };
-        pm::ResourceMetrics {
+                .collect(),
+        }
+    }
+}
+
+impl From<ResourceMetrics> for m::ResourceMetrics {
+    fn from(rm: ResourceMetrics) -> m::ResourceMetrics {
+        m::ResourceMetrics {
             resource: resource(rm.resource),
             scope_metrics: rm
                 .scope_metrics
                 .into_iter()
-                .map(|sm| pm::ScopeMetrics {
+                .map(|sm| m::ScopeMetrics {
                     metrics: sm
                         .metrics
                         .into_iter()
-                        .map(|m| pm::Metric {
-                            name: m.name,
-                            unit: m.unit,
-                            data: match (m.gauge, m.sum) {
-                                (Some(g), _) => Some(pm::metric::Data::Gauge(pm::Gauge {
-                                    data_points: points(g),
-                                })),
-                                (None, Some(s)) => Some(pm::metric::Data::Sum(pm::Sum {
-                                    data_points: points(s),
-                                    ..Default::default()
-                                })),
+                        .map(|metric| m::Metric {
+                            name: metric.name,
+                            data: match (metric.gauge, metric.sum) {
+                                (Some(g), _) => Some(m::Data::Gauge(g.into())),
+                                (None, Some(s)) => Some(m::Data::Sum(s.into())),
                                 (None, None) => None,
                             },
-                            ..Default::default()
                         })
                         .collect(),
-                    ..Default::default()
                 })
                 .collect(),
-            ..Default::default()
         }
     }
 }
@@ -369,13 +394,16 @@ impl From<ResourceMetrics> for pm::ResourceMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::extract::model::from_proto;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1 as pc;
+    use opentelemetry_proto::tonic::trace::v1 as pt;
 
-    fn first_value(doc: &str) -> Option<any_value::Value> {
+    fn first_value(doc: &str) -> Option<m::Value> {
         let (spans, _) = JsonDocument::parse(doc.as_bytes())
             .expect("parses")
-            .into_proto();
-        spans[0].scope_spans[0].spans[0].attributes[0]
+            .into_model();
+        spans.resource_spans[0].scope_spans[0].spans[0].attributes[0]
             .value
             .clone()
             .and_then(|v| v.value)
@@ -390,33 +418,33 @@ mod tests {
 
     #[test]
     fn reads_int64_as_string_and_number_and_special_doubles() {
-        use any_value::Value as V;
+        use m::Value as V;
         assert_eq!(
             first_value(&span_with(r#"{"intValue":"1048576"}"#)),
-            Some(V::IntValue(1048576))
+            Some(V::Int(1048576))
         );
         assert_eq!(
             first_value(&span_with(r#"{"intValue":1048576}"#)),
-            Some(V::IntValue(1048576))
+            Some(V::Int(1048576))
         );
         assert_eq!(
             first_value(&span_with(r#"{"doubleValue":2048}"#)),
-            Some(V::DoubleValue(2048.0))
+            Some(V::Double(2048.0))
         );
         assert!(
-            matches!(first_value(&span_with(r#"{"doubleValue":"NaN"}"#)), Some(V::DoubleValue(d)) if d.is_nan())
+            matches!(first_value(&span_with(r#"{"doubleValue":"NaN"}"#)), Some(V::Double(d)) if d.is_nan())
         );
         assert_eq!(
             first_value(&span_with(r#"{"doubleValue":"-Infinity"}"#)),
-            Some(V::DoubleValue(f64::NEG_INFINITY))
+            Some(V::Double(f64::NEG_INFINITY))
         );
         assert_eq!(
             first_value(&span_with(r#"{"intValue":"12MB"}"#)),
-            Some(V::StringValue("12MB".into()))
+            Some(V::String("12MB".into()))
         );
         assert_eq!(
             first_value(&span_with(r#"{"arrayValue":{"values":[]}}"#)),
-            Some(V::ArrayValue(ArrayValue::default()))
+            None
         );
         assert_eq!(first_value(&span_with(r#"{}"#)), None);
     }
@@ -425,8 +453,8 @@ mod tests {
     fn reads_hex_ids_and_string_timestamps() {
         let (spans, _) = JsonDocument::parse(span_with(r#"{"intValue":"1"}"#).as_bytes())
             .expect("parses")
-            .into_proto();
-        let span = &spans[0].scope_spans[0].spans[0];
+            .into_model();
+        let span = &spans.resource_spans[0].scope_spans[0].spans[0];
         assert_eq!(
             hex::encode(&span.trace_id),
             "5b8efff798038103d269b633813fc60c"
@@ -435,20 +463,45 @@ mod tests {
     }
 
     #[test]
-    fn agrees_with_opentelemetry_proto_serializer() {
-        // What opentelemetry-proto writes as OTLP/JSON, this model reads back to the same fields.
-        let doc = span_with(r#"{"intValue":"42"}"#);
-        let (spans, _) = JsonDocument::parse(doc.as_bytes())
-            .expect("parses")
-            .into_proto();
+    fn reads_what_opentelemetry_proto_writes_as_protobuf_decoding_does() {
+        use pc::any_value::Value as V;
+        let kv = |k: &str, v| pc::KeyValue {
+            key: k.into(),
+            value: Some(pc::AnyValue { value: Some(v) }),
+            ..Default::default()
+        };
         let request = ExportTraceServiceRequest {
-            resource_spans: spans.clone(),
+            resource_spans: vec![pt::ResourceSpans {
+                resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
+                    attributes: vec![kv("service.name", V::StringValue("svc".into()))],
+                    ..Default::default()
+                }),
+                scope_spans: vec![pt::ScopeSpans {
+                    spans: vec![pt::Span {
+                        trace_id: vec![0xab; 16],
+                        span_id: vec![1; 8],
+                        name: "chat m".into(),
+                        start_time_unix_nano: 1_700_000_000_000_000_000,
+                        end_time_unix_nano: 1_700_000_000_005_000_000,
+                        attributes: vec![
+                            kv("memspan.rss.end", V::IntValue(i64::MAX)),
+                            kv("memspan.rss.start", V::DoubleValue(0.5)),
+                            kv("b", V::BoolValue(false)),
+                            kv("s", V::StringValue("x".into())),
+                        ],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
         };
         let written = serde_json::to_string(&request).expect("serializes");
-        let (again, _) = JsonDocument::parse(written.as_bytes())
+        let (from_json, _) = JsonDocument::parse(written.as_bytes())
             .expect("parses")
-            .into_proto();
-        assert_eq!(again, spans);
+            .into_model();
+        let from_protobuf: m::TraceRequest = from_proto(&request);
+        assert_eq!(from_json, from_protobuf);
     }
 
     #[test]

@@ -14,10 +14,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use std::sync::mpsc::SyncSender;
 
+use crate::extract::model::{ResourceMetrics, ResourceSpans};
 use crate::extract::{extract_metrics, extract_spans, DropReason, ExtractConfig, ExtractStats};
 use crate::sample::MemorySample;
 use crate::telemetry::Telemetry;
