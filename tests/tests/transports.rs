@@ -13,6 +13,7 @@ use memdrift::receivers::otlp::{grpc, http, Ingest, RpcStatus, SampleBatch};
 use memdrift::sample::MemorySample;
 use memdrift::telemetry::Telemetry;
 use memdrift_e2e::*;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -347,4 +348,110 @@ async fn a_full_queue_answers_retry_later() {
     let resp = post(&url, "application/x-protobuf", false, body).await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
+}
+
+fn metrics_batch() -> ExportMetricsServiceRequest {
+    use opentelemetry_proto::tonic::metrics::v1::{
+        metric::Data, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics,
+        ScopeMetrics, Sum,
+    };
+    let t = now_unix_nano();
+    let point = |dt: u64, v| NumberDataPoint {
+        time_unix_nano: t + dt,
+        value: Some(v),
+        ..Default::default()
+    };
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(resource("embed-llm", "2.0.0", "pod-m")),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![
+                    Metric {
+                        name: "process.memory.usage".into(),
+                        unit: "By".into(),
+                        data: Some(Data::Gauge(Gauge {
+                            data_points: vec![
+                                point(0, number_data_point::Value::AsInt(700_000_000)),
+                                point(1, number_data_point::Value::AsDouble(f64::NAN)),
+                            ],
+                        })),
+                        ..Default::default()
+                    },
+                    Metric {
+                        name: "container.memory.working_set".into(),
+                        unit: "By".into(),
+                        data: Some(Data::Sum(Sum {
+                            data_points: vec![point(2, number_data_point::Value::AsDouble(8.5e8))],
+                            aggregation_temporality: 2,
+                            is_monotonic: false,
+                        })),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_over_grpc_and_http_give_identical_samples() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+
+    let r = start().await;
+    let req = metrics_batch();
+    let mut client = MetricsServiceClient::connect(r.grpc.clone())
+        .await
+        .expect("connect")
+        .send_compressed(CompressionEncoding::Gzip);
+    let resp = client
+        .export(req.clone())
+        .await
+        .expect("export")
+        .into_inner();
+    assert_eq!(
+        resp.partial_success.map(|p| p.rejected_data_points),
+        Some(1),
+        "the NaN point"
+    );
+    let via_grpc = next_batch(&r.rx);
+    assert_eq!(via_grpc.len(), 2);
+    assert_eq!(
+        via_grpc[0]
+            .values
+            .get(memdrift::signal::Signal::ProcessMemoryUsage),
+        Some(7e8)
+    );
+    assert_eq!(
+        via_grpc[1]
+            .values
+            .get(memdrift::signal::Signal::ContainerWorkingSet),
+        Some(8.5e8)
+    );
+    assert_eq!(via_grpc[0].cohort.as_deref(), Some("2.0.0"));
+
+    let url = format!("{}/v1/metrics", r.http);
+    for (ct, body) in [
+        ("application/x-protobuf", req.encode_to_vec()),
+        ("application/json", serde_json::to_vec(&req).expect("json")),
+    ] {
+        let resp = post(&url, ct, true, body).await;
+        assert_eq!(resp.status(), 200, "{ct}");
+        if ct == "application/x-protobuf" {
+            let body = ExportMetricsServiceResponse::decode(resp.bytes().await.expect("body"))
+                .expect("response");
+            assert_eq!(
+                body.partial_success.map(|p| p.rejected_data_points),
+                Some(1)
+            );
+        }
+        assert_eq!(next_batch(&r.rx), via_grpc, "{ct}");
+    }
+    let text = r.telemetry.render();
+    assert_eq!(
+        metric_value(&text, "memdrift_receiver_accepted_metric_points_total"),
+        Some(6.0)
+    );
 }
