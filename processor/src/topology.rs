@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -166,11 +165,13 @@ impl Service {
         }
         // Every sender is gone with the servers, so the engine drains what is queued and returns.
         let engine = self.engine;
-        tokio::task::spawn_blocking(move || engine.join())
-            .await
-            .ok()
-            .and_then(|r| r.err())
-            .map(|_| first_error.get_or_insert(anyhow::anyhow!("the engine thread panicked")));
+        let engine_panicked = !matches!(
+            tokio::task::spawn_blocking(move || engine.join()).await,
+            Ok(Ok(()))
+        );
+        if engine_panicked {
+            first_error.get_or_insert(anyhow::anyhow!("the engine thread panicked"));
+        }
         first_error.map_or(Ok(()), Err)
     }
 
@@ -272,6 +273,3 @@ pub async fn run(pipeline: Pipeline) -> Result<()> {
     );
     service.run_until_signal().await
 }
-
-/// Shared ingest handle type, re-exported for tests that drive receivers directly.
-pub type SharedIngest = Arc<Ingest>;
