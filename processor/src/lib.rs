@@ -13,6 +13,7 @@ pub mod receivers;
 pub mod replay;
 pub mod sample;
 pub mod signal;
+pub mod stats;
 pub mod telemetry;
 pub mod topology;
 

@@ -1,0 +1,102 @@
+//! The statistics memdrift's detectors stand on, written by hand where no well-kept crate has them (statrs
+//! supplies the distributions). Each function is checked against published or independently computed values in
+//! its tests, quoted there.
+
+mod msprt;
+mod scale;
+
+pub use msprt::Msprt;
+pub use scale::{
+    bonett_sd_ratio, brown_forsythe, lag1_autocorrelation, variance_inflation, Interval, TestResult,
+};
+
+use statrs::distribution::{ContinuousCDF, Normal};
+
+/// The standard normal quantile.
+pub fn normal_quantile(p: f64) -> f64 {
+    // N(0, 1) always constructs.
+    Normal::standard().inverse_cdf(p)
+}
+
+/// Benjamini-Hochberg at level `q`: which of `p_values` are discoveries. Controls the false discovery rate across
+/// the keys evaluated together (independent or positively dependent tests).
+pub fn benjamini_hochberg(p_values: &[f64], q: f64) -> Vec<bool> {
+    let m = p_values.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&a, &b| p_values[a].total_cmp(&p_values[b]));
+    // The largest rank k with p_(k) <= k q / m; every p up to it is a discovery.
+    let cutoff = order
+        .iter()
+        .enumerate()
+        .filter(|(rank, &i)| p_values[i] <= (rank + 1) as f64 * q / m as f64)
+        .map(|(rank, _)| rank + 1)
+        .max()
+        .unwrap_or(0);
+    let mut out = vec![false; m];
+    for &i in &order[..cutoff] {
+        out[i] = true;
+    }
+    out
+}
+
+/// The decision threshold `h` of a one-sided CUSUM on N(0, 1) observations with reference value `k`, for an
+/// in-control average run length `arl` (Siegmund's approximation, ARL0 = (e^{2kb} - 2kb - 1) / (2k^2) with
+/// b = h + 1.166), solved by bisection.
+pub fn cusum_threshold(k: f64, arl: f64) -> f64 {
+    let arl_of = |h: f64| {
+        let b = 2.0 * k * (h + 1.166);
+        (b.exp() - b - 1.0) / (2.0 * k * k)
+    };
+    let (mut lo, mut hi) = (0.0, 100.0);
+    for _ in 0..100 {
+        let mid = 0.5 * (lo + hi);
+        if arl_of(mid) < arl {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn benjamini_hochberg_matches_the_worked_example() {
+        // Benjamini & Hochberg (1995), section 3.2: 15 p-values, q = 0.05: the four smallest are rejected.
+        let p = [
+            0.0001, 0.0004, 0.0019, 0.0095, 0.0201, 0.0278, 0.0298, 0.0344, 0.0459, 0.3240, 0.4262,
+            0.5719, 0.6528, 0.7590, 1.0,
+        ];
+        let r = benjamini_hochberg(&p, 0.05);
+        assert_eq!(r.iter().filter(|x| **x).count(), 4);
+        assert!(r[..4].iter().all(|x| *x));
+        // Order does not matter.
+        let mut rev = p;
+        rev.reverse();
+        assert_eq!(
+            benjamini_hochberg(&rev, 0.05)
+                .iter()
+                .filter(|x| **x)
+                .count(),
+            4
+        );
+        assert!(benjamini_hochberg(&[], 0.05).is_empty());
+    }
+
+    #[test]
+    fn cusum_threshold_matches_siegmund_tables() {
+        // Siegmund's formula at k = 0.5, h = 5: b = 6.166, (e^b - b - 1) / 0.5 = 938.2.
+        let h = cusum_threshold(0.5, 938.2);
+        assert!((h - 5.0).abs() < 0.05, "h = {h}");
+        assert!(cusum_threshold(0.5, 43_200.0) > h);
+    }
+
+    #[test]
+    fn normal_quantiles() {
+        assert!((normal_quantile(0.975) - 1.959963984540054).abs() < 1e-9);
+        assert!((normal_quantile(0.5)).abs() < 1e-12);
+    }
+}
