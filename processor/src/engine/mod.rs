@@ -113,8 +113,10 @@ pub struct WindowSummary {
     pub min: f64,
     pub max: f64,
     /// The values behind the order statistics (all of them, or a uniform sample when a pane overflowed its
-    /// reservoir), for detectors that test distributions.
+    /// reservoir), for detectors that test distributions; in arrival order within each step.
     pub values: Vec<f64>,
+    /// For each value, a hash of the instance that sent it: a cohort's values split by process, in time order.
+    pub instance_tags: Vec<u32>,
     /// Trace ids of the largest values, largest first.
     pub exemplars: Vec<TraceId>,
     /// The last step of the window; `None` when that step had no sample.
@@ -145,6 +147,8 @@ struct Pane {
     max: f64,
     last: (u64, f64),
     reservoir: Vec<f64>,
+    /// The instance of each reservoir value (a hash of its id), so detectors can split a cohort by process.
+    tags: Vec<u32>,
     /// (value, trace id), largest first, at most `exemplars` long.
     exemplars: Vec<(f64, TraceId)>,
 }
@@ -158,11 +162,20 @@ impl Pane {
             max: f64::NEG_INFINITY,
             last: (0, f64::NAN),
             reservoir: Vec::new(),
+            tags: Vec::new(),
             exemplars: Vec::new(),
         }
     }
 
-    fn push(&mut self, t: u64, v: f64, trace: Option<TraceId>, cfg: &EngineConfig, rng: &mut u64) {
+    fn push(
+        &mut self,
+        t: u64,
+        v: f64,
+        tag: u32,
+        trace: Option<TraceId>,
+        cfg: &EngineConfig,
+        rng: &mut u64,
+    ) {
         self.moments.push(v);
         self.min = self.min.min(v);
         self.max = self.max.max(v);
@@ -171,11 +184,13 @@ impl Pane {
         }
         if self.reservoir.len() < cfg.max_samples_per_pane {
             self.reservoir.push(v);
+            self.tags.push(tag);
         } else {
             // Algorithm R: keep each of the n values seen with probability cap / n.
             let j = (next_random(rng) % self.moments.n) as usize;
             if j < self.reservoir.len() {
                 self.reservoir[j] = v;
+                self.tags[j] = tag;
             }
         }
         if let Some(id) = trace {
@@ -324,6 +339,7 @@ impl Engine {
             }
         };
         group.last_seen = group.last_seen.max(sample.time_unix_nano);
+        let tag = instance_tag(&sample.instance);
         for (signal, v) in values.iter() {
             let slot = &mut group.series[signal as usize];
             if slot.is_none() {
@@ -353,6 +369,7 @@ impl Engine {
             series.panes[idx].push(
                 sample.time_unix_nano,
                 v,
+                tag,
                 sample.trace_id,
                 cfg,
                 &mut series.rng,
@@ -485,6 +502,13 @@ impl Engine {
     }
 }
 
+/// FNV-1a over the instance id: a stable 32-bit tag (collisions only merge two processes' statistics).
+pub fn instance_tag(instance: &str) -> u32 {
+    instance.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
+}
+
 fn census_remove(census: &mut BTreeMap<i64, usize>, index: i64) {
     if let Some(n) = census.get_mut(&index) {
         *n -= 1;
@@ -499,12 +523,14 @@ fn summarize(key: SeriesKey, panes: &[&Pane], last_pane: i64, exemplars: usize) 
     let mut min = f64::INFINITY;
     let mut max = f64::NEG_INFINITY;
     let mut values = Vec::with_capacity(panes.iter().map(|p| p.reservoir.len()).sum());
+    let mut instance_tags = Vec::with_capacity(values.capacity());
     let mut ex: Vec<(f64, TraceId)> = Vec::new();
     for p in panes {
         moments.merge(&p.moments);
         min = min.min(p.min);
         max = max.max(p.max);
         values.extend_from_slice(&p.reservoir);
+        instance_tags.extend_from_slice(&p.tags);
         ex.extend_from_slice(&p.exemplars);
     }
     ex.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -531,6 +557,7 @@ fn summarize(key: SeriesKey, panes: &[&Pane], last_pane: i64, exemplars: usize) 
         min,
         max,
         values,
+        instance_tags,
         exemplars: ex.into_iter().map(|(_, id)| id).collect(),
         newest_pane,
     }

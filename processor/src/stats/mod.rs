@@ -7,7 +7,8 @@ mod scale;
 
 pub use msprt::Msprt;
 pub use scale::{
-    bonett_sd_ratio, brown_forsythe, lag1_autocorrelation, variance_inflation, Interval, TestResult,
+    bonett_sd_ratio, bonett_sd_ratio_from, brown_forsythe, brown_forsythe_from,
+    lag1_autocorrelation, variance_inflation, Interval, SpreadSummary, TestResult,
 };
 
 use statrs::distribution::{ContinuousCDF, Normal};
