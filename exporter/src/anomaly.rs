@@ -70,11 +70,20 @@ pub struct Anomaly {
     pub window_start: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_end: Option<String>,
+    /// How the finding was reached, e.g. "brown_forsythe+msprt", "cusum", "theil_sen".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
     /// The test statistic (e.g. Brown-Forsythe W, Mann-Kendall Z).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statistic: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p_value: Option<f64>,
+    /// The p-value of the latest window alone, beside the decision's `p_value` (sequential, always valid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_p_value: Option<f64>,
+    /// Lag-1 autocorrelation the test corrected for (process-level signals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autocorrelation: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cohorts: Option<Cohorts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,8 +121,11 @@ impl Anomaly {
             instance: None,
             window_start: None,
             window_end: None,
+            method: None,
             statistic: None,
             p_value: None,
+            window_p_value: None,
+            autocorrelation: None,
             cohorts: None,
             sd_ratio: None,
             mad_ratio: None,

@@ -2,7 +2,7 @@
 
 use memdrift_exporter::Anomaly;
 
-use crate::detect::Detector;
+use crate::detect::{Detector, Findings, Gauge};
 use crate::engine::{ClosedWindow, Engine, EngineConfig};
 use crate::extract::DropReason;
 use crate::sample::MemorySample;
@@ -13,6 +13,8 @@ use crate::signal::Signal;
 pub struct Output {
     pub windows: Vec<ClosedWindow>,
     pub anomalies: Vec<Anomaly>,
+    /// Derived gauges after the last window of this step (`None` when no window closed).
+    pub gauges: Option<Vec<Gauge>>,
     /// Values the engine dropped (late, key overflow).
     pub dropped: Vec<(DropReason, Signal)>,
 }
@@ -61,14 +63,19 @@ impl Core {
 
     fn detect(&mut self, windows: Vec<ClosedWindow>) -> Output {
         let mut anomalies = Vec::new();
+        let mut gauges = None;
         for w in &windows {
+            let mut findings = Findings::default();
             for d in &mut self.detectors {
-                d.on_window(w, &mut anomalies);
+                d.on_window(w, &mut findings);
             }
+            anomalies.append(&mut findings.anomalies);
+            gauges = Some(findings.gauges);
         }
         Output {
             windows,
             anomalies,
+            gauges,
             dropped: Vec::new(),
         }
     }

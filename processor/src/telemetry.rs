@@ -1,6 +1,6 @@
 //! Self-telemetry: the Prometheus names of DESIGN.md, plus the per-cohort window summaries as gauges.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
@@ -24,6 +24,8 @@ pub struct Telemetry {
     pub anomalies: IntCounterVec,
     window: [GaugeVec; 6],
     published: std::sync::Arc<std::sync::Mutex<HashSet<[String; 3]>>>,
+    /// Detector gauges by name, registered on first sight.
+    derived: std::sync::Arc<std::sync::Mutex<HashMap<&'static str, GaugeVec>>>,
 }
 
 const WINDOW_STATS: [&str; 6] = ["count", "mean", "sd", "median", "mad", "p95"];
@@ -121,6 +123,7 @@ impl Telemetry {
             ),
             window,
             published: Default::default(),
+            derived: Default::default(),
             registry,
         };
         // Known label values start at zero, so rates and absent-alerts work from the first scrape.
@@ -206,6 +209,37 @@ impl Telemetry {
             }
         }
         *published = now;
+    }
+
+    /// Replaces the detectors' gauges with `gauges`: every series absent from it is removed, so the exposition
+    /// holds only what the detectors hold.
+    pub fn publish_gauges(&self, gauges: &[crate::detect::Gauge]) {
+        let Ok(mut derived) = self.derived.lock() else {
+            return;
+        };
+        for vec in derived.values() {
+            vec.reset();
+        }
+        for g in gauges {
+            let names: Vec<&str> = g.labels.iter().map(|(k, _)| *k).collect();
+            let vec = match derived.get(g.name) {
+                Some(v) => v.clone(),
+                None => {
+                    let Ok(v) = GaugeVec::new(Opts::new(g.name, g.help), &names) else {
+                        continue;
+                    };
+                    if self.registry.register(Box::new(v.clone())).is_err() {
+                        continue;
+                    }
+                    derived.insert(g.name, v.clone());
+                    v
+                }
+            };
+            let values: Vec<&str> = g.labels.iter().map(|(_, v)| v.as_str()).collect();
+            if let Ok(series) = vec.get_metric_with_label_values(&values) {
+                series.set(g.value);
+            }
+        }
     }
 
     pub fn render(&self) -> String {

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Pipeline;
 use crate::core::{Core, Output};
+use crate::detect::spread_drift::SpreadDrift;
 use crate::detect::Detector;
 use crate::receivers::otlp::{grpc, http, Ingest, SampleBatch};
 use crate::telemetry::Telemetry;
@@ -24,10 +25,16 @@ use crate::telemetry::Telemetry;
 const QUEUE_BATCHES: usize = 1024;
 const DEFAULT_MAX_CLOCK_SKEW_NS: u64 = 300_000_000_000;
 
-/// The detectors a pipeline enables. The detectors arrive in their own modules; the engine and its window
-/// summaries run without them.
-pub fn build_detectors(_pipeline: &Pipeline) -> Vec<Box<dyn Detector>> {
-    Vec::new()
+/// The detectors a pipeline enables.
+pub fn build_detectors(pipeline: &Pipeline) -> Vec<Box<dyn Detector>> {
+    let mut detectors: Vec<Box<dyn Detector>> = Vec::new();
+    if let Some(settings) = &pipeline.spread_drift {
+        detectors.push(Box::new(SpreadDrift::new(
+            settings.clone(),
+            pipeline.engine.window_ns,
+        )));
+    }
+    detectors
 }
 
 /// A running service: its bound addresses (useful when the pipeline asked for port 0) and its telemetry.
@@ -245,6 +252,9 @@ fn emit(out: &Output, telemetry: &Telemetry, jsonl: Option<&mut JsonLinesWriter>
     telemetry.record_engine_drops(&out.dropped);
     for w in &out.windows {
         telemetry.publish_window(w);
+    }
+    if let Some(gauges) = &out.gauges {
+        telemetry.publish_gauges(gauges);
     }
     for a in &out.anomalies {
         telemetry

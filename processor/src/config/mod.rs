@@ -19,6 +19,7 @@ use std::path::Path;
 pub use error::ConfigError;
 pub use schema::*;
 
+use crate::detect::spread_drift::SpreadDriftSettings;
 use crate::engine::EngineConfig;
 use crate::extract::ExtractConfig;
 use crate::signal::Signal;
@@ -32,6 +33,8 @@ pub struct Pipeline {
     pub file: PipelineFile,
     pub extract: ExtractConfig,
     pub engine: EngineConfig,
+    /// The spread-drift detector's settings, when a pipeline enables it.
+    pub spread_drift: Option<SpreadDriftSettings>,
     /// Notes that are not errors (unused components, unset variables).
     pub warnings: Vec<String>,
 }
@@ -59,10 +62,30 @@ impl Pipeline {
         warnings.extend(file.check(name, &text)?);
         let extract = build_extract(name, &text, &file)?;
         let engine = build_engine(name, &text, &file)?;
+        let spread_drift = match file
+            .processors
+            .spread_drift
+            .as_ref()
+            .filter(|_| file.processor_enabled("spread_drift"))
+        {
+            Some(section) => Some(SpreadDriftSettings::from_section(section).map_err(
+                |(key, message)| {
+                    ConfigError::at(
+                        name,
+                        &text,
+                        key,
+                        message,
+                        Some("see pipelines/default.yaml and the README".into()),
+                    )
+                },
+            )?),
+            None => None,
+        };
         Ok(Pipeline {
             file,
             extract,
             engine,
+            spread_drift,
             warnings,
         })
     }

@@ -99,6 +99,8 @@ pub struct Processors {
     pub extract: Option<ExtractSection>,
     /// Event-time windows and state bounds.
     pub windows: Option<WindowsSection>,
+    /// Canary against baseline spread, and spread over time (detect/spread_drift).
+    pub spread_drift: Option<crate::detect::spread_drift::SpreadDriftSection>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -170,7 +172,7 @@ pub struct PipelineDef {
 }
 
 const RECEIVERS: [&str; 1] = ["otlp"];
-const PROCESSORS: [&str; 2] = ["extract", "windows"];
+const PROCESSORS: [&str; 3] = ["extract", "windows", "spread_drift"];
 const EXPORTERS: [&str; 2] = ["jsonl", "prometheus"];
 
 impl PipelineFile {
@@ -214,6 +216,10 @@ impl PipelineFile {
         let defined_processors: Vec<&str> = [
             self.processors.extract.as_ref().map(|_| "extract"),
             self.processors.windows.as_ref().map(|_| "windows"),
+            self.processors
+                .spread_drift
+                .as_ref()
+                .map(|_| "spread_drift"),
         ]
         .into_iter()
         .flatten()

@@ -177,9 +177,10 @@ pub fn bonett_sd_ratio_from(
     ))
 }
 
-/// Lag-1 autocorrelation of a sequence in time order, with the first-order bias correction for short series
-/// (the estimate is biased toward zero by about (1 + 4 rho) / n). `None` for fewer than 8 points or no variance.
-pub fn lag1_autocorrelation(seq: &[f64]) -> Option<(f64, usize)> {
+/// Lag-1 and lag-2 autocorrelations of a sequence in time order, the lag-1 value with the first-order bias
+/// correction for short series (the estimate is biased toward zero by about (1 + 4 rho) / n). `None` for fewer
+/// than 8 points or no variance. Returns (rho1, rho2, n).
+pub fn lag_autocorrelations(seq: &[f64]) -> Option<(f64, f64, usize)> {
     let n = seq.len();
     if n < 8 {
         return None;
@@ -189,17 +190,43 @@ pub fn lag1_autocorrelation(seq: &[f64]) -> Option<(f64, usize)> {
     if denom <= 0.0 {
         return None;
     }
-    let num: f64 = seq.windows(2).map(|w| (w[0] - mean) * (w[1] - mean)).sum();
-    let r = num / denom;
-    Some(((r + (1.0 + 4.0 * r) / n as f64).clamp(-0.99, 0.99), n))
+    let lag = |k: usize| -> f64 {
+        seq.iter()
+            .zip(&seq[k..])
+            .map(|(a, b)| (a - mean) * (b - mean))
+            .sum::<f64>()
+            / denom
+    };
+    let r1 = lag(1);
+    let bias = (1.0 + 4.0 * r1.max(0.0)) / n as f64;
+    Some((
+        (r1 + bias).clamp(-0.99, 0.99),
+        (lag(2) + bias).clamp(-0.99, 0.99),
+        n,
+    ))
 }
 
-/// The variance inflation factor of a mean of an AR(1)-like series with lag-1 autocorrelation `rho`,
-/// (1 + rho) / (1 - rho); negative autocorrelation is not credited (the factor stays at 1), and `rho` is capped
-/// at 0.95 (a factor of 39).
-pub fn variance_inflation(rho: f64) -> f64 {
-    let r = rho.clamp(0.0, 0.95);
-    (1.0 + r) / (1.0 - r)
+/// Lag-1 autocorrelation alone; see [`lag_autocorrelations`].
+pub fn lag1_autocorrelation(seq: &[f64]) -> Option<(f64, usize)> {
+    lag_autocorrelations(seq).map(|(r1, _, n)| (r1, n))
+}
+
+/// The variance inflation factor of a mean of a series with lag-1 and lag-2 autocorrelations `rho1`, `rho2` and
+/// geometrically decaying correlations beyond: 1 + 2 rho1 / (1 - r), r = rho2 / rho1 (for an AR(1), r = rho1
+/// and this is (1 + rho) / (1 - rho)). Deviations |x - median| of an AR(1) decay more slowly than geometric in
+/// rho1, so measuring the decay matters. `n` (values behind the estimates) decides whether rho1 is clearly
+/// positive; if not, the AR(1) form is used. Negative autocorrelation is not credited; the factor is at most 40.
+pub fn variance_inflation(rho1: f64, rho2: f64, n: usize) -> f64 {
+    if rho1 <= 0.0 {
+        return 1.0;
+    }
+    let clearly_positive = rho1 > 2.0 / (n.max(1) as f64).sqrt();
+    let r = if clearly_positive {
+        (rho2 / rho1).clamp(rho1.min(0.95), 0.95)
+    } else {
+        rho1.min(0.95)
+    };
+    (1.0 + 2.0 * rho1 / (1.0 - r)).min(40.0)
 }
 
 #[cfg(test)]
@@ -305,7 +332,10 @@ mod tests {
         assert!(lag1_autocorrelation(&alt).expect("r").0 < -0.9);
         let ramp: Vec<f64> = (0..100).map(f64::from).collect();
         assert!(lag1_autocorrelation(&ramp).expect("r").0 > 0.9);
-        assert_eq!(variance_inflation(-0.5), 1.0);
-        assert!((variance_inflation(0.9) - 19.0).abs() < 1e-9);
+        assert_eq!(variance_inflation(-0.5, 0.2, 100), 1.0);
+        // AR(1): rho2 = rho1^2 gives (1 + rho) / (1 - rho).
+        assert!((variance_inflation(0.9, 0.81, 100) - 19.0).abs() < 1e-9);
+        // Slower decay than geometric in rho1 inflates more.
+        assert!(variance_inflation(0.78, 0.62, 100) > variance_inflation(0.78, 0.78 * 0.78, 100));
     }
 }
