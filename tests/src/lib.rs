@@ -10,6 +10,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
 pub mod grpc_raw;
+pub mod scenario;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
