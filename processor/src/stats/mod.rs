@@ -8,8 +8,8 @@ mod scale;
 pub use msprt::Msprt;
 pub use scale::{
     bonett_sd_ratio, bonett_sd_ratio_from, brown_forsythe, brown_forsythe_from,
-    lag1_autocorrelation, lag_autocorrelations, variance_inflation, Interval, SpreadSummary,
-    TestResult,
+    lag1_autocorrelation, lag_autocorrelations, median_in_place, variance_inflation, Interval,
+    SpreadSummary, TestResult,
 };
 
 use statrs::distribution::{ContinuousCDF, Normal};

@@ -56,8 +56,7 @@ impl SpreadSummary {
         let mut z: Vec<f64> = values.iter().map(|x| (x - median).abs()).collect();
         let z_mean = z.iter().sum::<f64>() / n as f64;
         let z_ss = z.iter().map(|v| (v - z_mean).powi(2)).sum();
-        z.sort_unstable_by(f64::total_cmp);
-        let mad = quantile_sorted(&z, 0.5);
+        let mad = median_in_place(&mut z);
         // Bonett trims 1 / (2 sqrt(n - 4)) from each end for the kurtosis estimate's centre.
         let cut = ((n as f64) / (2.0 * ((n as f64) - 4.0).sqrt())).floor() as usize;
         let kept = &sorted[cut..n - cut];
@@ -175,6 +174,22 @@ pub fn bonett_sd_ratio_from(
         },
         se / 2.0,
     ))
+}
+
+/// The median (mean of the two middle values for an even count), reordering `values`; linear time.
+pub fn median_in_place(values: &mut [f64]) -> f64 {
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let (lower, mid, _) = values.select_nth_unstable_by(n / 2, f64::total_cmp);
+    let mid = *mid;
+    if n % 2 == 1 {
+        mid
+    } else {
+        let below = lower.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        0.5 * (below + mid)
+    }
 }
 
 /// Lag-1 and lag-2 autocorrelations of a sequence in time order, the lag-1 value with the first-order bias
@@ -321,6 +336,15 @@ mod tests {
         )
         .is_none());
         assert!(lag1_autocorrelation(&[1.0; 20]).is_none());
+    }
+
+    #[test]
+    fn median_in_place_matches_the_sorted_median() {
+        let mut odd = vec![5.0, 1.0, 4.0, 2.0, 3.0];
+        assert_eq!(median_in_place(&mut odd), 3.0);
+        let mut even = vec![8.0, 1.0, 4.0, 2.0, 3.0, 9.0];
+        assert_eq!(median_in_place(&mut even), 3.5);
+        assert!(median_in_place(&mut []).is_nan());
     }
 
     #[test]

@@ -32,11 +32,11 @@ pub use baseline::{choose_baseline, CohortInfo};
 pub use config::{Direction, SpreadDriftSection, SpreadDriftSettings};
 
 use super::{Detector, Findings, Gauge};
-use crate::engine::{quantile_sorted, ClosedWindow, Scope, WindowSummary};
+use crate::engine::{ClosedWindow, Scope, WindowSummary};
 use crate::signal::Signal;
 use crate::stats::{
     benjamini_hochberg, bonett_sd_ratio_from, brown_forsythe_from, cusum_threshold,
-    lag_autocorrelations, variance_inflation, Interval, Msprt, SpreadSummary,
+    lag_autocorrelations, median_in_place, variance_inflation, Interval, Msprt, SpreadSummary,
 };
 use change::SpreadChange;
 
@@ -134,16 +134,21 @@ impl CohortSpread {
                 rho: None,
             });
         }
-        let mut by_instance: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+        // A cohort has a handful of instances: a linear scan beats a map.
+        let mut by_instance: Vec<(u32, Vec<f64>)> = Vec::new();
         for (v, tag) in values.iter().zip(tags) {
-            by_instance.entry(*tag).or_default().push(*v);
+            match by_instance.iter_mut().find(|(t, _)| t == tag) {
+                Some((_, seq)) => seq.push(*v),
+                None => by_instance.push((*tag, vec![*v])),
+            }
         }
         let mut centred = Vec::with_capacity(values.len());
+        let mut scratch = Vec::new();
         let (mut r1, mut r2, mut n) = (0.0, 0.0, 0usize);
-        for seq in by_instance.values().filter(|s| s.len() >= 3) {
-            let mut sorted = seq.clone();
-            sorted.sort_unstable_by(f64::total_cmp);
-            let median = quantile_sorted(&sorted, 0.5);
+        for (_, seq) in by_instance.iter().filter(|(_, s)| s.len() >= 3) {
+            scratch.clear();
+            scratch.extend_from_slice(seq);
+            let median = median_in_place(&mut scratch);
             let z: Vec<f64> = seq.iter().map(|v| (v - median).abs()).collect();
             if let Some((a, b, len)) = lag_autocorrelations(&z) {
                 r1 += a * len as f64;
