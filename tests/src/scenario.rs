@@ -73,7 +73,7 @@ impl Scenario {
             for (si, svc) in self.services.iter().enumerate() {
                 for (ci, cohort) in svc.cohorts.iter().enumerate() {
                     let per_step = (cohort.per_minute / 6 / cohort.instances).max(1);
-                    for i in 0..cohort.instances {
+                    for (i, state) in rss[si][ci].iter_mut().enumerate() {
                         let instance =
                             format!("{}-{}-{i}", svc.name, cohort.version.replace('.', "-"));
                         let mut spans = Vec::with_capacity(per_step);
@@ -92,7 +92,6 @@ impl Scenario {
                             let allocated = (cohort.mean_bytes + cohort.sd_bytes * ratio * e)
                                 .max(0.0)
                                 .round();
-                            let state = &mut rss[si][ci][i];
                             let shock: f64 = rng.sample(StandardNormal);
                             let start = 800e6 + 20e6 * *state;
                             *state = 0.9 * *state + (1.0f64 - 0.81).sqrt() * shock;

@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn brown_forsythe_matches_scipy() {
-        // scipy 1.x, stats.levene(a, b, c, center='median'), the example of scipy's documentation:
+        // scipy 1.17.1, stats.levene(a, b, c, center='median'), the example of scipy's documentation:
         // LeveneResult(statistic=7.584952754501659, pvalue=0.002431505967249677)
         let a = [8.88, 9.12, 9.04, 8.98, 9.00, 9.08, 9.01, 8.85, 9.06, 8.99];
         let b = [8.88, 8.95, 9.29, 9.44, 9.15, 9.58, 8.36, 9.18, 8.67, 9.05];

@@ -83,6 +83,9 @@ struct Comparison {
     exemplars: Vec<String>,
 }
 
+/// A cohort's label and its summary in the window at hand.
+type CohortWindow<'a> = (Arc<str>, &'a WindowSummary);
+
 pub struct SpreadDrift {
     settings: SpreadDriftSettings,
     cusum_h: f64,
@@ -232,11 +235,10 @@ impl Detector for SpreadDrift {
         let end = window.end_unix_nano;
         let window_ns = end - window.start_unix_nano;
         // Sequential evidence and decisions use non-overlapping windows only, so their estimates are independent.
-        let evaluate = window_ns > 0 && end % window_ns == 0;
+        let evaluate = window_ns > 0 && end.is_multiple_of(window_ns);
 
         // Cohort summaries of the configured signals, grouped by (service, signal).
-        let mut groups: BTreeMap<(Arc<str>, Signal), Vec<(Arc<str>, &WindowSummary)>> =
-            BTreeMap::new();
+        let mut groups: BTreeMap<(Arc<str>, Signal), Vec<CohortWindow<'_>>> = BTreeMap::new();
         for s in &window.summaries {
             let Scope::Cohort(Some(cohort)) = &s.key.group.scope else {
                 continue;
@@ -270,7 +272,7 @@ impl Detector for SpreadDrift {
                     });
                 c.last_seen = end;
             }
-            let usable: Vec<&(Arc<str>, &WindowSummary)> = cohorts
+            let usable: Vec<&CohortWindow<'_>> = cohorts
                 .iter()
                 .filter(|(label, s)| {
                     state.cohorts.contains_key(label) && s.values.len() >= self.settings.min_samples
