@@ -84,10 +84,10 @@ impl Signal {
         if !key.starts_with(b"memspan.") {
             return None;
         }
-        SPAN_SIGNALS
-            .iter()
-            .find(|s| s.name().as_bytes() == key)
-            .copied()
+        // Every memspan.* signal is an attribute but the derived delta.
+        Signal::ALL
+            .into_iter()
+            .find(|s| *s != Signal::RssDelta && s.name().as_bytes() == key)
     }
 
     /// Per-request quantities are independent across requests; process-level levels are autocorrelated.
@@ -99,19 +99,6 @@ impl Signal {
         )
     }
 }
-
-/// The signals that span attributes carry directly.
-const SPAN_SIGNALS: [Signal; 9] = [
-    Signal::RssStart,
-    Signal::RssEnd,
-    Signal::HeapAllocated,
-    Signal::HeapResident,
-    Signal::HeapRetained,
-    Signal::RequestAllocated,
-    Signal::RequestFreed,
-    Signal::Limit,
-    Signal::GpuUsed,
-];
 
 impl std::fmt::Display for Signal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
