@@ -178,6 +178,20 @@ impl Track {
         restarted
     }
 
+    /// A running extreme over `span` buckets needs enough samples in it to find a sparse series' peaks and
+    /// troughs: the span widened to hold about 15 samples at the density seen in the current run (a 60 s metric
+    /// on a 10 s grid gets 15 minutes), at most `most`.
+    pub fn adapted_span(&self, span: usize, most: usize) -> usize {
+        let run = self.pos(self.started).unwrap_or(0);
+        let held = self.max.len() - run;
+        let present = self.max.range(run..).filter(|v| v.is_finite()).count();
+        if present == 0 {
+            return span;
+        }
+        let needed = (15 * held).div_ceil(present);
+        span.max(needed.min(most))
+    }
+
     /// The grid index of the `k`-th bucket held (0 = oldest).
     pub fn index_of(&self, k: usize) -> i64 {
         self.last - (self.max.len() - 1 - k) as i64

@@ -8,6 +8,7 @@
 //!    and the trend in both halves of the most recent `min_span` (each half's slope at least half the minimum):
 //!    a one-time step is flat on one side of it, a leak rises on both), and a line must fit the stretch better
 //!    than a single level shift.
+//!    A finding opens after three consecutive positive tests (minutes).
 //! 3. Classification from the heap signals' floors, tested the same way: `heap` when allocator live bytes
 //!    (memspan.heap.allocated) rise; else `fragmentation` when resident or retained bytes rise; else `off_heap`
 //!    when live heap data is there and flat (native buffers, mmap, C memory); `unknown` without heap data.
@@ -28,6 +29,8 @@ use crate::stats::{mann_kendall, theil_sen, theil_sen_with};
 
 /// The floor is read every this many buckets (a minute at the default 10 s step).
 const FLOOR_STRIDE: usize = 6;
+/// Consecutive positive tests (minutes) before a finding opens.
+const CONFIRM: u32 = 3;
 
 /// A leak test's outcome.
 #[derive(Clone, Debug, PartialEq)]
@@ -99,7 +102,7 @@ pub fn test(track: &Track, s: &LeakSettings, step_ns: u64) -> Option<LeakTest> {
     let warm = buckets(s.grid.warmup_ns, step_ns) as i64;
     let look = buckets(s.lookback_ns, step_ns) as i64;
     let min_span = buckets(s.min_span_ns, step_ns) as i64;
-    let win = buckets(s.floor_window_ns, step_ns);
+    let win = track.adapted_span(buckets(s.floor_window_ns, step_ns), look as usize / 3);
     let from = (track.started + warm).max(track.last - look + 1);
     if track.last - from + 1 < min_span {
         return None;
@@ -177,6 +180,7 @@ pub fn test(track: &Track, s: &LeakSettings, step_ns: u64) -> Option<LeakTest> {
 
 struct InstanceState {
     track: Track,
+    streak: u32,
     open: bool,
     clean: u32,
     last: Option<LeakTest>,
@@ -256,6 +260,7 @@ impl Detector for Leak {
                     key.clone(),
                     InstanceState {
                         track: Track::new(signal, index, cap),
+                        streak: 0,
                         open: false,
                         clean: 0,
                         last: None,
@@ -270,9 +275,13 @@ impl Detector for Leak {
                     emit = Some((AnomalyState::Resolved, r));
                 }
                 st.open = false;
+                st.streak = 0;
             } else if index.rem_euclid(FLOOR_STRIDE as i64) == 0 {
                 let r = test(&st.track, &self.settings, self.step_ns);
-                let warn = r.as_ref().is_some_and(|r| r.leaking);
+                // A finding opens after CONFIRM consecutive positive tests: one noisy minute is not a leak.
+                let positive = r.as_ref().is_some_and(|r| r.leaking);
+                st.streak = if positive { st.streak + 1 } else { 0 };
+                let warn = positive && (st.open || st.streak >= CONFIRM);
                 match (r, st.open) {
                     (Some(r), false) if warn => {
                         st.open = true;
