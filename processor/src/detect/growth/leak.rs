@@ -40,6 +40,7 @@ pub struct LeakTest {
     pub z: f64,
     pub p_value: f64,
     pub leaking: bool,
+    /// heap, off_heap, fragmentation or unknown when leaking; none otherwise.
     pub classification: &'static str,
     /// Grid index of the first floor point.
     pub from: i64,
@@ -80,7 +81,7 @@ fn looks_like_step(points: &[f64], line: &crate::stats::SenSlope) -> bool {
     (3..n - 2).any(|k| l1(&y[..k]) + l1(&y[k..]) < linear)
 }
 
-fn trend(points: &[f64], per_s: f64, recent: usize) -> Option<Trend> {
+fn trend(points: &[f64], per_s: f64, recent: usize, shape: bool) -> Option<Trend> {
     let mk = mann_kendall(points, true)?;
     let ts = theil_sen_with(points, 0.95, mk.inflation)?;
     // Persistence: both halves of the most recent `recent` points.
@@ -89,7 +90,7 @@ fn trend(points: &[f64], per_s: f64, recent: usize) -> Option<Trend> {
     let a = theil_sen(&tail[..h], 0.95).map_or(f64::NAN, |s| s.slope * per_s);
     let b = theil_sen(&tail[h..], 0.95).map_or(f64::NAN, |s| s.slope * per_s);
     Some(Trend {
-        step: looks_like_step(points, &ts),
+        step: shape && looks_like_step(points, &ts),
         slope: ts.slope * per_s,
         z: mk.z,
         p: mk.p_value,
@@ -134,12 +135,12 @@ pub fn test(track: &Track, s: &LeakSettings, step_ns: u64) -> Option<LeakTest> {
     };
     // The whole lookback, or only its most recent `min_span`: a leak that began after a long flat stretch is
     // a change of regime, which the whole-lookback test reads as autocorrelation and discounts.
-    let full = trend(&rss, per_s, recent)?;
+    let full = trend(&rss, per_s, recent, true)?;
     let (t, skip) = if rising(&full) {
         (full, 0)
     } else {
         let skip = rss.len().saturating_sub(recent);
-        match trend(&rss[skip..], per_s, recent) {
+        match trend(&rss[skip..], per_s, recent, true) {
             Some(r) if rising(&r) => (r, skip),
             _ => (full, 0),
         }
@@ -148,18 +149,21 @@ pub fn test(track: &Track, s: &LeakSettings, step_ns: u64) -> Option<LeakTest> {
     let first = first + (skip * FLOOR_STRIDE) as i64;
     let mut heap_seen = [false; 3];
     let mut heap_rising = [false; 3];
-    for (k, series) in track.heap.iter().enumerate() {
+    // Classified only when leaking: what is reported with the finding.
+    for (k, series) in track.heap.iter().enumerate().filter(|_| leaking) {
         let pts = floor_of(series);
         let pts = &pts[skip.min(pts.len())..];
         if pts.iter().filter(|v| v.is_finite()).count() >= 10 {
             heap_seen[k] = true;
-            if let Some(h) = trend(pts, per_s, recent) {
+            if let Some(h) = trend(pts, per_s, recent, false) {
                 // Rising, and carrying a fair share of the RSS floor's growth.
                 heap_rising[k] = h.p < s.alpha && h.z > 0.0 && h.slope >= 0.25 * t.slope.max(0.0);
             }
         }
     }
-    let classification = if heap_rising[0] {
+    let classification = if !leaking {
+        "none"
+    } else if heap_rising[0] {
         "heap"
     } else if heap_rising[1] || heap_rising[2] {
         "fragmentation"
@@ -292,11 +296,12 @@ impl Detector for Leak {
                         st.clean = 0;
                         emit = Some((AnomalyState::Update, r));
                     }
-                    (r, true) => {
+                    (_, true) => {
                         st.clean += 1;
                         if st.clean >= self.settings.resolve_after {
                             st.open = false;
-                            if let Some(r) = r.or_else(|| st.last.clone()) {
+                            // Resolved with the evidence and class of the finding's last update.
+                            if let Some(r) = st.last.clone() {
                                 emit = Some((AnomalyState::Resolved, r));
                             }
                         }
