@@ -37,7 +37,7 @@ pub use leak::Leak;
 
 use super::{Detector, Findings, Gauge};
 use crate::engine::ClosedWindow;
-use crate::stats::{theil_sen, SenSlope};
+use crate::stats::{median_in_place, normal_quantile, theil_sen, SenSlope};
 use grid::{observations, Track};
 
 /// The envelope is read every this many buckets.
@@ -52,7 +52,7 @@ pub struct Forecast {
     pub slope: f64,
     pub slope_low: f64,
     pub slope_high: f64,
-    /// The envelope now, bytes.
+    /// The envelope now plus its scatter around the trend (the peak to expect), bytes.
     pub envelope: f64,
     pub limit: Option<f64>,
     /// Seconds to the limit: estimate, low (from the slope's upper bound), high.
@@ -125,7 +125,12 @@ pub fn forecast(track: &Track, s: &GrowthSettings, step_ns: u64, lag_ns: u64) ->
     let fit: SenSlope = match theil_sen(tail, s.level) {
         Some(r) if tail.iter().filter(|v| v.is_finite()).count() >= 6 => {
             if r.low <= long.slope && long.slope <= r.high {
-                long
+                // The recent stretch agrees: the long fit, with the higher of the two upper bounds (the long
+                // fit's interval is narrow for its strongly autocorrelated points; the recent one is not).
+                SenSlope {
+                    high: long.high.max(r.high),
+                    ..long
+                }
             } else {
                 r
             }
@@ -135,7 +140,24 @@ pub fn forecast(track: &Track, s: &GrowthSettings, step_ns: u64, lag_ns: u64) ->
     let now_pos = (points.len() - 1) as f64;
     let observed = points.iter().rev().find(|v| v.is_finite()).copied()?;
     let fitted = long.intercept + long.slope * now_pos;
-    let envelope = observed.max(if fit == long { fitted } else { observed });
+    // The next peak may sit above the trend by the envelope's own scatter around it (GC cycles differ): the
+    // headroom is measured from the envelope plus z times that scatter (a robust sd of the residuals).
+    let mut resid: Vec<f64> = points
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(k, v)| v - long.intercept - long.slope * k as f64)
+        .collect();
+    let centre = median_in_place(&mut resid);
+    for r in &mut resid {
+        *r = (*r - centre).abs();
+    }
+    let scatter = 1.4826 * median_in_place(&mut resid);
+    let envelope = observed.max(if fit.slope == long.slope {
+        fitted
+    } else {
+        observed
+    }) + normal_quantile(s.level) * scatter;
     let limit = track.limit.or(s.limit_bytes);
     let (slope, slope_low, slope_high) = (fit.slope * per_s, fit.low * per_s, fit.high * per_s);
     let ttl = limit.map(|l| {

@@ -665,3 +665,50 @@ fn events_and_gauges_carry_the_forecast() {
         vec![("service", "llm".into()), ("instance", "pod-1".into())]
     );
 }
+
+/// The must-show scenarios over 20 more seeds (about 15 s):
+/// `cargo test -p memdrift --lib seeds_sweep -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn seeds_sweep() {
+    let mut worst = f64::MAX;
+    for seed in 100..120 {
+        for rate in [1.5 * MB, 0.3 * MB, 0.1 * MB] {
+            let o = run(&Scenario {
+                hours: 12.0,
+                ..Scenario::leak("leak", seed, rate)
+            });
+            let l = lead(&o, o.growth_open.first().copied()).unwrap_or(-1.0);
+            worst = worst.min(l);
+            assert!(l >= 900.0, "seed {seed} rate {rate}: lead {l}");
+            let (t, class) = o.leak_open.first().cloned().expect("a leak finding");
+            assert!(t > 3600.0 && t < o.crossing.unwrap() && class == "heap");
+        }
+        let o = run(&Scenario::sawtooth("sawtooth", seed));
+        assert!(
+            o.growth_open.is_empty() && o.leak_open.is_empty(),
+            "seed {seed}: {o:?}"
+        );
+        let o = run(&Scenario {
+            step: Some((7200.0, 600.0 * MB)),
+            hours: 4.0,
+            ..Scenario::sawtooth("step", seed)
+        });
+        let late = o
+            .growth_active
+            .iter()
+            .chain(&o.leak_active)
+            .any(|t| *t > 7800.0);
+        assert!(!late, "seed {seed}: {o:?}");
+        let o = run(&Scenario {
+            restart_every: Some(1200.0),
+            hours: 4.0,
+            ..Scenario::sawtooth("restarts", seed)
+        });
+        assert!(
+            o.growth_open.is_empty() && o.leak_open.is_empty(),
+            "seed {seed}: {o:?}"
+        );
+    }
+    println!("shortest lead over 60 leaks: {:.1} min", worst / 60.0);
+}
