@@ -348,7 +348,8 @@ impl Detector for Growth {
         keys.sort();
         for k in keys {
             let st = &self.instances[&k];
-            let Some(f) = st.last.filter(|_| st.track.last_seen_ns == end) else {
+            // Every live instance's latest forecast, until it expires or restarts.
+            let Some(f) = st.last else {
                 continue;
             };
             let labels = vec![("service", k.0.to_string()), ("instance", k.1.to_string())];

@@ -34,6 +34,8 @@ pub struct Scenario {
     pub leak_from: f64,
     /// Whether the leak shows in the allocator's live bytes (heap) or in RSS only (off-heap).
     pub leak_in_heap: bool,
+    /// Whether an RSS-only leak shows in the allocator's resident bytes (fragmentation).
+    pub leak_in_resident: bool,
     /// A one-time level shift (at seconds, bytes).
     pub step: Option<(f64, f64)>,
     pub restart_every: Option<f64>,
@@ -53,6 +55,7 @@ impl Scenario {
             leak: 0.0,
             leak_from: 3600.0,
             leak_in_heap: true,
+            leak_in_resident: false,
             step: None,
             restart_every: None,
             ramp_tau: None,
@@ -127,7 +130,8 @@ pub fn simulate(s: &Scenario) -> (Vec<Bucket>, Option<f64>) {
             b.min = b.min.min(rss);
             b.last = rss;
             b.heap = b.heap.min(heap);
-            b.resident = b.resident.min(heap + 0.1 * GIB);
+            let fragmented = if s.leak_in_resident { leaked } else { 0.0 };
+            b.resident = b.resident.min(heap + 0.1 * GIB + fragmented);
             if rss >= s.limit {
                 out.push(b);
                 return (out, Some(t));
@@ -384,6 +388,20 @@ fn restarts_every_20_minutes_raise_nothing() {
     let o = run(&s);
     assert!(o.growth_open.is_empty(), "{:?}", o.growth_open);
     assert!(o.leak_open.is_empty(), "{:?}", o.leak_open);
+}
+
+#[test]
+fn resident_rising_with_live_bytes_flat_is_fragmentation() {
+    let s = Scenario {
+        leak: 0.5 * MB,
+        leak_in_heap: false,
+        leak_in_resident: true,
+        hours: 4.0,
+        ..Scenario::sawtooth("fragmentation", 52)
+    };
+    let o = run(&s);
+    let (_, class) = o.leak_open.first().cloned().expect("a leak finding");
+    assert_eq!(class, "fragmentation");
 }
 
 #[test]
