@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Pipeline;
 use crate::core::{Core, Output};
+use crate::detect::growth::{Growth, Leak};
 use crate::detect::spread_drift::SpreadDrift;
 use crate::detect::Detector;
 use crate::receivers::otlp::{grpc, http, Ingest, SampleBatch};
@@ -33,6 +34,15 @@ pub fn build_detectors(pipeline: &Pipeline) -> Vec<Box<dyn Detector>> {
             settings.clone(),
             pipeline.engine.window_ns,
         )));
+    }
+    let step = pipeline.engine.step_ns;
+    if let Some(settings) = &pipeline.growth {
+        // The pipeline runs behind event time by the allowed lateness and up to a step.
+        let lag = pipeline.engine.allowed_lateness_ns + step;
+        detectors.push(Box::new(Growth::new(settings.clone(), step, lag)));
+    }
+    if let Some(settings) = &pipeline.leak {
+        detectors.push(Box::new(Leak::new(settings.clone(), step)));
     }
     detectors
 }

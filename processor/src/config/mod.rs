@@ -19,6 +19,7 @@ use std::path::Path;
 pub use error::ConfigError;
 pub use schema::*;
 
+use crate::detect::growth::{GrowthSettings, LeakSettings};
 use crate::detect::spread_drift::SpreadDriftSettings;
 use crate::engine::EngineConfig;
 use crate::extract::ExtractConfig;
@@ -35,6 +36,10 @@ pub struct Pipeline {
     pub engine: EngineConfig,
     /// The spread-drift detector's settings, when a pipeline enables it.
     pub spread_drift: Option<SpreadDriftSettings>,
+    /// The growth-forecast detector's settings, when a pipeline enables it.
+    pub growth: Option<GrowthSettings>,
+    /// The leak detector's settings, when a pipeline enables it.
+    pub leak: Option<LeakSettings>,
     /// Notes that are not errors (unused components, unset variables).
     pub warnings: Vec<String>,
 }
@@ -81,11 +86,40 @@ impl Pipeline {
             )?),
             None => None,
         };
+        let at = |(key, message): (&'static str, String)| {
+            ConfigError::at(
+                name,
+                &text,
+                key,
+                message,
+                Some("see pipelines/default.yaml and the README".into()),
+            )
+        };
+        let growth = match file
+            .processors
+            .growth
+            .as_ref()
+            .filter(|_| file.processor_enabled("growth"))
+        {
+            Some(section) => Some(GrowthSettings::from_section(section).map_err(at)?),
+            None => None,
+        };
+        let leak = match file
+            .processors
+            .leak
+            .as_ref()
+            .filter(|_| file.processor_enabled("leak"))
+        {
+            Some(section) => Some(LeakSettings::from_section(section).map_err(at)?),
+            None => None,
+        };
         Ok(Pipeline {
             file,
             extract,
             engine,
             spread_drift,
+            growth,
+            leak,
             warnings,
         })
     }

@@ -101,6 +101,10 @@ pub struct Processors {
     pub windows: Option<WindowsSection>,
     /// Canary against baseline spread, and spread over time (detect/spread_drift).
     pub spread_drift: Option<crate::detect::spread_drift::SpreadDriftSection>,
+    /// Per-instance forecast of time to the memory limit (detect/growth).
+    pub growth: Option<crate::detect::growth::GrowthSection>,
+    /// Per-instance trend of the post-GC floor, classified (detect/growth/leak.rs).
+    pub leak: Option<crate::detect::growth::LeakSection>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -172,7 +176,7 @@ pub struct PipelineDef {
 }
 
 const RECEIVERS: [&str; 1] = ["otlp"];
-const PROCESSORS: [&str; 3] = ["extract", "windows", "spread_drift"];
+const PROCESSORS: [&str; 5] = ["extract", "windows", "spread_drift", "growth", "leak"];
 const EXPORTERS: [&str; 2] = ["jsonl", "prometheus"];
 
 impl PipelineFile {
@@ -220,6 +224,8 @@ impl PipelineFile {
                 .spread_drift
                 .as_ref()
                 .map(|_| "spread_drift"),
+            self.processors.growth.as_ref().map(|_| "growth"),
+            self.processors.leak.as_ref().map(|_| "leak"),
         ]
         .into_iter()
         .flatten()

@@ -108,3 +108,59 @@ fn unknown_signal_in_metric_table_is_rejected() {
     );
     assert_eq!(e.line, Some(9), "{e}");
 }
+
+#[test]
+fn growth_and_leak_are_enabled_by_default_and_take_their_settings() {
+    let p = Pipeline::default_pipeline().expect("valid");
+    let g = p.growth.expect("growth enabled");
+    assert_eq!(g.horizon_ns, 900_000_000_000);
+    assert_eq!(g.lookback_ns, 1_800_000_000_000);
+    let l = p.leak.expect("leak enabled");
+    assert_eq!(l.min_slope, 50_000.0);
+    let names: Vec<_> = crate::topology::build_detectors(&Pipeline::default_pipeline().unwrap())
+        .iter()
+        .map(|d| d.name())
+        .collect();
+    assert_eq!(names, ["spread_drift", "growth", "leak"]);
+
+    let text = GOOD
+        .replace(
+            "    step: 5s\n",
+            "    step: 5s\n  growth:\n    horizon: 20m\n    limit_bytes: 4294967296\n  leak:\n    alpha: 0.05\n",
+        )
+        .replace("processors: [windows]", "processors: [windows, growth, leak]");
+    let p = Pipeline::parse("t.yaml", &text).expect("valid");
+    let g = p.growth.expect("growth");
+    assert_eq!(g.horizon_ns, 1_200_000_000_000);
+    assert_eq!(g.limit_bytes, Some(4294967296.0));
+    assert_eq!(p.leak.expect("leak").alpha, 0.05);
+}
+
+#[test]
+fn growth_and_leak_errors_name_the_line() {
+    let text = GOOD
+        .replace(
+            "    step: 5s\n",
+            "    step: 5s\n  growth:\n    max_headroom: 2\n",
+        )
+        .replace("processors: [windows]", "processors: [windows, growth]");
+    let e = Pipeline::parse("t.yaml", &text).expect_err("rejected");
+    assert_eq!(e.line, Some(11), "{e}");
+    assert!(e.message.contains("max_headroom must be in (0, 1)"), "{e}");
+    let text = GOOD
+        .replace(
+            "    step: 5s\n",
+            "    step: 5s\n  leak:\n    signals: [memspan.rss.ned]\n",
+        )
+        .replace("processors: [windows]", "processors: [windows, leak]");
+    let e = Pipeline::parse("t.yaml", &text).expect_err("rejected");
+    assert!(
+        e.message.contains("unknown signal `memspan.rss.ned`"),
+        "{e}"
+    );
+    let text = GOOD
+        .replace("    step: 5s\n", "    step: 5s\n  leak:\n    alpah: 0.01\n")
+        .replace("processors: [windows]", "processors: [windows, leak]");
+    let e = Pipeline::parse("t.yaml", &text).expect_err("rejected");
+    assert!(e.message.contains("unknown field `alpah`"), "{e}");
+}

@@ -5,6 +5,7 @@
 //! needs between windows, bounded per key, and forgets keys it has not seen for a while (it can tell from the
 //! window end times, which are event time).
 
+pub mod growth;
 pub mod spread_drift;
 
 use memdrift_exporter::Anomaly;

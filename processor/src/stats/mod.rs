@@ -4,6 +4,7 @@
 
 mod msprt;
 mod scale;
+mod trend;
 
 pub use msprt::Msprt;
 pub use scale::{
@@ -11,6 +12,7 @@ pub use scale::{
     lag1_autocorrelation, lag_autocorrelations, median_in_place, variance_inflation, Interval,
     SpreadSummary, TestResult,
 };
+pub use trend::{mann_kendall, theil_sen, theil_sen_with, MannKendall, SenSlope};
 
 use statrs::distribution::{ContinuousCDF, Normal};
 

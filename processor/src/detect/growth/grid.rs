@@ -1,0 +1,228 @@
+//! The per-instance grid both `growth` and `leak` work on: one bucket per engine step (the newest pane of each
+//! closed window: max, min), gaps kept as gaps (`NaN`), in a bounded ring; restarts detected on the way in.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use crate::engine::{ClosedWindow, Scope};
+use crate::signal::Signal;
+
+use super::config::GridSettings;
+
+/// The heap signals used to classify a leak, in the order of [`Track::heap`].
+pub const HEAP_SIGNALS: [Signal; 3] = [
+    Signal::HeapAllocated,
+    Signal::HeapResident,
+    Signal::HeapRetained,
+];
+
+/// What one closed window says about one instance.
+#[derive(Clone, Debug, Default)]
+pub struct Observation {
+    /// The memory signal and its newest pane (max, min), `None` when that step had no sample.
+    pub memory: Option<(Signal, Option<(f64, f64)>)>,
+    /// Bucket minima of the heap signals (the post-GC floor is what matters for them).
+    pub heap: [Option<f64>; 3],
+    pub limit: Option<f64>,
+}
+
+/// Per (service, instance) observations of one window, for the memory signals in `signals` (first present in the
+/// list wins) and the heap and limit signals.
+pub fn observations(
+    window: &ClosedWindow,
+    signals: &[Signal],
+) -> BTreeMap<(Arc<str>, Arc<str>), Observation> {
+    let mut map: BTreeMap<(Arc<str>, Arc<str>), Observation> = BTreeMap::new();
+    for s in &window.summaries {
+        let Scope::Instance(id) = &s.key.group.scope else {
+            continue;
+        };
+        let sig = s.key.signal;
+        let pane = s.newest_pane.map(|p| (p.max, p.min));
+        let heap_i = HEAP_SIGNALS.iter().position(|h| *h == sig);
+        let rank = signals.iter().position(|x| *x == sig);
+        if heap_i.is_none() && rank.is_none() && sig != Signal::Limit {
+            continue;
+        }
+        let o = map
+            .entry((s.key.group.service.clone(), id.clone()))
+            .or_default();
+        if sig == Signal::Limit {
+            o.limit = s.newest_pane.map_or(Some(s.max), |p| Some(p.last));
+        }
+        if let Some(i) = heap_i {
+            o.heap[i] = pane.map(|(_, min)| min);
+        }
+        if let Some(r) = rank {
+            let better = match o.memory {
+                None => true,
+                Some((cur, _)) => signals.iter().position(|x| *x == cur).is_none_or(|c| r < c),
+            };
+            if better {
+                o.memory = Some((sig, pane));
+            }
+        }
+    }
+    map
+}
+
+/// One instance's recent history on the grid.
+pub struct Track {
+    /// The memory signal this instance is watched on (the first one seen).
+    pub signal: Signal,
+    /// Grid index (window end / step) of the newest bucket.
+    pub last: i64,
+    /// Grid index of the first bucket after the latest (re)start.
+    pub started: i64,
+    /// Bucket maxima and minima of the memory signal, oldest first; the back is `last`.
+    pub max: VecDeque<f64>,
+    pub min: VecDeque<f64>,
+    /// Bucket minima of the heap signals, aligned with `min`.
+    pub heap: [VecDeque<f64>; 3],
+    pub limit: Option<f64>,
+    pub last_seen_ns: u64,
+    cap: usize,
+}
+
+/// Buckets looked back over to find the recent floor that a restart drops below.
+const RESTART_LOOKBACK: usize = 30;
+
+impl Track {
+    pub fn new(signal: Signal, index: i64, cap: usize) -> Track {
+        Track {
+            signal,
+            last: index - 1,
+            started: index,
+            max: VecDeque::with_capacity(cap),
+            min: VecDeque::with_capacity(cap),
+            heap: Default::default(),
+            limit: None,
+            last_seen_ns: 0,
+            cap: cap.max(2),
+        }
+    }
+
+    fn clear(&mut self, index: i64) {
+        self.max.clear();
+        self.min.clear();
+        for h in &mut self.heap {
+            h.clear();
+        }
+        self.started = index;
+    }
+
+    fn push_raw(&mut self, max: f64, min: f64, heap: [f64; 3]) {
+        if self.max.len() == self.cap {
+            self.max.pop_front();
+            self.min.pop_front();
+            for h in &mut self.heap {
+                h.pop_front();
+            }
+        }
+        self.max.push_back(max);
+        self.min.push_back(min);
+        for (h, v) in self.heap.iter_mut().zip(heap) {
+            h.push_back(v);
+        }
+    }
+
+    /// The lowest bucket minimum of the last few minutes, if there are enough buckets to tell.
+    fn recent_floor(&self) -> Option<f64> {
+        let mut n = 0;
+        let mut lo = f64::INFINITY;
+        for v in self.min.iter().rev().take(RESTART_LOOKBACK) {
+            if v.is_finite() {
+                n += 1;
+                lo = lo.min(*v);
+            }
+        }
+        (n >= 3).then_some(lo)
+    }
+
+    /// Adds the bucket at grid `index`; returns true when it shows a restart (the history is then reset and
+    /// warm-up starts again). A bucket at or before the newest is ignored.
+    pub fn push(&mut self, index: i64, o: &Observation, settings: &GridSettings, now: u64) -> bool {
+        if index <= self.last {
+            return false;
+        }
+        self.last_seen_ns = now;
+        if let Some(l) = o.limit.filter(|l| *l > 0.0) {
+            self.limit = Some(l);
+        }
+        let gap = (index - self.last - 1) as usize;
+        let mut restarted = false;
+        if gap >= self.cap {
+            // Silent for longer than the ring: whatever comes now starts afresh.
+            restarted = !self.max.is_empty();
+            self.clear(index);
+        } else {
+            for _ in 0..gap {
+                self.push_raw(f64::NAN, f64::NAN, [f64::NAN; 3]);
+            }
+        }
+        self.last = index;
+        let (max, min) = match o.memory {
+            Some((sig, Some(p))) if sig == self.signal => p,
+            _ => (f64::NAN, f64::NAN),
+        };
+        if min.is_finite() {
+            if let Some(floor) = self.recent_floor() {
+                if min < (1.0 - settings.restart_drop) * floor {
+                    self.clear(index);
+                    restarted = true;
+                }
+            }
+        }
+        let heap = o.heap.map(|h| h.unwrap_or(f64::NAN));
+        self.push_raw(max, min, heap);
+        restarted
+    }
+
+    /// A running extreme over `span` buckets needs enough samples in it to find a sparse series' peaks and
+    /// troughs: the span widened to hold about 15 samples at the density seen in the current run (a 60 s metric
+    /// on a 10 s grid gets 15 minutes), at most `most`.
+    pub fn adapted_span(&self, span: usize, most: usize) -> usize {
+        let run = self.pos(self.started).unwrap_or(0);
+        let held = self.max.len() - run;
+        let present = self.max.range(run..).filter(|v| v.is_finite()).count();
+        if present == 0 {
+            return span;
+        }
+        let needed = (15 * held).div_ceil(present);
+        span.max(needed.min(most))
+    }
+
+    /// The grid index of the `k`-th bucket held (0 = oldest).
+    pub fn index_of(&self, k: usize) -> i64 {
+        self.last - (self.max.len() - 1 - k) as i64
+    }
+
+    /// Position in the ring of grid index `i`, if held.
+    pub fn pos(&self, i: i64) -> Option<usize> {
+        let first = self.index_of(0);
+        (i >= first && i <= self.last).then(|| (i - first) as usize)
+    }
+
+    /// Extreme (max when `upper`, else min) of `series` over the `span` buckets ending at grid index `i`, within
+    /// the current run (not before `started`). NaN when all are gaps.
+    pub fn extreme(&self, series: &VecDeque<f64>, i: i64, span: usize, upper: bool) -> f64 {
+        let Some(end) = self.pos(i) else {
+            return f64::NAN;
+        };
+        let start_i = (i - span as i64 + 1).max(self.started);
+        let start = self.pos(start_i).unwrap_or(0);
+        let mut acc = f64::NAN;
+        for v in series.range(start..=end) {
+            if v.is_finite() {
+                acc = if acc.is_nan() {
+                    *v
+                } else if upper {
+                    acc.max(*v)
+                } else {
+                    acc.min(*v)
+                };
+            }
+        }
+        acc
+    }
+}

@@ -1,0 +1,336 @@
+//! `leak`: a sustained upward trend of an instance's post-GC floor, and what kind of leak it is.
+//!
+//! Every minute, per instance, on the grid of [`super::grid`]:
+//! 1. The floor is the running minimum of bucket minima over `floor_window` (at least one GC cycle), read once a
+//!    minute from the end of warm-up over at most `lookback` (at least `min_span` is needed).
+//! 2. Mann-Kendall on the floor with the Hamed-Rao correction (the running minimum is strongly autocorrelated),
+//!    and the Theil-Sen floor slope. A finding needs p < `alpha`, a slope of at least `min_slope_bytes_per_s`,
+//!    and the trend in both halves of the most recent `min_span` (each half's slope at least half the minimum):
+//!    a one-time step is flat on one side of it, a leak rises on both), and a line must fit the stretch better
+//!    than a single level shift.
+//!    A finding opens after three consecutive positive tests (minutes).
+//! 3. Classification from the heap signals' floors, tested the same way: `heap` when allocator live bytes
+//!    (memspan.heap.allocated) rise; else `fragmentation` when resident or retained bytes rise; else `off_heap`
+//!    when live heap data is there and flat (native buffers, mmap, C memory); `unknown` without heap data.
+//!
+//! A leak calls for a rollback or a restart, not more replicas.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use memdrift_exporter::anomaly::rfc3339;
+use memdrift_exporter::{Anomaly, AnomalyKind, AnomalyState};
+
+use super::config::LeakSettings;
+use super::grid::{observations, Track};
+use super::{buckets, Detector, Findings};
+use crate::engine::ClosedWindow;
+use crate::stats::{mann_kendall, theil_sen, theil_sen_with};
+
+/// The floor is read every this many buckets (a minute at the default 10 s step).
+const FLOOR_STRIDE: usize = 6;
+/// Consecutive positive tests (minutes) before a finding opens.
+const CONFIRM: u32 = 3;
+
+/// A leak test's outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeakTest {
+    /// Floor slope, bytes per second.
+    pub slope: f64,
+    pub z: f64,
+    pub p_value: f64,
+    pub leaking: bool,
+    /// heap, off_heap, fragmentation or unknown when leaking; none otherwise.
+    pub classification: &'static str,
+    /// Grid index of the first floor point.
+    pub from: i64,
+}
+
+struct Trend {
+    slope: f64,
+    z: f64,
+    p: f64,
+    halves: (f64, f64),
+    /// A single level shift fits the stretch better than a line.
+    step: bool,
+}
+
+/// Whether one level shift (two medians) fits `points` better (sum of absolute residuals) than the Theil-Sen
+/// line: a one-time step, not a trend.
+fn looks_like_step(points: &[f64], line: &crate::stats::SenSlope) -> bool {
+    let (x, y): (Vec<f64>, Vec<f64>) = points
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(i, v)| (i as f64, *v))
+        .unzip();
+    let n = y.len();
+    if n < 8 {
+        return false;
+    }
+    let linear: f64 = x
+        .iter()
+        .zip(&y)
+        .map(|(t, v)| (v - line.intercept - line.slope * t).abs())
+        .sum();
+    let l1 = |seg: &[f64]| {
+        let mut s = seg.to_vec();
+        let m = crate::stats::median_in_place(&mut s);
+        seg.iter().map(|v| (v - m).abs()).sum::<f64>()
+    };
+    (3..n - 2).any(|k| l1(&y[..k]) + l1(&y[k..]) < linear)
+}
+
+fn trend(points: &[f64], per_s: f64, recent: usize, shape: bool) -> Option<Trend> {
+    let mk = mann_kendall(points, true)?;
+    let ts = theil_sen_with(points, 0.95, mk.inflation)?;
+    // Persistence: both halves of the most recent `recent` points.
+    let tail = &points[points.len().saturating_sub(recent)..];
+    let h = tail.len() / 2;
+    let a = theil_sen(&tail[..h], 0.95).map_or(f64::NAN, |s| s.slope * per_s);
+    let b = theil_sen(&tail[h..], 0.95).map_or(f64::NAN, |s| s.slope * per_s);
+    Some(Trend {
+        step: shape && looks_like_step(points, &ts),
+        slope: ts.slope * per_s,
+        z: mk.z,
+        p: mk.p_value,
+        halves: (a, b),
+    })
+}
+
+/// Tests one instance's floor: pure, for the simulations and the benchmark.
+pub fn test(track: &Track, s: &LeakSettings, step_ns: u64) -> Option<LeakTest> {
+    let warm = buckets(s.grid.warmup_ns, step_ns) as i64;
+    let look = buckets(s.lookback_ns, step_ns) as i64;
+    let min_span = buckets(s.min_span_ns, step_ns) as i64;
+    let win = track.adapted_span(buckets(s.floor_window_ns, step_ns), look as usize / 3);
+    let from = (track.started + warm).max(track.last - look + 1);
+    if track.last - from + 1 < min_span {
+        return None;
+    }
+    let floor_of = |series| {
+        let mut points = Vec::new();
+        let mut i = track.last;
+        while i >= from {
+            points.push(track.extreme(series, i, win, false));
+            i -= FLOOR_STRIDE as i64;
+        }
+        points.reverse();
+        points
+    };
+    let per_s = 1e9 / (FLOOR_STRIDE as f64 * step_ns as f64);
+    let rss = floor_of(&track.min);
+    let first = track.last - (rss.len() as i64 - 1) * FLOOR_STRIDE as i64;
+    if rss.iter().filter(|v| v.is_finite()).count() < 10 {
+        return None;
+    }
+    let recent = min_span as usize / FLOOR_STRIDE;
+    let rising = |t: &Trend| {
+        !t.step
+            && t.p < s.alpha
+            && t.z > 0.0
+            && t.slope >= s.min_slope
+            && t.halves.0 >= s.min_slope / 2.0
+            && t.halves.1 >= s.min_slope / 2.0
+    };
+    // The whole lookback, or only its most recent `min_span`: a leak that began after a long flat stretch is
+    // a change of regime, which the whole-lookback test reads as autocorrelation and discounts.
+    let full = trend(&rss, per_s, recent, true)?;
+    let (t, skip) = if rising(&full) {
+        (full, 0)
+    } else {
+        let skip = rss.len().saturating_sub(recent);
+        match trend(&rss[skip..], per_s, recent, true) {
+            Some(r) if rising(&r) => (r, skip),
+            _ => (full, 0),
+        }
+    };
+    let leaking = rising(&t);
+    let first = first + (skip * FLOOR_STRIDE) as i64;
+    let mut heap_seen = [false; 3];
+    let mut heap_rising = [false; 3];
+    // Classified only when leaking: what is reported with the finding.
+    for (k, series) in track.heap.iter().enumerate().filter(|_| leaking) {
+        let pts = floor_of(series);
+        let pts = &pts[skip.min(pts.len())..];
+        if pts.iter().filter(|v| v.is_finite()).count() >= 10 {
+            heap_seen[k] = true;
+            if let Some(h) = trend(pts, per_s, recent, false) {
+                // Rising, and carrying a fair share of the RSS floor's growth.
+                heap_rising[k] = h.p < s.alpha && h.z > 0.0 && h.slope >= 0.25 * t.slope.max(0.0);
+            }
+        }
+    }
+    let classification = if !leaking {
+        "none"
+    } else if heap_rising[0] {
+        "heap"
+    } else if heap_rising[1] || heap_rising[2] {
+        "fragmentation"
+    } else if heap_seen[0] {
+        "off_heap"
+    } else {
+        "unknown"
+    };
+    Some(LeakTest {
+        slope: t.slope,
+        z: t.z,
+        p_value: t.p,
+        leaking,
+        classification,
+        from: first,
+    })
+}
+
+struct InstanceState {
+    track: Track,
+    streak: u32,
+    open: bool,
+    clean: u32,
+    last: Option<LeakTest>,
+}
+
+pub struct Leak {
+    settings: LeakSettings,
+    step_ns: u64,
+    instances: HashMap<(Arc<str>, Arc<str>), InstanceState>,
+    /// Instances ignored because the cap was reached.
+    pub overflow: u64,
+}
+
+impl Leak {
+    pub fn new(settings: LeakSettings, step_ns: u64) -> Leak {
+        Leak {
+            settings,
+            step_ns,
+            instances: HashMap::new(),
+            overflow: 0,
+        }
+    }
+
+    /// The grid of each instance held.
+    pub fn tracks(&self) -> impl Iterator<Item = &Track> {
+        self.instances.values().map(|s| &s.track)
+    }
+
+    fn event(
+        &self,
+        state: AnomalyState,
+        key: &(Arc<str>, Arc<str>),
+        t: &Track,
+        r: &LeakTest,
+        end: u64,
+    ) -> Anomaly {
+        let mut a = Anomaly::new(AnomalyKind::Leak, state, &key.0, t.signal.name(), end);
+        a.instance = Some(key.1.to_string());
+        a.method = Some("mann_kendall_hamed_rao+theil_sen_floor".into());
+        a.window_start = Some(rfc3339((r.from.max(0) as u64).saturating_mul(self.step_ns)));
+        a.window_end = Some(rfc3339(end));
+        a.statistic = Some(r.z);
+        a.p_value = Some(r.p_value);
+        a.growth_bytes_per_s = Some(r.slope);
+        a.classification = Some(r.classification.to_string());
+        a.limit_bytes = t.limit;
+        a
+    }
+}
+
+impl Detector for Leak {
+    fn name(&self) -> &'static str {
+        "leak"
+    }
+
+    fn live_keys(&self) -> usize {
+        self.instances.len()
+    }
+
+    fn on_window(&mut self, window: &ClosedWindow, out: &mut Findings) {
+        let end = window.end_unix_nano;
+        let index = (end / self.step_ns.max(1)) as i64;
+        let cap = buckets(
+            self.settings.lookback_ns + self.settings.floor_window_ns,
+            self.step_ns,
+        ) + 1;
+        for (key, o) in observations(window, &self.settings.grid.signals) {
+            let Some((signal, _)) = o.memory else {
+                continue;
+            };
+            if !self.instances.contains_key(&key) {
+                if self.instances.len() >= self.settings.grid.max_instances {
+                    self.overflow += 1;
+                    continue;
+                }
+                self.instances.insert(
+                    key.clone(),
+                    InstanceState {
+                        track: Track::new(signal, index, cap),
+                        streak: 0,
+                        open: false,
+                        clean: 0,
+                        last: None,
+                    },
+                );
+            }
+            let st = self.instances.get_mut(&key).expect("inserted above");
+            let restarted = st.track.push(index, &o, &self.settings.grid, end);
+            let mut emit = None;
+            if restarted {
+                if let (true, Some(r)) = (st.open, st.last.take()) {
+                    emit = Some((AnomalyState::Resolved, r));
+                }
+                st.open = false;
+                st.streak = 0;
+            } else if index.rem_euclid(FLOOR_STRIDE as i64) == 0 {
+                let r = test(&st.track, &self.settings, self.step_ns);
+                // A finding opens after CONFIRM consecutive positive tests: one noisy minute is not a leak.
+                let positive = r.as_ref().is_some_and(|r| r.leaking);
+                st.streak = if positive { st.streak + 1 } else { 0 };
+                let warn = positive && (st.open || st.streak >= CONFIRM);
+                match (r, st.open) {
+                    (Some(r), false) if warn => {
+                        st.open = true;
+                        st.clean = 0;
+                        emit = Some((AnomalyState::Open, r));
+                    }
+                    (Some(r), true) if warn => {
+                        st.clean = 0;
+                        emit = Some((AnomalyState::Update, r));
+                    }
+                    (_, true) => {
+                        st.clean += 1;
+                        if st.clean >= self.settings.resolve_after {
+                            st.open = false;
+                            // Resolved with the evidence and class of the finding's last update.
+                            if let Some(r) = st.last.clone() {
+                                emit = Some((AnomalyState::Resolved, r));
+                            }
+                        }
+                    }
+                    (r, false) => st.last = r,
+                }
+                if let Some((_, r)) = &emit {
+                    st.last = Some(r.clone());
+                }
+            }
+            if let Some((state, r)) = emit {
+                let a = self.event(state, &key, &self.instances[&key].track, &r, end);
+                out.anomalies.push(a);
+            }
+        }
+        let idle = self.settings.grid.idle_timeout_ns;
+        let gone: Vec<_> = self
+            .instances
+            .iter()
+            .filter(|(_, s)| s.track.last_seen_ns.saturating_add(idle) < end)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            if let Some(st) = self.instances.remove(&k) {
+                if let (true, Some(r)) = (st.open, &st.last) {
+                    out.anomalies
+                        .push(self.event(AnomalyState::Resolved, &k, &st.track, r, end));
+                }
+            }
+        }
+    }
+}
