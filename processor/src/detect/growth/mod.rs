@@ -100,7 +100,7 @@ fn ttl(headroom: f64, slope: f64) -> f64 {
 pub fn forecast(track: &Track, s: &GrowthSettings, step_ns: u64, lag_ns: u64) -> Option<Forecast> {
     let warm = buckets(s.grid.warmup_ns, step_ns) as i64;
     let look = buckets(s.lookback_ns, step_ns) as i64;
-    let env = buckets(s.envelope_ns, step_ns);
+    let env = track.adapted_span(buckets(s.envelope_ns, step_ns), look as usize / 3);
     let recent = buckets(s.recent_ns, step_ns) / STRIDE;
     let from = (track.started + warm).max(track.last - look + 1);
     // At least half the recent stretch past warm-up before anything is said.
