@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use memdrift_exporter::jsonl::{Destination, JsonLinesWriter};
+use memdrift_exporter::otlp::{OtlpExporter, OtlpSender};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -39,6 +40,7 @@ pub struct Service {
     stop: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<Result<()>>)>,
     engine: std::thread::JoinHandle<()>,
+    otlp: Option<OtlpExporter>,
 }
 
 async fn bind(what: &str, endpoint: &str) -> Result<TcpListener> {
@@ -50,6 +52,16 @@ async fn bind(what: &str, endpoint: &str) -> Result<TcpListener> {
 impl Service {
     /// Binds every listener, then starts the servers and the engine thread.
     pub async fn start(pipeline: Pipeline) -> Result<Service> {
+        let detectors = build_detectors(&pipeline);
+        Service::start_with_detectors(pipeline, detectors).await
+    }
+
+    /// [`Service::start`] with the given detectors instead of the pipeline's, so tests can drive the exporters
+    /// with events they know.
+    pub async fn start_with_detectors(
+        pipeline: Pipeline,
+        detectors: Vec<Box<dyn Detector>>,
+    ) -> Result<Service> {
         let telemetry = Telemetry::new();
         let (stop, _) = watch::channel(false);
         let stopped = |stop: &watch::Sender<bool>| {
@@ -129,11 +141,28 @@ impl Service {
             ),
             None => None,
         };
-        let core = Core::new(pipeline.engine.clone(), build_detectors(&pipeline));
+        let otlp = match &pipeline.otlp {
+            Some(config) => Some(OtlpExporter::start(
+                config.clone(),
+                telemetry.exporter.clone(),
+                telemetry.registry.clone(),
+            )?),
+            None => {
+                if file.exporters.otlp.is_some() && file.exporter_enabled("otlp") {
+                    tracing::info!("otlp exporter skipped: no endpoint (set OTEL_EXPORTER_OTLP_ENDPOINT or exporters.otlp.endpoint)");
+                }
+                None
+            }
+        };
+        let sinks = Sinks {
+            jsonl,
+            otlp: otlp.as_ref().map(OtlpExporter::sender),
+        };
+        let core = Core::new(pipeline.engine.clone(), detectors);
         let engine_telemetry = telemetry.clone();
         let engine = std::thread::Builder::new()
             .name("memdrift-engine".into())
-            .spawn(move || engine_loop(core, rx, engine_telemetry, jsonl))
+            .spawn(move || engine_loop(core, rx, engine_telemetry, sinks))
             .context("cannot start the engine thread")?;
 
         Ok(Service {
@@ -144,6 +173,7 @@ impl Service {
             stop,
             tasks,
             engine,
+            otlp,
         })
     }
 
@@ -171,6 +201,10 @@ impl Service {
         );
         if engine_panicked {
             first_error.get_or_insert(anyhow::anyhow!("the engine thread panicked"));
+        }
+        // Last, so the engine's final events are queued before the exporter drains.
+        if let Some(otlp) = self.otlp {
+            otlp.shutdown().await;
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -212,12 +246,13 @@ fn now_unix_nano() -> u64 {
         .unwrap_or(0)
 }
 
-fn engine_loop(
-    mut core: Core,
-    rx: Receiver<SampleBatch>,
-    telemetry: Telemetry,
-    mut jsonl: Option<JsonLinesWriter>,
-) {
+/// Where the engine thread hands anomaly events.
+struct Sinks {
+    jsonl: Option<JsonLinesWriter>,
+    otlp: Option<OtlpSender>,
+}
+
+fn engine_loop(mut core: Core, rx: Receiver<SampleBatch>, telemetry: Telemetry, mut sinks: Sinks) {
     let cfg = core.engine().config().clone();
     let tick = Duration::from_nanos(cfg.step_ns);
     // When traffic stops, windows still close once the wall clock has passed them by the allowed lateness
@@ -230,18 +265,18 @@ fn engine_loop(
             Err(RecvTimeoutError::Timeout) => Output::default(),
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        emit(&out, &telemetry, jsonl.as_mut());
+        emit(&out, &telemetry, &mut sinks);
         if last_tick.elapsed() >= tick {
             last_tick = Instant::now();
             let out = core.tick(now_unix_nano().saturating_sub(idle_delay));
-            emit(&out, &telemetry, jsonl.as_mut());
+            emit(&out, &telemetry, &mut sinks);
             telemetry.record_keys(core.engine());
         }
     }
     telemetry.record_keys(core.engine());
 }
 
-fn emit(out: &Output, telemetry: &Telemetry, jsonl: Option<&mut JsonLinesWriter>) {
+fn emit(out: &Output, telemetry: &Telemetry, sinks: &mut Sinks) {
     telemetry.record_engine_drops(&out.dropped);
     for w in &out.windows {
         telemetry.publish_window(w);
@@ -252,10 +287,16 @@ fn emit(out: &Output, telemetry: &Telemetry, jsonl: Option<&mut JsonLinesWriter>
             .with_label_values(&[a.kind.name()])
             .inc();
     }
-    if let (Some(w), false) = (jsonl, out.anomalies.is_empty()) {
+    if out.anomalies.is_empty() {
+        return;
+    }
+    if let Some(w) = sinks.jsonl.as_mut() {
         if let Err(e) = w.write_all(&out.anomalies) {
             tracing::error!(error = %e, "writing anomaly events failed");
         }
+    }
+    if let Some(otlp) = &sinks.otlp {
+        otlp.export(&out.anomalies);
     }
 }
 

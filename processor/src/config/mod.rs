@@ -12,6 +12,7 @@
 
 mod env;
 mod error;
+mod otlp;
 mod schema;
 
 use std::path::Path;
@@ -32,6 +33,8 @@ pub struct Pipeline {
     pub file: PipelineFile,
     pub extract: ExtractConfig,
     pub engine: EngineConfig,
+    /// The OTLP exporter with every setting resolved; `None` when unused or without an endpoint.
+    pub otlp: Option<memdrift_exporter::otlp::OtlpConfig>,
     /// Notes that are not errors (unused components, unset variables).
     pub warnings: Vec<String>,
 }
@@ -51,18 +54,29 @@ impl Pipeline {
         Pipeline::parse("pipelines/default.yaml (embedded)", DEFAULT_PIPELINE)
     }
 
-    /// Parses pipeline text; `name` is used in error messages.
+    /// Parses pipeline text against the process environment; `name` is used in error messages.
     pub fn parse(name: &str, text: &str) -> Result<Pipeline, ConfigError> {
-        let (text, mut warnings) = env::substitute(name, text, |v| std::env::var(v).ok())?;
+        Pipeline::parse_with_env(name, text, &|v| std::env::var(v).ok())
+    }
+
+    /// Parses pipeline text, reading environment variables (`${env:...}`, `OTEL_EXPORTER_OTLP_*`) through `env`.
+    pub fn parse_with_env(
+        name: &str,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Pipeline, ConfigError> {
+        let (text, mut warnings) = env::substitute(name, text, env)?;
         let file: PipelineFile =
             serde_norway::from_str(&text).map_err(|e| ConfigError::from_yaml(name, &e))?;
         warnings.extend(file.check(name, &text)?);
         let extract = build_extract(name, &text, &file)?;
         let engine = build_engine(name, &text, &file)?;
+        let otlp = otlp::build(name, &text, &file, env)?;
         Ok(Pipeline {
             file,
             extract,
             engine,
+            otlp,
             warnings,
         })
     }
