@@ -51,13 +51,16 @@ fn start(rt: &tokio::runtime::Runtime, settings: &str) -> Running {
     Running { exporter, registry }
 }
 
+/// `memdrift_exporter_{what}_total{exporter="otlp",signal}`.
+fn count(registry: &Registry, what: &str, signal: &str) -> f64 {
+    let text = memdrift_exporter::prometheus::render(registry);
+    let series = format!("memdrift_exporter_{what}_total{{exporter=\"otlp\",signal=\"{signal}\"}}");
+    metric_value(&text, &series).unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+}
+
 impl Running {
-    /// `memdrift_exporter_{what}_total{exporter="otlp",signal}`.
     fn count(&self, what: &str, signal: &str) -> f64 {
-        let text = memdrift_exporter::prometheus::render(&self.registry);
-        let series =
-            format!("memdrift_exporter_{what}_total{{exporter=\"otlp\",signal=\"{signal}\"}}");
-        metric_value(&text, &series).unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+        count(&self.registry, what, signal)
     }
 
     /// Waits until `count(what, signal)` reaches `n`.
@@ -650,6 +653,40 @@ async fn events_queued_on_disk_survive_kill_9_and_go_out_after_restart() {
             0,
             "delivered events leave the disk"
         );
+    }
+}
+
+#[test]
+fn shutdown_stops_at_its_deadline_and_keeps_or_counts_what_is_left() {
+    let rt = runtime();
+    let tmp = TempDir::new("deadline");
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let in_memory = "    shutdown_timeout: 300ms\n".to_string();
+    let on_disk = format!(
+        "{in_memory}    queue: {{ directory: \"{}\" }}\n",
+        tmp.0.display()
+    );
+    for (settings, durable) in [(in_memory, false), (on_disk, true)] {
+        let Running { exporter, registry } = start(&rt, &otlp_settings("grpc", &nobody, &settings));
+        exporter
+            .sender()
+            .export(&[test_anomaly("left-1"), test_anomaly("left-2")]);
+        let began = Instant::now();
+        let drained = rt.block_on(exporter.shutdown());
+        let took = began.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        let dropped = count(&registry, "dropped", "logs") + count(&registry, "dropped", "traces");
+        if durable {
+            assert_eq!(drained.kept_on_disk, 2, "one logs and one traces batch");
+            assert_eq!(dropped, 0.0);
+        } else {
+            assert_eq!(drained.kept_on_disk, 0);
+            assert_eq!(dropped, 4.0, "two log records and two spans");
+            assert!(drained.dropped_items >= 4, "{drained:?}");
+        }
     }
 }
 

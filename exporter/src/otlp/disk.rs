@@ -243,7 +243,10 @@ impl DiskQueue {
             Some(s) => s.len > 0 && s.len + rec > self.segment_limit,
         };
         if rotate || self.writer.is_none() {
-            let seq = self.segments.back().map_or(self.next_seq, |s| s.seq + 1);
+            let seq = self
+                .segments
+                .back()
+                .map_or(self.next_seq, |s| s.seq.saturating_add(1));
             let file = OpenOptions::new()
                 .create(true)
                 .truncate(true)
@@ -343,7 +346,10 @@ impl DiskQueue {
     fn clear(&mut self) -> io::Result<()> {
         self.writer = None;
         self.reader = None;
-        let next = self.segments.back().map_or(self.next_seq, |s| s.seq + 1);
+        let next = self
+            .segments
+            .back()
+            .map_or(self.next_seq, |s| s.seq.saturating_add(1));
         write_ack(&self.dir, next, 0)?;
         for s in self.segments.drain(..) {
             fs::remove_file(segment_path(&self.dir, s.seq))?;

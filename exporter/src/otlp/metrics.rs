@@ -56,7 +56,7 @@ const PROCESS: [(&str, Option<(&str, &str)>); 7] = [
 ];
 
 /// Units of the names that carry no unit suffix (UCUM; curly braces annotate a count).
-const UNITS: [(&str, &str); 20] = [
+const UNITS: [(&str, &str); 21] = [
     ("memdrift.receiver.accepted_spans", "{span}"),
     ("memdrift.receiver.refused_spans", "{span}"),
     ("memdrift.receiver.accepted_metric_points", "{data_point}"),
@@ -77,6 +77,7 @@ const UNITS: [(&str, &str); 20] = [
     ("memdrift.exporter.failed", "{item}"),
     ("memdrift.exporter.dropped", "{item}"),
     ("memdrift.exporter.queue_size", "{batch}"),
+    ("memdrift.exporter.retries", "{attempt}"),
 ];
 
 const UNIT_SUFFIXES: [(&str, &str); 3] = [

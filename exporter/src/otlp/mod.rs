@@ -347,13 +347,17 @@ impl OtlpExporter {
             .collect();
         let timer = {
             let shared = Arc::clone(&shared);
+            let mut stop = deadline.subscribe();
             let period = config.metrics_interval.max(Duration::from_millis(10));
             tokio::spawn(async move {
                 let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    ticks.tick().await;
-                    shared.export_metrics();
+                    tokio::select! {
+                        _ = ticks.tick() => shared.export_metrics(),
+                        // The exporter was dropped without a shutdown.
+                        _ = stop.changed() => return,
+                    }
                 }
             })
         };
@@ -379,7 +383,10 @@ impl OtlpExporter {
 
     /// Sends a last metrics snapshot and delivers what is queued until done or `shutdown_timeout` has passed.
     pub async fn shutdown(self) -> Drained {
+        // The timer only pushes between awaits, so aborting it never leaves half a snapshot; the last one is
+        // queued before the senders learn of the deadline, or the metrics sender could stop on an empty queue.
         self.timer.abort();
+        let _ = self.timer.await;
         self.shared.export_metrics();
         let deadline = Instant::now() + self.shutdown_timeout;
         let _ = self.deadline.send(Some(deadline));
