@@ -85,60 +85,59 @@ def attributes(key_values) -> dict:
     return {kv.key: any_value(kv.value) for kv in key_values}
 
 
+def items(request, resources: str, scopes: str, kind: str):
+    """(resource attributes, scope name, item) for every item of an export request."""
+    for resource_group in getattr(request, resources):
+        resource = attributes(resource_group.resource.attributes)
+        for scope_group in getattr(resource_group, scopes):
+            for item in getattr(scope_group, kind):
+                yield resource, scope_group.scope.name, item
+
+
 def decode_logs(request) -> list[dict]:
-    out = []
-    for resource_logs in request.resource_logs:
-        resource = attributes(resource_logs.resource.attributes)
-        for scope_logs in resource_logs.scope_logs:
-            for record in scope_logs.log_records:
-                out.append(
-                    {
-                        "resource": resource,
-                        "scope": scope_logs.scope.name,
-                        "time_unix_nano": record.time_unix_nano,
-                        "observed_time_unix_nano": record.observed_time_unix_nano,
-                        "severity_number": record.severity_number,
-                        "severity_text": record.severity_text,
-                        "event_name": record.event_name,
-                        "body": any_value(record.body),
-                        "attributes": attributes(record.attributes),
-                        "trace_id": record.trace_id.hex(),
-                        "span_id": record.span_id.hex(),
-                    }
-                )
-    return out
+    return [
+        {
+            "resource": resource,
+            "scope": scope,
+            "time_unix_nano": record.time_unix_nano,
+            "observed_time_unix_nano": record.observed_time_unix_nano,
+            "severity_number": record.severity_number,
+            "severity_text": record.severity_text,
+            "event_name": record.event_name,
+            "body": any_value(record.body),
+            "attributes": attributes(record.attributes),
+            "trace_id": record.trace_id.hex(),
+            "span_id": record.span_id.hex(),
+        }
+        for resource, scope, record in items(request, "resource_logs", "scope_logs", "log_records")
+    ]
 
 
 def decode_spans(request) -> list[dict]:
-    out = []
-    for resource_spans in request.resource_spans:
-        resource = attributes(resource_spans.resource.attributes)
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                out.append(
-                    {
-                        "resource": resource,
-                        "scope": scope_spans.scope.name,
-                        "name": span.name,
-                        "kind": span.kind,
-                        "trace_id": span.trace_id.hex(),
-                        "span_id": span.span_id.hex(),
-                        "parent_span_id": span.parent_span_id.hex(),
-                        "start_time_unix_nano": span.start_time_unix_nano,
-                        "end_time_unix_nano": span.end_time_unix_nano,
-                        "status": {"code": span.status.code, "message": span.status.message},
-                        "attributes": attributes(span.attributes),
-                        "links": [
-                            {
-                                "trace_id": link.trace_id.hex(),
-                                "span_id": link.span_id.hex(),
-                                "attributes": attributes(link.attributes),
-                            }
-                            for link in span.links
-                        ],
-                    }
-                )
-    return out
+    return [
+        {
+            "resource": resource,
+            "scope": scope,
+            "name": span.name,
+            "kind": span.kind,
+            "trace_id": span.trace_id.hex(),
+            "span_id": span.span_id.hex(),
+            "parent_span_id": span.parent_span_id.hex(),
+            "start_time_unix_nano": span.start_time_unix_nano,
+            "end_time_unix_nano": span.end_time_unix_nano,
+            "status": {"code": span.status.code, "message": span.status.message},
+            "attributes": attributes(span.attributes),
+            "links": [
+                {
+                    "trace_id": link.trace_id.hex(),
+                    "span_id": link.span_id.hex(),
+                    "attributes": attributes(link.attributes),
+                }
+                for link in span.links
+            ],
+        }
+        for resource, scope, span in items(request, "resource_spans", "scope_spans", "spans")
+    ]
 
 
 def number(point):
@@ -147,35 +146,32 @@ def number(point):
 
 def decode_metrics(request) -> list[dict]:
     out = []
-    for resource_metrics in request.resource_metrics:
-        resource = attributes(resource_metrics.resource.attributes)
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                kind = metric.WhichOneof("data")
-                data = getattr(metric, kind) if kind else None
-                entry = {
-                    "resource": resource,
-                    "name": metric.name,
-                    "unit": metric.unit,
-                    "description": metric.description,
-                    "type": kind,
-                    "temporality": getattr(data, "aggregation_temporality", None),
-                    "monotonic": getattr(data, "is_monotonic", None),
-                    "points": [],
-                }
-                for point in data.data_points if data is not None else []:
-                    p = {
-                        "attributes": attributes(point.attributes),
-                        "start_time_unix_nano": point.start_time_unix_nano,
-                        "time_unix_nano": point.time_unix_nano,
-                    }
-                    if kind in ("gauge", "sum"):
-                        p["value"] = number(point)
-                    else:
-                        p["count"] = point.count
-                        p["sum"] = point.sum
-                    entry["points"].append(p)
-                out.append(entry)
+    for resource, _, metric in items(request, "resource_metrics", "scope_metrics", "metrics"):
+        kind = metric.WhichOneof("data")
+        data = getattr(metric, kind) if kind else None
+        entry = {
+            "resource": resource,
+            "name": metric.name,
+            "unit": metric.unit,
+            "description": metric.description,
+            "type": kind,
+            "temporality": getattr(data, "aggregation_temporality", None),
+            "monotonic": getattr(data, "is_monotonic", None),
+            "points": [],
+        }
+        for point in data.data_points if data is not None else []:
+            p = {
+                "attributes": attributes(point.attributes),
+                "start_time_unix_nano": point.start_time_unix_nano,
+                "time_unix_nano": point.time_unix_nano,
+            }
+            if kind in ("gauge", "sum"):
+                p["value"] = number(point)
+            else:
+                p["count"] = point.count
+                p["sum"] = point.sum
+            entry["points"].append(p)
+        out.append(entry)
     return out
 
 
@@ -240,16 +236,16 @@ class Store:
         return None
 
     def record(self, transport: str, signal_name: str, headers: dict, answer: str, request=None) -> None:
-        items = 0
+        count = 0
         with self._lock:
             if request is not None:
                 decoded = SIGNALS[signal_name][4](request)
-                items = len(decoded)
+                count = len(decoded)
                 if signal_name == "traces":
                     self._count_spans(request)
                     self.content["spans"].extend(decoded)
                 elif signal_name == "logs":
-                    self.log_records += items
+                    self.log_records += count
                     self.content["logs"].extend(decoded)
                 else:
                     self.metric_points += sum(len(m["points"]) for m in decoded)
@@ -262,23 +258,19 @@ class Store:
                     "signal": signal_name,
                     "headers": headers,
                     "answer": answer,
-                    "items": items,
+                    "items": count,
                 }
             )
 
     def _count_spans(self, request) -> None:
-        for resource_spans in request.resource_spans:
-            for attribute in resource_spans.resource.attributes:
-                if attribute.key == "service.name":
-                    self.services.add(attribute.value.string_value)
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    self.spans += 1
-                    if any(
-                        a.key.startswith(MEMORY_ATTRIBUTE_PREFIX) and a.value.HasField("int_value")
-                        for a in span.attributes
-                    ):
-                        self.memory_spans += 1
+        for resource, _, span in items(request, "resource_spans", "scope_spans", "spans"):
+            if isinstance(resource.get("service.name"), str):
+                self.services.add(resource["service.name"])
+            self.spans += 1
+            if any(
+                a.key.startswith(MEMORY_ATTRIBUTE_PREFIX) and a.value.HasField("int_value") for a in span.attributes
+            ):
+                self.memory_spans += 1
 
     def reached_exit_after_spans(self) -> bool:
         with self._lock:

@@ -450,18 +450,34 @@ fn a_20_s_outage_loses_nothing() {
     assert!(down_for >= Duration::from_secs(20), "{down_for:?}");
 }
 
-/// Arrival times (sink clock) and answers of one signal's requests over one transport.
-fn attempts(dump: &Value, transport: &str, signal: &str) -> Vec<(f64, String)> {
-    requests(dump, signal)
+/// The answers to one signal's requests over one transport, and when (sink clock, seconds) each arrived.
+struct Attempts {
+    answers: Vec<String>,
+    times: Vec<f64>,
+}
+
+impl Attempts {
+    /// Seconds between attempt `i - 1` and attempt `i`.
+    fn gap(&self, i: usize) -> f64 {
+        self.times[i] - self.times[i - 1]
+    }
+}
+
+fn attempts(dump: &Value, transport: &str, signal: &str) -> Attempts {
+    let of: Vec<&Value> = requests(dump, signal)
         .into_iter()
         .filter(|r| r["transport"] == transport)
-        .map(|r| {
-            (
-                r["t"].as_f64().unwrap_or(f64::NAN),
-                r["answer"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect()
+        .collect();
+    Attempts {
+        answers: of
+            .iter()
+            .map(|r| r["answer"].as_str().unwrap_or("").to_owned())
+            .collect(),
+        times: of
+            .iter()
+            .map(|r| r["t"].as_f64().unwrap_or(f64::NAN))
+            .collect(),
+    }
 }
 
 #[test]
@@ -483,40 +499,27 @@ fn the_server_sets_the_next_attempt_with_retry_after_and_retry_info() {
     });
 
     let logs = attempts(&dump, "http", "logs");
-    assert_eq!(
-        logs.iter().map(|a| a.1.as_str()).collect::<Vec<_>>(),
-        ["503", "ok"]
-    );
-    let waited = logs[1].0 - logs[0].0;
+    assert_eq!(logs.answers, ["503", "ok"]);
     assert!(
-        (2.0..5.0).contains(&waited),
-        "Retry-After: 2 means at least 2 s; waited {waited:.3} s"
+        (2.0..5.0).contains(&logs.gap(1)),
+        "Retry-After: 2 means at least 2 s; waited {:.3} s",
+        logs.gap(1)
     );
     let traces = attempts(&dump, "http", "traces");
-    assert_eq!(
-        traces.iter().map(|a| a.1.as_str()).collect::<Vec<_>>(),
-        ["429", "ok"]
-    );
+    assert_eq!(traces.answers, ["429", "ok"]);
     assert!(
-        traces[1].0 - traces[0].0 < 1.5,
+        traces.gap(1) < 1.5,
         "without Retry-After the backoff (about 100 ms) decides"
     );
-
     let traces = attempts(&dump, "grpc", "traces");
-    assert_eq!(
-        traces.iter().map(|a| a.1.as_str()).collect::<Vec<_>>(),
-        ["RESOURCE_EXHAUSTED", "ok"]
-    );
-    let waited = traces[1].0 - traces[0].0;
+    assert_eq!(traces.answers, ["RESOURCE_EXHAUSTED", "ok"]);
     assert!(
-        (1.5..4.5).contains(&waited),
-        "RetryInfo of 1.5 s; waited {waited:.3} s"
+        (1.5..4.5).contains(&traces.gap(1)),
+        "RetryInfo of 1.5 s; waited {:.3} s",
+        traces.gap(1)
     );
     let logs = attempts(&dump, "grpc", "logs");
-    assert_eq!(
-        logs.iter().map(|a| a.1.as_str()).collect::<Vec<_>>(),
-        ["UNAVAILABLE", "UNAVAILABLE", "ok"]
-    );
+    assert_eq!(logs.answers, ["UNAVAILABLE", "UNAVAILABLE", "ok"]);
     http.wait_count("sent", "logs", 1.0);
     grpc.wait_count("sent", "logs", 1.0);
     assert_eq!(http.count("retries", "logs"), 1.0);
@@ -552,9 +555,8 @@ fn permanent_failures_and_partial_success_are_counted_not_retried() {
         ("grpc", "logs", "INVALID_ARGUMENT"),
         ("grpc", "traces", "RESOURCE_EXHAUSTED"),
     ] {
-        let a = attempts(&dump, transport, signal);
         assert_eq!(
-            a.iter().map(|a| a.1.as_str()).collect::<Vec<_>>(),
+            attempts(&dump, transport, signal).answers,
             [answer],
             "{transport} {signal}: one attempt only"
         );

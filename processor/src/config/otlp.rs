@@ -78,6 +78,27 @@ impl Resolver<'_> {
         )
     }
 
+    /// One setting of one signal: the signal's own variable, else the file's value, else the shared variable,
+    /// else the default. A variable is read only when nothing before it decided.
+    fn layered<T>(
+        &self,
+        signal: Signal,
+        setting: &str,
+        file: Option<T>,
+        parse: impl Fn(&str) -> Result<T, String>,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        if let Some(v) = self.parsed(self.signal_var(signal, setting), &parse)? {
+            return Ok(v);
+        }
+        if let Some(v) = file {
+            return Ok(v);
+        }
+        Ok(self
+            .parsed(self.shared_var(setting), &parse)?
+            .unwrap_or(default))
+    }
+
     /// Parses a variable with `parse`, naming the variable on failure.
     fn parsed<T>(
         &self,
@@ -181,15 +202,13 @@ fn target(
             },
         },
     };
-    let protocol = match r.parsed(r.signal_var(signal, "PROTOCOL"), otel::parse_protocol)? {
-        Some(p) => p,
-        None => match s.protocol {
-            Some(p) => protocol(p),
-            None => r
-                .parsed(r.shared_var("PROTOCOL"), otel::parse_protocol)?
-                .unwrap_or(Protocol::HttpProtobuf),
-        },
-    };
+    let protocol = r.layered(
+        signal,
+        "PROTOCOL",
+        s.protocol.map(protocol),
+        otel::parse_protocol,
+        Protocol::HttpProtobuf,
+    )?;
     let insecure = match s.tls.insecure {
         Some(b) => b,
         None => r
@@ -208,25 +227,20 @@ fn target(
             }
         })?;
     let headers = headers(r, s, signal)?;
-    let compression =
-        match r.parsed(r.signal_var(signal, "COMPRESSION"), otel::parse_compression)? {
-            Some(c) => c,
-            None => match s.compression {
-                Some(c) => compression(c),
-                None => r
-                    .parsed(r.shared_var("COMPRESSION"), otel::parse_compression)?
-                    .unwrap_or(Compression::Gzip),
-            },
-        };
-    let timeout = match r.parsed(r.signal_var(signal, "TIMEOUT"), otel::parse_timeout_ms)? {
-        Some(t) => t,
-        None => match s.timeout {
-            Some(t) => std_duration(t),
-            None => r
-                .parsed(r.shared_var("TIMEOUT"), otel::parse_timeout_ms)?
-                .unwrap_or(DEFAULT_TIMEOUT),
-        },
-    };
+    let compression = r.layered(
+        signal,
+        "COMPRESSION",
+        s.compression.map(compression),
+        otel::parse_compression,
+        Compression::Gzip,
+    )?;
+    let timeout = r.layered(
+        signal,
+        "TIMEOUT",
+        s.timeout.map(std_duration),
+        otel::parse_timeout_ms,
+        DEFAULT_TIMEOUT,
+    )?;
     if timeout.is_zero() {
         return Err(r.file_error("timeout", "must be positive".into(), "e.g. timeout: 10s"));
     }
