@@ -134,90 +134,20 @@ fn number(v: f64, integer: bool) -> number_data_point::Value {
     }
 }
 
-/// One gathered registry as an OTLP request; `start_ns` is when the cumulative series started, `now_ns` the
-/// gather time. Returns the request and its number of data points.
+/// Data points per request. A registry with many series (window gauges of thousands of cohorts) goes out as
+/// several requests, each far below the 4 MiB a gRPC receiver takes by default; a metric may then appear in
+/// more than one of them, which OTLP allows.
+pub const MAX_POINTS_PER_REQUEST: usize = 2000;
+
+/// One gathered registry as OTLP requests of at most [`MAX_POINTS_PER_REQUEST`] points; `start_ns` is when the
+/// cumulative series started, `now_ns` the gather time. Returns each request with its number of data points.
 pub fn encode(
     families: &[MetricFamily],
     resource: &[KeyValue],
     start_ns: u64,
     now_ns: u64,
-) -> (ExportMetricsServiceRequest, usize) {
-    let mut metrics = Vec::new();
-    let mut points = 0;
-    let cumulative = AggregationTemporality::Cumulative as i32;
-    for f in families {
-        let kind = f.get_field_type();
-        let Some((name, unit)) = otlp_name(f.name(), kind == MetricType::COUNTER) else {
-            continue;
-        };
-        let integer = unit == "1" || unit.starts_with('{');
-        let number_points = |value: fn(&prometheus::proto::Metric) -> f64, start: u64| {
-            f.get_metric()
-                .iter()
-                .map(|m| NumberDataPoint {
-                    attributes: labels(m),
-                    start_time_unix_nano: start,
-                    time_unix_nano: now_ns,
-                    value: Some(number(value(m), integer)),
-                    ..Default::default()
-                })
-                .collect::<Vec<_>>()
-        };
-        let data = match kind {
-            MetricType::COUNTER => metric::Data::Sum(Sum {
-                data_points: number_points(|m| m.get_counter().get_value(), start_ns),
-                aggregation_temporality: cumulative,
-                is_monotonic: true,
-            }),
-            MetricType::GAUGE => metric::Data::Gauge(Gauge {
-                data_points: number_points(|m| m.get_gauge().get_value(), 0),
-            }),
-            // The crate's collectors never produce untyped families (a protobuf-only type).
-            MetricType::UNTYPED => continue,
-            MetricType::HISTOGRAM => metric::Data::Histogram(Histogram {
-                data_points: f
-                    .get_metric()
-                    .iter()
-                    .map(|m| histogram_point(m, start_ns, now_ns))
-                    .collect(),
-                aggregation_temporality: cumulative,
-            }),
-            MetricType::SUMMARY => metric::Data::Summary(Summary {
-                data_points: f
-                    .get_metric()
-                    .iter()
-                    .map(|m| {
-                        let s = m.get_summary();
-                        SummaryDataPoint {
-                            attributes: labels(m),
-                            start_time_unix_nano: start_ns,
-                            time_unix_nano: now_ns,
-                            count: s.sample_count(),
-                            sum: s.sample_sum(),
-                            quantile_values: s
-                                .get_quantile()
-                                .iter()
-                                .map(|q| summary_data_point::ValueAtQuantile {
-                                    quantile: q.quantile(),
-                                    value: q.value(),
-                                })
-                                .collect(),
-                            ..Default::default()
-                        }
-                    })
-                    .collect(),
-            }),
-        };
-        points += f.get_metric().len();
-        metrics.push(Metric {
-            name,
-            description: f.help().to_string(),
-            unit,
-            data: Some(data),
-            ..Default::default()
-        });
-    }
-    let request = ExportMetricsServiceRequest {
+) -> Vec<(ExportMetricsServiceRequest, usize)> {
+    let request = |metrics: Vec<Metric>| ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(Resource {
                 attributes: resource.to_vec(),
@@ -231,7 +161,102 @@ pub fn encode(
             ..Default::default()
         }],
     };
-    (request, points)
+    let mut requests = Vec::new();
+    let (mut metrics, mut points) = (Vec::new(), 0);
+    for f in families {
+        let kind = f.get_field_type();
+        let Some((name, unit)) = otlp_name(f.name(), kind == MetricType::COUNTER) else {
+            continue;
+        };
+        for chunk in f.get_metric().chunks(MAX_POINTS_PER_REQUEST) {
+            let Some(data) = data(kind, chunk, &unit, start_ns, now_ns) else {
+                continue;
+            };
+            if points + chunk.len() > MAX_POINTS_PER_REQUEST {
+                requests.push((request(std::mem::take(&mut metrics)), points));
+                points = 0;
+            }
+            points += chunk.len();
+            metrics.push(Metric {
+                name: name.clone(),
+                description: f.help().to_string(),
+                unit: unit.clone(),
+                data: Some(data),
+                ..Default::default()
+            });
+        }
+    }
+    if !metrics.is_empty() {
+        requests.push((request(metrics), points));
+    }
+    requests
+}
+
+/// The points of some series of one family.
+fn data(
+    kind: MetricType,
+    series: &[prometheus::proto::Metric],
+    unit: &str,
+    start_ns: u64,
+    now_ns: u64,
+) -> Option<metric::Data> {
+    let cumulative = AggregationTemporality::Cumulative as i32;
+    let integer = unit == "1" || unit.starts_with('{');
+    let number_points = |value: fn(&prometheus::proto::Metric) -> f64, start: u64| {
+        series
+            .iter()
+            .map(|m| NumberDataPoint {
+                attributes: labels(m),
+                start_time_unix_nano: start,
+                time_unix_nano: now_ns,
+                value: Some(number(value(m), integer)),
+                ..Default::default()
+            })
+            .collect::<Vec<_>>()
+    };
+    Some(match kind {
+        MetricType::COUNTER => metric::Data::Sum(Sum {
+            data_points: number_points(|m| m.get_counter().get_value(), start_ns),
+            aggregation_temporality: cumulative,
+            is_monotonic: true,
+        }),
+        MetricType::GAUGE => metric::Data::Gauge(Gauge {
+            data_points: number_points(|m| m.get_gauge().get_value(), 0),
+        }),
+        // The crate's collectors never produce untyped families (a protobuf-only type).
+        MetricType::UNTYPED => return None,
+        MetricType::HISTOGRAM => metric::Data::Histogram(Histogram {
+            data_points: series
+                .iter()
+                .map(|m| histogram_point(m, start_ns, now_ns))
+                .collect(),
+            aggregation_temporality: cumulative,
+        }),
+        MetricType::SUMMARY => metric::Data::Summary(Summary {
+            data_points: series
+                .iter()
+                .map(|m| {
+                    let s = m.get_summary();
+                    SummaryDataPoint {
+                        attributes: labels(m),
+                        start_time_unix_nano: start_ns,
+                        time_unix_nano: now_ns,
+                        count: s.sample_count(),
+                        sum: s.sample_sum(),
+                        quantile_values: s
+                            .get_quantile()
+                            .iter()
+                            .map(|q| summary_data_point::ValueAtQuantile {
+                                quantile: q.quantile(),
+                                value: q.value(),
+                            })
+                            .collect(),
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+        }),
+    })
 }
 
 /// Prometheus buckets hold cumulative counts up to each bound, +Inf included; OTLP holds the count of each
@@ -352,8 +377,10 @@ mod tests {
             h.observe(v);
         }
 
-        let (req, points) = encode(&r.gather(), &[kv_str("service.name", "memdrift")], 10, 20);
-        assert_eq!(points, 3);
+        let requests = encode(&r.gather(), &[kv_str("service.name", "memdrift")], 10, 20);
+        assert_eq!(requests.len(), 1);
+        let (req, points) = &requests[0];
+        assert_eq!(*points, 3);
         let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
         let by_name = |n: &str| metrics.iter().find(|m| m.name == n).expect(n);
 
@@ -391,5 +418,43 @@ mod tests {
         assert_eq!(p.explicit_bounds, vec![0.1, 1.0]);
         assert_eq!(p.bucket_counts, vec![1, 2, 1]);
         assert_eq!(p.count, 4);
+    }
+
+    #[test]
+    fn many_series_are_split_across_requests() {
+        let r = Registry::new();
+        let g =
+            GaugeVec::new(Opts::new("memdrift_window_mean", "mean"), &["cohort"]).expect("valid");
+        r.register(Box::new(g.clone())).expect("registers");
+        let c = IntCounterVec::new(Opts::new("memdrift_samples_total", "n"), &["signal"])
+            .expect("valid");
+        r.register(Box::new(c.clone())).expect("registers");
+        let series = 2 * MAX_POINTS_PER_REQUEST + 10;
+        for i in 0..series {
+            g.with_label_values(&[&i.to_string()]).set(i as f64);
+        }
+        c.with_label_values(&["rss"]).inc();
+        let requests = encode(&r.gather(), &[], 0, 1);
+        let points: Vec<usize> = requests.iter().map(|(_, n)| *n).collect();
+        assert!(
+            points.iter().all(|n| *n <= MAX_POINTS_PER_REQUEST),
+            "{points:?}"
+        );
+        assert_eq!(points.iter().sum::<usize>(), series + 1);
+        let mut seen = 0;
+        for (req, n) in &requests {
+            let in_request: usize = req.resource_metrics[0].scope_metrics[0]
+                .metrics
+                .iter()
+                .map(|m| match &m.data {
+                    Some(metric::Data::Gauge(g)) => g.data_points.len(),
+                    Some(metric::Data::Sum(s)) => s.data_points.len(),
+                    _ => 0,
+                })
+                .sum();
+            assert_eq!(in_request, *n);
+            seen += in_request;
+        }
+        assert_eq!(seen, series + 1);
     }
 }

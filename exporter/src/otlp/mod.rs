@@ -51,6 +51,14 @@ use queue::{Batch, Queue};
 /// The label value of this exporter in `memdrift_exporter_*{exporter}`.
 pub const EXPORTER_NAME: &str = "otlp";
 
+/// Anomaly events per request, so a burst (a shared dependency upsetting every service at once) still goes out
+/// in requests of a size any receiver takes.
+pub const MAX_EVENTS_PER_REQUEST: usize = 500;
+
+/// Metric batches waiting, at most: a snapshot supersedes the ones before it, so during an outage a few are
+/// worth keeping, not `queue.size` of them (each up to [`metrics::MAX_POINTS_PER_REQUEST`] points).
+pub const METRICS_QUEUE_BATCHES: usize = 64;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Signal {
     Logs,
@@ -85,7 +93,8 @@ impl Signal {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueConfig {
-    /// Batches waiting per signal, in memory or on disk; beyond it new batches are dropped and counted.
+    /// Log and trace batches waiting per signal, in memory or on disk; beyond it new batches are dropped and
+    /// counted. Metrics keep at most [`METRICS_QUEUE_BATCHES`].
     pub size: usize,
     /// When set, logs and traces queue in `<directory>/logs` and `<directory>/traces` and survive a restart.
     pub directory: Option<PathBuf>,
@@ -208,25 +217,29 @@ impl Shared {
         {
             return;
         }
-        let (logs, traces) = {
-            let mut episodes = self.episodes.lock().unwrap_or_else(|p| p.into_inner());
-            encode::encode(anomalies, &mut episodes, now_ns())
-        };
-        self.enqueue(Signal::Logs, anomalies.len(), logs.encode_to_vec());
-        self.enqueue(Signal::Traces, anomalies.len(), traces.encode_to_vec());
+        for chunk in anomalies.chunks(MAX_EVENTS_PER_REQUEST) {
+            let (logs, traces) = {
+                let mut episodes = self.episodes.lock().unwrap_or_else(|p| p.into_inner());
+                encode::encode(chunk, &mut episodes, now_ns())
+            };
+            self.enqueue(Signal::Logs, chunk.len(), logs.encode_to_vec());
+            self.enqueue(Signal::Traces, chunk.len(), traces.encode_to_vec());
+        }
     }
 
     fn export_metrics(&self) {
         if self.queue(Signal::Metrics).is_none() {
             return;
         }
-        let (request, points) = metrics::encode(
+        let requests = metrics::encode(
             &self.registry.gather(),
             &self.resource,
             self.start_ns,
             now_ns(),
         );
-        self.enqueue(Signal::Metrics, points, request.encode_to_vec());
+        for (request, points) in requests {
+            self.enqueue(Signal::Metrics, points, request.encode_to_vec());
+        }
     }
 }
 
@@ -312,6 +325,7 @@ impl OtlpExporter {
                     }
                     q
                 }
+                (_, Signal::Metrics) => Queue::memory(METRICS_QUEUE_BATCHES),
                 _ => Queue::memory(config.queue.size),
             };
             queues[signal.index()] = Some(Arc::new(queue));
@@ -580,5 +594,70 @@ async fn until<F: Future>(
                 changed = stop.changed() => if changed.is_err() { return None },
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AnomalyKind, AnomalyState};
+
+    fn unreachable_target() -> Target {
+        Target {
+            protocol: Protocol::HttpProtobuf,
+            // The discard port, where nothing listens on a test machine: every attempt fails and is retried.
+            url: "http://127.0.0.1:9/v1/x".into(),
+            headers: Headers::default(),
+            compression: Compression::Gzip,
+            timeout: Duration::from_secs(1),
+            ca_file: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn bursts_split_into_requests_and_full_queues_drop_and_count() {
+        let config = OtlpConfig {
+            logs: Some(unreachable_target()),
+            traces: Some(unreachable_target()),
+            metrics: None,
+            retry: RetryConfig::default(),
+            queue: QueueConfig {
+                size: 4,
+                ..QueueConfig::default()
+            },
+            metrics_interval: Duration::from_secs(3600),
+            shutdown_timeout: Duration::ZERO,
+            resource: OtlpConfig::default_resource(),
+        };
+        let registry = Registry::new();
+        let metrics = ExporterMetrics::register(&registry).expect("registers");
+        let exporter = OtlpExporter::start(config, metrics.clone(), registry).expect("starts");
+        let burst: Vec<Anomaly> = (0..1200)
+            .map(|i| {
+                Anomaly::new(
+                    AnomalyKind::Leak,
+                    AnomalyState::Open,
+                    &format!("svc-{i}"),
+                    "memspan.rss.end",
+                    1,
+                )
+            })
+            .collect();
+        exporter.sender().export(&burst);
+        // 500 + 500 + 200 events: three batches per signal.
+        assert_eq!(exporter.queued(), 6);
+        assert_eq!(
+            metrics.queue_size.with_label_values(&[EXPORTER_NAME]).get(),
+            6
+        );
+        // One more burst of three batches per signal overflows the queue of 4: two batches each are dropped.
+        exporter.sender().export(&burst);
+        assert_eq!(exporter.queued(), 8);
+        let dropped = |s: Signal| metrics.dropped.with_label_values(&Shared::labels(s)).get();
+        assert_eq!(dropped(Signal::Logs), 700);
+        assert_eq!(dropped(Signal::Traces), 700);
+        let drained = exporter.shutdown().await;
+        assert_eq!(drained.kept_on_disk, 0);
+        assert_eq!(drained.dropped_items, 2 * (1200 + 500));
     }
 }

@@ -229,7 +229,8 @@ pub struct OtlpRetry {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpQueue {
-    /// Batches waiting per signal; beyond it new ones are dropped and counted. Default 1000.
+    /// Batches of anomaly logs and spans waiting per signal; beyond it new ones are dropped and counted. Metrics
+    /// keep at most 64 batches (a newer snapshot supersedes them). Default 1000.
     pub size: Option<usize>,
     /// A directory for the on-disk queue of logs and traces: what was queued survives a crash or kill -9 and
     /// is sent after the restart (at least once). Default: in memory only.
