@@ -9,9 +9,11 @@
 //! Delivery is at least once. `export` returns once the batches are queued (on disk and fsynced, with an on-disk
 //! queue); a sender removes a batch only after the backend accepted it or refused it for good (see
 //! [`retry`] for which answers are retried). A batch the backend took whose removal did not reach the disk
-//! before a crash is sent again after the restart, so a backend may see an event twice, never zero times, as
-//! long as the queue had room. Each signal has its own queue and sender, so a backend refusing one signal
-//! does not hold up the others. Metric snapshots stay in memory: a newer snapshot supersedes them.
+//! before a crash is sent again after the restart, so a backend may see an event twice. An event is lost only
+//! where a counter says so: refused for being over the queue's bounds (`dropped`), refused for good by the
+//! backend or retried past `max_elapsed_time` (`failed`), or left in a memory queue at exit (`dropped`). Each
+//! signal has its own queue and sender, so a backend refusing one signal does not hold up the others. Metric
+//! snapshots stay in memory: a newer snapshot supersedes them.
 //!
 //! Shutdown sends a last metrics snapshot, then drains the queues until empty or the deadline; what is left
 //! stays on disk for the next start, or is counted as dropped when the queue is in memory.

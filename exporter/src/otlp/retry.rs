@@ -125,7 +125,8 @@ pub struct RetryConfig {
     pub initial_interval: Duration,
     /// The longest wait between two attempts. Collector default 30 s.
     pub max_interval: Duration,
-    /// A batch still failing this long after its first attempt is given up (counted as failed).
+    /// A batch still failing this long after its first attempt is given up (counted as failed); zero means
+    /// never, as in the Collector (with an on-disk queue, that keeps events through an outage of any length).
     /// Collector default 300 s.
     pub max_elapsed_time: Duration,
 }
@@ -173,7 +174,8 @@ impl Backoff {
 
     /// Whether waiting `delay` more, after `elapsed` since the first attempt, goes past the give-up time.
     pub fn gives_up(&self, elapsed: Duration, delay: Duration) -> bool {
-        elapsed.saturating_add(delay) > self.config.max_elapsed_time
+        !self.config.max_elapsed_time.is_zero()
+            && elapsed.saturating_add(delay) > self.config.max_elapsed_time
     }
 }
 
@@ -380,5 +382,10 @@ mod tests {
         assert!(!b.gives_up(Duration::from_secs(290), Duration::from_secs(10)));
         assert!(b.gives_up(Duration::from_secs(290), Duration::from_secs(11)));
         assert!(b.gives_up(Duration::MAX, Duration::from_secs(1)));
+        let forever = Backoff::new(RetryConfig {
+            max_elapsed_time: Duration::ZERO,
+            ..RetryConfig::default()
+        });
+        assert!(!forever.gives_up(Duration::MAX, Duration::from_secs(1)));
     }
 }

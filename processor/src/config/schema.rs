@@ -222,7 +222,8 @@ pub struct OtlpRetry {
     pub initial_interval: Option<Duration>,
     /// The longest wait. Default 30s.
     pub max_interval: Option<Duration>,
-    /// A batch still failing this long after its first attempt is given up and counted as failed. Default 5m.
+    /// A batch still failing this long after its first attempt is given up and counted as failed; 0s means
+    /// never (with `queue.directory`, nothing is lost however long the backend is away). Default 5m.
     pub max_elapsed_time: Option<Duration>,
 }
 
@@ -233,7 +234,7 @@ pub struct OtlpQueue {
     /// keep at most 64 batches (a newer snapshot supersedes them). Default 1000.
     pub size: Option<usize>,
     /// A directory for the on-disk queue of logs and traces: what was queued survives a crash or kill -9 and
-    /// is sent after the restart (at least once). Default: in memory only.
+    /// is sent after the restart (at least once). One memdrift per directory. Default: in memory only.
     pub directory: Option<String>,
     /// Disk space per signal for the on-disk queue, in bytes. Default 268435456 (256 MiB).
     pub max_disk_bytes: Option<u64>,

@@ -265,6 +265,9 @@ fn otlp_section_settings_reach_the_exporter() {
     assert_eq!(o.queue.max_disk_bytes, 1 << 20);
     assert_eq!(o.metrics_interval, D::from_secs(2));
     assert_eq!(o.shutdown_timeout, D::from_secs(1));
+    let forever = WITH_OTLP.replace("max_elapsed_time: 20s", "max_elapsed_time: 0s");
+    let p = Pipeline::parse_with_env("t.yaml", &forever, &env_of(&[])).expect("valid");
+    assert_eq!(p.otlp.expect("enabled").retry.max_elapsed_time, D::ZERO);
     // A signal's own variable beats the file; the shared one does not.
     let p = Pipeline::parse_with_env(
         "t.yaml",
