@@ -35,6 +35,7 @@ answers each with one JSON line on stdout (stdin closing stops the sink):
         "grpc_code": "UNAVAILABLE", "retry_delay_s": 1.5
                               (gRPC only; the delay as a google.rpc.RetryInfo)
         "partial_rejected": 1, "message": "..."  (both; a partial success)
+      and, with "transport": "http" or "grpc", only to requests over that one.
   {"cmd": "clear"}  -> {"ok": true}   forgets requests, content and faults
   {"cmd": "stop"}   -> {"ok": true}   then exits as on SIGTERM
 
@@ -221,7 +222,7 @@ class Store:
         """The first fault for this signal that applies to this transport, used up once."""
         with self._lock:
             for fault in self.faults[signal_name]:
-                applies = (
+                applies = fault.get("transport", transport) == transport and (
                     "partial_rejected" in fault
                     or (transport == "http" and "http_status" in fault)
                     or (transport == "grpc" and "grpc_code" in fault)
