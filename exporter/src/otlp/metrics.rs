@@ -24,10 +24,11 @@ use prometheus::proto::{MetricFamily, MetricType};
 use super::encode::{kv_str, scope};
 
 /// Prometheus namespaces whose underscores become dots; the first match wins.
-const NAMESPACES: [&str; 5] = [
+const NAMESPACES: [&str; 6] = [
     "memdrift_receiver_",
     "memdrift_exporter_",
     "memdrift_window_",
+    "memdrift_spread_",
     "memdrift_",
     "process_",
 ];
@@ -56,7 +57,7 @@ const PROCESS: [(&str, Option<(&str, &str)>); 7] = [
 ];
 
 /// Units of the names that carry no unit suffix (UCUM; curly braces annotate a count).
-const UNITS: [(&str, &str); 21] = [
+const UNITS: [(&str, &str); 24] = [
     ("memdrift.receiver.accepted_spans", "{span}"),
     ("memdrift.receiver.refused_spans", "{span}"),
     ("memdrift.receiver.accepted_metric_points", "{data_point}"),
@@ -78,6 +79,9 @@ const UNITS: [(&str, &str); 21] = [
     ("memdrift.exporter.dropped", "{item}"),
     ("memdrift.exporter.queue_size", "{batch}"),
     ("memdrift.exporter.retries", "{attempt}"),
+    ("memdrift.spread.sd_ratio", "1"),
+    ("memdrift.spread.p_value", "1"),
+    ("memdrift.spread.sequential_log_lr", "1"),
 ];
 
 const UNIT_SUFFIXES: [(&str, &str); 3] = [
@@ -124,8 +128,8 @@ fn labels(m: &prometheus::proto::Metric) -> Vec<KeyValue> {
         .collect()
 }
 
-/// Counts (unit `1` or an annotation like `{span}`) go out as integers, everything else as doubles: decided by
-/// the metric, never by the value, so a series never changes type between exports.
+/// Counts go out as integers, everything else as doubles: decided by the metric, never by the value, so a series
+/// never changes type between exports.
 fn number(v: f64, integer: bool) -> number_data_point::Value {
     if integer && v.is_finite() {
         number_data_point::Value::AsInt(v.round() as i64)
@@ -201,7 +205,8 @@ fn data(
     now_ns: u64,
 ) -> Option<metric::Data> {
     let cumulative = AggregationTemporality::Cumulative as i32;
-    let integer = unit == "1" || unit.starts_with('{');
+    // Counts are integers: annotated units (`{span}`), and counters without a unit. A ratio gauge in `1` is not.
+    let integer = unit.starts_with('{') || (kind == MetricType::COUNTER && unit == "1");
     let number_points = |value: fn(&prometheus::proto::Metric) -> f64, start: u64| {
         series
             .iter()
@@ -338,6 +343,12 @@ mod tests {
                 "1",
             ),
             (
+                "memdrift_spread_sd_ratio",
+                false,
+                "memdrift.spread.sd_ratio",
+                "1",
+            ),
+            (
                 "process_resident_memory_bytes",
                 false,
                 "process.memory.usage",
@@ -407,6 +418,23 @@ mod tests {
         assert_eq!(
             gauge.data_points[0].value,
             Some(number_data_point::Value::AsDouble(1.5e6))
+        );
+
+        let ratio = GaugeVec::new(Opts::new("memdrift_spread_sd_ratio", "ratio"), &["canary"])
+            .expect("valid");
+        let r2 = Registry::new();
+        r2.register(Box::new(ratio.clone())).expect("registers");
+        ratio.with_label_values(&["1.5.0"]).set(2.6);
+        let (req2, _) = &encode(&r2.gather(), &[], 0, 1)[0];
+        let m2 = &req2.resource_metrics[0].scope_metrics[0].metrics[0];
+        let Some(metric::Data::Gauge(g2)) = &m2.data else {
+            panic!("a gauge: {m2:?}")
+        };
+        assert_eq!(m2.unit, "1");
+        assert_eq!(
+            g2.data_points[0].value,
+            Some(number_data_point::Value::AsDouble(2.6)),
+            "a ratio in unit 1 stays a double"
         );
 
         let m = by_name("memdrift.export");
