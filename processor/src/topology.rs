@@ -211,31 +211,47 @@ impl Service {
 
     /// Serves until SIGTERM or Ctrl-C, then shuts down cleanly.
     pub async fn run_until_signal(self) -> Result<()> {
-        wait_for_signal().await;
+        self.run_until(stop_signal()).await
+    }
+
+    /// Serves until `stop` resolves, then shuts down cleanly.
+    pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+        stop.await;
         tracing::info!("shutting down");
         self.shutdown().await
     }
 }
 
-async fn wait_for_signal() {
+/// Takes over SIGTERM and SIGINT at once and resolves on either. Registering before anything says "running"
+/// matters: until a handler exists, a SIGTERM kills the process outright, without draining the exporters.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut term), Some(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Some(mut one), None) | (None, Some(mut one)) => {
+                    one.recv().await;
+                }
+                (None, None) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -305,6 +321,7 @@ pub async fn run(pipeline: Pipeline) -> Result<()> {
     for w in &pipeline.warnings {
         tracing::warn!("{w}");
     }
+    let stop = stop_signal();
     let service = Service::start(pipeline).await?;
     tracing::info!(
         grpc = ?service.grpc_addr,
@@ -312,5 +329,5 @@ pub async fn run(pipeline: Pipeline) -> Result<()> {
         prometheus = ?service.prometheus_addr,
         "memdrift is running"
     );
-    service.run_until_signal().await
+    service.run_until(stop).await
 }
