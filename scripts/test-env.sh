@@ -3,9 +3,11 @@
 #   - $REPO/.venv: a Python venv with the real OpenTelemetry SDK, used by the
 #     peer scripts in tests/peers/ (reinstalled only when requirements.txt
 #     changes, tracked by a sha256 stamp inside the venv);
-#   - promtool, from Debian's prometheus package, used to validate metrics
-#     exposition output. Tests that need it skip when it is missing, so outside
-#     CI a failed install is only a warning; with CI=true it is an error.
+#   - prometheus and promtool, from Debian's prometheus package: a real server
+#     scrapes memdrift, and promtool validates the exposition;
+#   - openssl, which makes the private CA of the exporter's TLS test.
+#   Tests that need a tool skip when it is missing, so outside CI a failed
+#   install is only a warning; with CI=true it is an error.
 # Idempotent: a second run only checks what is there and takes seconds.
 # Needs root (or passwordless sudo) only when something must be apt-installed.
 set -euo pipefail
@@ -106,15 +108,28 @@ log "venv ready (.venv, opentelemetry-sdk $sdk_version)"
 
 promtool_version() { promtool --version 2>&1 | awk 'NR == 1 { print $3 }'; }
 
-if ! command -v promtool >/dev/null; then
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   # The package may be left half-configured when its postinst fails; what the
-  # tests need is only the promtool binary, so its presence is what counts.
+  # tests need is only the binaries, so their presence is what counts.
   apt_install prometheus || true
 fi
-if command -v promtool >/dev/null; then
-  log "promtool ready ($(command -v promtool), version $(promtool_version))"
+if command -v promtool >/dev/null && command -v prometheus >/dev/null; then
+  log "prometheus and promtool ready ($(command -v promtool), version $(promtool_version))"
 elif [[ ${CI:-} == true ]]; then
-  die "promtool could not be installed (apt-get install prometheus); CI requires it"
+  die "prometheus/promtool could not be installed (apt-get install prometheus); CI requires them"
 else
-  warn "promtool is unavailable; tests that need it will skip"
+  warn "prometheus or promtool is unavailable; tests that need them will skip"
+fi
+
+# --- openssl ----------------------------------------------------------------
+
+if ! command -v openssl >/dev/null; then
+  apt_install openssl || true
+fi
+if command -v openssl >/dev/null; then
+  log "openssl ready ($(command -v openssl))"
+elif [[ ${CI:-} == true ]]; then
+  die "openssl could not be installed (apt-get install openssl); CI requires it"
+else
+  warn "openssl is unavailable; the TLS test will skip"
 fi

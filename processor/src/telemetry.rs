@@ -22,6 +22,8 @@ pub struct Telemetry {
     pub keys: IntGaugeVec,
     pub windows_closed: IntCounter,
     pub anomalies: IntCounterVec,
+    /// `memdrift_exporter_{sent,failed,dropped,retries}_total{exporter,signal}`, `memdrift_exporter_queue_size`.
+    pub exporter: memdrift_exporter::otlp::ExporterMetrics,
     window: [GaugeVec; 6],
     published: std::sync::Arc<std::sync::Mutex<HashSet<[String; 3]>>>,
     /// Detector gauges by name, registered on first sight.
@@ -121,6 +123,8 @@ impl Telemetry {
                 "Anomaly events emitted, by kind.",
                 &["kind"],
             ),
+            exporter: memdrift_exporter::otlp::ExporterMetrics::register(r)
+                .expect("metric names are unique"),
             window,
             published: Default::default(),
             derived: Default::default(),

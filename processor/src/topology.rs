@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use memdrift_exporter::jsonl::{Destination, JsonLinesWriter};
+use memdrift_exporter::otlp::{OtlpExporter, OtlpSender};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -56,6 +57,7 @@ pub struct Service {
     stop: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<Result<()>>)>,
     engine: std::thread::JoinHandle<()>,
+    otlp: Option<OtlpExporter>,
 }
 
 async fn bind(what: &str, endpoint: &str) -> Result<TcpListener> {
@@ -67,6 +69,16 @@ async fn bind(what: &str, endpoint: &str) -> Result<TcpListener> {
 impl Service {
     /// Binds every listener, then starts the servers and the engine thread.
     pub async fn start(pipeline: Pipeline) -> Result<Service> {
+        let detectors = build_detectors(&pipeline);
+        Service::start_with_detectors(pipeline, detectors).await
+    }
+
+    /// [`Service::start`] with the given detectors instead of the pipeline's, so tests can drive the exporters
+    /// with events they know.
+    pub async fn start_with_detectors(
+        pipeline: Pipeline,
+        detectors: Vec<Box<dyn Detector>>,
+    ) -> Result<Service> {
         let telemetry = Telemetry::new();
         let (stop, _) = watch::channel(false);
         let stopped = |stop: &watch::Sender<bool>| {
@@ -146,11 +158,28 @@ impl Service {
             ),
             None => None,
         };
-        let core = Core::new(pipeline.engine.clone(), build_detectors(&pipeline));
+        let otlp = match &pipeline.otlp {
+            Some(config) => Some(OtlpExporter::start(
+                config.clone(),
+                telemetry.exporter.clone(),
+                telemetry.registry.clone(),
+            )?),
+            None => {
+                if file.exporters.otlp.is_some() && file.exporter_enabled("otlp") {
+                    tracing::info!("otlp exporter skipped: no endpoint (set OTEL_EXPORTER_OTLP_ENDPOINT or exporters.otlp.endpoint)");
+                }
+                None
+            }
+        };
+        let sinks = Sinks {
+            jsonl,
+            otlp: otlp.as_ref().map(OtlpExporter::sender),
+        };
+        let core = Core::new(pipeline.engine.clone(), detectors);
         let engine_telemetry = telemetry.clone();
         let engine = std::thread::Builder::new()
             .name("memdrift-engine".into())
-            .spawn(move || engine_loop(core, rx, engine_telemetry, jsonl))
+            .spawn(move || engine_loop(core, rx, engine_telemetry, sinks))
             .context("cannot start the engine thread")?;
 
         Ok(Service {
@@ -161,6 +190,7 @@ impl Service {
             stop,
             tasks,
             engine,
+            otlp,
         })
     }
 
@@ -189,36 +219,56 @@ impl Service {
         if engine_panicked {
             first_error.get_or_insert(anyhow::anyhow!("the engine thread panicked"));
         }
+        // Last, so the engine's final events are queued before the exporter drains.
+        if let Some(otlp) = self.otlp {
+            otlp.shutdown().await;
+        }
         first_error.map_or(Ok(()), Err)
     }
 
     /// Serves until SIGTERM or Ctrl-C, then shuts down cleanly.
     pub async fn run_until_signal(self) -> Result<()> {
-        wait_for_signal().await;
+        self.run_until(stop_signal()).await
+    }
+
+    /// Serves until `stop` resolves, then shuts down cleanly.
+    pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+        stop.await;
         tracing::info!("shutting down");
         self.shutdown().await
     }
 }
 
-async fn wait_for_signal() {
+/// Takes over SIGTERM and SIGINT at once and resolves on either. Registering before anything says "running"
+/// matters: until a handler exists, a SIGTERM kills the process outright, without draining the exporters.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut term), Some(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Some(mut one), None) | (None, Some(mut one)) => {
+                    one.recv().await;
+                }
+                (None, None) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -229,12 +279,13 @@ fn now_unix_nano() -> u64 {
         .unwrap_or(0)
 }
 
-fn engine_loop(
-    mut core: Core,
-    rx: Receiver<SampleBatch>,
-    telemetry: Telemetry,
-    mut jsonl: Option<JsonLinesWriter>,
-) {
+/// Where the engine thread hands anomaly events.
+struct Sinks {
+    jsonl: Option<JsonLinesWriter>,
+    otlp: Option<OtlpSender>,
+}
+
+fn engine_loop(mut core: Core, rx: Receiver<SampleBatch>, telemetry: Telemetry, mut sinks: Sinks) {
     let cfg = core.engine().config().clone();
     let tick = Duration::from_nanos(cfg.step_ns);
     // When traffic stops, windows still close once the wall clock has passed them by the allowed lateness
@@ -247,18 +298,18 @@ fn engine_loop(
             Err(RecvTimeoutError::Timeout) => Output::default(),
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        emit(&out, &telemetry, jsonl.as_mut());
+        emit(&out, &telemetry, &mut sinks);
         if last_tick.elapsed() >= tick {
             last_tick = Instant::now();
             let out = core.tick(now_unix_nano().saturating_sub(idle_delay));
-            emit(&out, &telemetry, jsonl.as_mut());
+            emit(&out, &telemetry, &mut sinks);
             telemetry.record_keys(core.engine());
         }
     }
     telemetry.record_keys(core.engine());
 }
 
-fn emit(out: &Output, telemetry: &Telemetry, jsonl: Option<&mut JsonLinesWriter>) {
+fn emit(out: &Output, telemetry: &Telemetry, sinks: &mut Sinks) {
     telemetry.record_engine_drops(&out.dropped);
     for w in &out.windows {
         telemetry.publish_window(w);
@@ -272,10 +323,16 @@ fn emit(out: &Output, telemetry: &Telemetry, jsonl: Option<&mut JsonLinesWriter>
             .with_label_values(&[a.kind.name()])
             .inc();
     }
-    if let (Some(w), false) = (jsonl, out.anomalies.is_empty()) {
+    if out.anomalies.is_empty() {
+        return;
+    }
+    if let Some(w) = sinks.jsonl.as_mut() {
         if let Err(e) = w.write_all(&out.anomalies) {
             tracing::error!(error = %e, "writing anomaly events failed");
         }
+    }
+    if let Some(otlp) = &sinks.otlp {
+        otlp.export(&out.anomalies);
     }
 }
 
@@ -284,6 +341,7 @@ pub async fn run(pipeline: Pipeline) -> Result<()> {
     for w in &pipeline.warnings {
         tracing::warn!("{w}");
     }
+    let stop = stop_signal();
     let service = Service::start(pipeline).await?;
     tracing::info!(
         grpc = ?service.grpc_addr,
@@ -291,5 +349,5 @@ pub async fn run(pipeline: Pipeline) -> Result<()> {
         prometheus = ?service.prometheus_addr,
         "memdrift is running"
     );
-    service.run_until_signal().await
+    service.run_until(stop).await
 }

@@ -230,6 +230,9 @@ fn run_serves_on_the_default_pipeline_and_stops_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "exit status {exit}");
-    seen.extend(rx.try_iter());
+    // The reader thread may still hold the last lines; it ends (and the channel closes) at end of file.
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        seen.push(line);
+    }
     assert!(seen.iter().any(|l| l.contains("shutting down")), "{seen:?}");
 }

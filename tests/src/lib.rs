@@ -1,9 +1,12 @@
 //! Helpers shared by the end-to-end tests: building OTLP batches, starting memdrift in-process on free ports,
-//! reading its counters, and finding the Python peers' virtual environment.
+//! reading its counters, finding the Python peers' virtual environment, and driving the independent OTLP sink
+//! ([`sink`]) that the exporter's tests send to.
 
 use std::path::PathBuf;
 
 use memdrift::config::Pipeline;
+use memdrift_exporter::anomaly::{Cohorts, Interval};
+use memdrift_exporter::{Anomaly, AnomalyKind, AnomalyState};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -11,6 +14,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
 pub mod grpc_raw;
 pub mod scenario;
+pub mod sink;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -111,4 +115,81 @@ pub fn venv_python() -> PathBuf {
         python.display()
     );
     python
+}
+
+/// Settings of an `otlp` exporter section for tests: the given protocol and endpoint, a bearer token, quick
+/// retries (100 ms growing to 500 ms, given up after a minute), and `extra` lines (indented by four spaces).
+pub fn otlp_settings(protocol: &str, endpoint: &str, extra: &str) -> String {
+    format!(
+        "    endpoint: {endpoint}\n    protocol: {protocol}\n    headers: {{ authorization: Bearer t0k }}\n\
+         \x20   retry: {{ initial_interval: 100ms, max_interval: 500ms, max_elapsed_time: 60s }}\n{extra}"
+    )
+}
+
+/// An external tool on PATH. Missing: `None` with a note (the test skips), unless `CI=true`, where
+/// scripts/test-env.sh must have installed it.
+pub fn external_tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is not on PATH; scripts/test-env.sh installs it"
+        );
+        eprintln!("skipping: {name} is not on PATH (scripts/test-env.sh installs it)");
+    }
+    found
+}
+
+/// A pipeline with receivers and Prometheus on free loopback ports, 1 s windows, and an `otlp` exporter with
+/// the given settings (lines indented under `otlp:`, e.g. from [`otlp_settings`]). The process environment is
+/// not read, so a developer's `OTEL_EXPORTER_OTLP_*` variables cannot change what a test sends.
+pub fn otlp_pipeline(otlp: &str) -> Pipeline {
+    let text = format!(
+        "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: 127.0.0.1:0 }}\n      http: {{ endpoint: 127.0.0.1:0 }}\n\
+         processors:\n  extract: {{}}\n  windows: {{ size: 2s, step: 1s, allowed_lateness: 1s, idle_timeout: 10m }}\n\
+         exporters:\n  prometheus: {{ endpoint: 127.0.0.1:0 }}\n  otlp:\n{otlp}\n\
+         service:\n  pipelines:\n    memory: {{ receivers: [otlp], processors: [extract, windows], exporters: [prometheus, otlp] }}\n"
+    );
+    Pipeline::parse_with_env("otlp-test.yaml", &text, &|_| None)
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// Exemplar trace ids of [`test_anomaly`].
+pub const EXEMPLARS: [&str; 2] = [
+    "0af7651916cd43dd8448eb211c80319c",
+    "4bf92f3577b34da6a3ce929d0e0e4736",
+];
+
+/// A spread-drift event with full evidence, for the affected service `service` (which tells events apart in
+/// a receiver: it becomes the resource's `service.name`).
+pub fn test_anomaly(service: &str) -> Anomaly {
+    let at = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
+    let mut a = Anomaly::new(
+        AnomalyKind::SpreadDrift,
+        AnomalyState::Open,
+        service,
+        "memspan.rss.end",
+        at,
+    );
+    a.window_start = Some(memdrift_exporter::anomaly::rfc3339(at - 60_000_000_000));
+    a.window_end = Some(memdrift_exporter::anomaly::rfc3339(at));
+    a.statistic = Some(24.5);
+    a.p_value = Some(3e-6);
+    a.sd_ratio = Some(Interval {
+        value: 2.6,
+        low: 1.9,
+        high: 3.4,
+    });
+    a.cohorts = Some(Cohorts {
+        baseline: "1.4.2".into(),
+        canary: "1.5.0".into(),
+        baseline_samples: 600,
+        canary_samples: 60,
+    });
+    a.exemplar_trace_ids = EXEMPLARS.iter().map(|s| s.to_string()).collect();
+    a
 }

@@ -45,6 +45,34 @@ impl ConfigError {
         }
     }
 
+    /// An error about the last of `path`, placed at its line: each key is looked for after the line of the one
+    /// before, so `["exporters", "otlp", "endpoint"]` finds the exporter's endpoint, not a receiver's.
+    pub fn at_path(
+        file: &str,
+        text: &str,
+        path: &[&str],
+        message: String,
+        hint: Option<String>,
+    ) -> ConfigError {
+        let mut from = 0;
+        let mut line = None;
+        for key in path {
+            let rest: String = text.split_inclusive('\n').skip(from).collect();
+            match find_line(&rest, key) {
+                Some(l) => {
+                    from += l;
+                    line = Some(from);
+                }
+                None => break,
+            }
+        }
+        ConfigError {
+            line,
+            hint,
+            ..ConfigError::plain(file, message)
+        }
+    }
+
     pub fn from_yaml(file: &str, e: &serde_norway::Error) -> ConfigError {
         let location = e.location();
         // serde_norway appends " at line L column C" to its message; the location is printed separately.
@@ -108,14 +136,22 @@ pub fn did_you_mean(word: &str, candidates: &[&str]) -> Option<String> {
         .map(|(_, c)| format!("did you mean `{c}`?"))
 }
 
-/// serde's "unknown field `x`, expected one of `a`, `b`" -> a suggestion.
+/// serde's "unknown field `x`, expected one of `a`, `b`" (or "unknown variant") -> a suggestion.
 fn unknown_field_hint(message: &str) -> Option<String> {
-    let rest = message.split("unknown field `").nth(1)?;
+    let (rest, variant) = match message.split("unknown field `").nth(1) {
+        Some(rest) => (rest, false),
+        None => (message.split("unknown variant `").nth(1)?, true),
+    };
     let (field, rest) = rest.split_once('`')?;
     let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
     did_you_mean(field, &expected).or_else(|| {
-        (!expected.is_empty())
-            .then(|| format!("remove `{field}`; allowed here: {}", expected.join(", ")))
+        (!expected.is_empty()).then(|| {
+            if variant {
+                format!("use one of: {}", expected.join(", "))
+            } else {
+                format!("remove `{field}`; allowed here: {}", expected.join(", "))
+            }
+        })
     })
 }
 

@@ -12,6 +12,7 @@
 
 mod env;
 mod error;
+mod otlp;
 mod schema;
 
 use std::path::Path;
@@ -40,6 +41,8 @@ pub struct Pipeline {
     pub growth: Option<GrowthSettings>,
     /// The leak detector's settings, when a pipeline enables it.
     pub leak: Option<LeakSettings>,
+    /// The OTLP exporter with every setting resolved; `None` when unused or without an endpoint.
+    pub otlp: Option<memdrift_exporter::otlp::OtlpConfig>,
     /// Notes that are not errors (unused components, unset variables).
     pub warnings: Vec<String>,
 }
@@ -59,9 +62,18 @@ impl Pipeline {
         Pipeline::parse("pipelines/default.yaml (embedded)", DEFAULT_PIPELINE)
     }
 
-    /// Parses pipeline text; `name` is used in error messages.
+    /// Parses pipeline text against the process environment; `name` is used in error messages.
     pub fn parse(name: &str, text: &str) -> Result<Pipeline, ConfigError> {
-        let (text, mut warnings) = env::substitute(name, text, |v| std::env::var(v).ok())?;
+        Pipeline::parse_with_env(name, text, &|v| std::env::var(v).ok())
+    }
+
+    /// Parses pipeline text, reading environment variables (`${env:...}`, `OTEL_EXPORTER_OTLP_*`) through `env`.
+    pub fn parse_with_env(
+        name: &str,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Pipeline, ConfigError> {
+        let (text, mut warnings) = env::substitute(name, text, env)?;
         let file: PipelineFile =
             serde_norway::from_str(&text).map_err(|e| ConfigError::from_yaml(name, &e))?;
         warnings.extend(file.check(name, &text)?);
@@ -113,6 +125,7 @@ impl Pipeline {
             Some(section) => Some(LeakSettings::from_section(section).map_err(at)?),
             None => None,
         };
+        let otlp = otlp::build(name, &text, &file, env)?;
         Ok(Pipeline {
             file,
             extract,
@@ -120,6 +133,7 @@ impl Pipeline {
             spread_drift,
             growth,
             leak,
+            otlp,
             warnings,
         })
     }

@@ -144,6 +144,8 @@ pub struct Exporters {
     pub jsonl: Option<JsonlExporter>,
     /// The Prometheus scrape endpoint.
     pub prometheus: Option<PrometheusExporter>,
+    /// Anomaly events (as logs and spans) and metrics to an OTLP backend.
+    pub otlp: Option<OtlpExporter>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -158,6 +160,90 @@ pub struct JsonlExporter {
 pub struct PrometheusExporter {
     /// host:port to serve /metrics on.
     pub endpoint: String,
+}
+
+/// OTLP export. Every setting is optional: one the file leaves out (or leaves empty) is taken from the standard
+/// `OTEL_EXPORTER_OTLP_*` variables, as the OpenTelemetry SDKs read them, then from the defaults below. A
+/// signal's own variable (`OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`, `..._TRACES_HEADERS`, ...) wins over the file for
+/// that signal, so the embedded default pipeline can be steered per signal without a file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpExporter {
+    /// `host:port` or a URL, e.g. `http://collector:4318` or `https://otlp.example.com`. For HTTP,
+    /// `/v1/logs`, `/v1/traces` and `/v1/metrics` are appended. When it resolves empty (unset and no
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`), the exporter is skipped.
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf` (default, as the specification says).
+    pub protocol: Option<OtlpProtocol>,
+    /// Sent with every request, e.g. `authorization: "Bearer ${env:OTLP_TOKEN}"`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// `gzip` (default, as the Collector) or `none`.
+    pub compression: Option<OtlpCompression>,
+    /// Per attempt. Default 10s.
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub tls: OtlpTls,
+    #[serde(default)]
+    pub retry: OtlpRetry,
+    #[serde(default)]
+    pub queue: OtlpQueue,
+    /// How often the metrics go out. Default `OTEL_METRIC_EXPORT_INTERVAL`, else 60s.
+    pub metrics_interval: Option<Duration>,
+    /// How long a stopping service keeps delivering what is queued. Default 5s.
+    pub shutdown_timeout: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum OtlpCompression {
+    #[serde(rename = "gzip")]
+    Gzip,
+    #[serde(rename = "none")]
+    None,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpTls {
+    /// A PEM file of extra trusted roots (a private CA), beside the system's. `OTEL_EXPORTER_OTLP_CERTIFICATE`.
+    pub ca_file: Option<String>,
+    /// Plain text for an endpoint without a scheme (`collector:4317`); the scheme of a URL decides by itself.
+    /// `OTEL_EXPORTER_OTLP_INSECURE`. Default false.
+    pub insecure: Option<bool>,
+}
+
+/// Exponential backoff with jitter between attempts of a retryable failure (defaults as the Collector's).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpRetry {
+    /// The first wait. Default 5s.
+    pub initial_interval: Option<Duration>,
+    /// The longest wait. Default 30s.
+    pub max_interval: Option<Duration>,
+    /// A batch still failing this long after its first attempt is given up and counted as failed; 0s means
+    /// never (with `queue.directory`, nothing is lost however long the backend is away). Default 5m.
+    pub max_elapsed_time: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpQueue {
+    /// Batches of anomaly logs and spans waiting per signal; beyond it new ones are dropped and counted. Metrics
+    /// keep at most 64 batches (a newer snapshot supersedes them). Default 1000.
+    pub size: Option<usize>,
+    /// A directory for the on-disk queue of logs and traces: what was queued survives a crash or kill -9 and
+    /// is sent after the restart (at least once). One memdrift per directory. Default: in memory only.
+    pub directory: Option<String>,
+    /// Disk space per signal for the on-disk queue, in bytes. Default 268435456 (256 MiB).
+    pub max_disk_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -177,7 +263,7 @@ pub struct PipelineDef {
 
 const RECEIVERS: [&str; 1] = ["otlp"];
 const PROCESSORS: [&str; 5] = ["extract", "windows", "spread_drift", "growth", "leak"];
-const EXPORTERS: [&str; 2] = ["jsonl", "prometheus"];
+const EXPORTERS: [&str; 3] = ["jsonl", "prometheus", "otlp"];
 
 impl PipelineFile {
     fn referenced<'a>(&'a self, pick: impl Fn(&'a PipelineDef) -> &'a Vec<String>) -> Vec<&'a str> {
@@ -233,6 +319,7 @@ impl PipelineFile {
         let defined_exporters: Vec<&str> = [
             self.exporters.jsonl.as_ref().map(|_| "jsonl"),
             self.exporters.prometheus.as_ref().map(|_| "prometheus"),
+            self.exporters.otlp.as_ref().map(|_| "otlp"),
         ]
         .into_iter()
         .flatten()

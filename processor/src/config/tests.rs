@@ -164,3 +164,211 @@ fn growth_and_leak_errors_name_the_line() {
     let e = Pipeline::parse("t.yaml", &text).expect_err("rejected");
     assert!(e.message.contains("unknown field `alpah`"), "{e}");
 }
+
+fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+fn default_with(vars: &[(&str, &str)]) -> Result<Pipeline, ConfigError> {
+    Pipeline::parse_with_env("default.yaml", DEFAULT_PIPELINE, &env_of(vars))
+}
+
+#[test]
+fn default_pipeline_exports_otlp_only_when_the_endpoint_variable_is_set() {
+    use memdrift_exporter::otlp::{Compression, Protocol};
+    let p = default_with(&[]).expect("valid");
+    assert!(p.file.exporter_enabled("otlp"));
+    assert!(p.otlp.is_none(), "no endpoint, no exporter");
+
+    let p = default_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "Authorization=Bearer%20t0k,x-tenant=a",
+        ),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://traces.example/v9/spans",
+        ),
+        ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-tenant=b"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "15000"),
+        ("OTEL_SERVICE_NAME", "memdrift-eu"),
+    ])
+    .expect("valid");
+    let o = p.otlp.expect("enabled");
+    let logs = o.logs.expect("logs");
+    assert_eq!(logs.protocol, Protocol::HttpProtobuf);
+    assert_eq!(logs.url, "http://collector:4318/v1/logs");
+    assert_eq!(logs.compression, Compression::Gzip);
+    assert_eq!(logs.timeout, std::time::Duration::from_millis(2500));
+    assert_eq!(
+        logs.headers.0,
+        vec![
+            ("authorization".to_string(), "Bearer t0k".to_string()),
+            ("x-tenant".to_string(), "a".to_string())
+        ]
+    );
+    assert_eq!(
+        o.traces.expect("traces").url,
+        "https://traces.example/v9/spans"
+    );
+    let metrics = o.metrics.expect("metrics");
+    assert_eq!(metrics.url, "http://collector:4318/v1/metrics");
+    assert!(metrics.headers.0.contains(&("x-tenant".into(), "b".into())));
+    assert_eq!(o.metrics_interval, std::time::Duration::from_secs(15));
+    assert!(o
+        .resource
+        .contains(&("service.name".into(), "memdrift-eu".into())));
+    assert_eq!(o.queue.directory, None);
+
+    let p = default_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+        ("MEMDRIFT_OTLP_QUEUE_DIR", "/var/lib/memdrift/queue"),
+    ])
+    .expect("valid");
+    let o = p.otlp.expect("enabled");
+    let traces = o.traces.expect("traces");
+    assert_eq!(traces.protocol, Protocol::Grpc);
+    assert_eq!(traces.url, "http://collector:4317");
+    assert_eq!(traces.compression, Compression::None);
+    assert_eq!(
+        o.queue.directory.as_deref(),
+        Some(Path::new("/var/lib/memdrift/queue"))
+    );
+}
+
+#[test]
+fn bad_otlp_variables_name_the_variable_and_the_section() {
+    let e = default_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+    ])
+    .expect_err("rejected");
+    assert!(
+        e.message.contains("OTEL_EXPORTER_OTLP_TIMEOUT=\"10s\""),
+        "{e}"
+    );
+    // The exporter's `otlp:`, not the receiver's, which comes first.
+    let exporter_line = DEFAULT_PIPELINE
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| *l == "  otlp:")
+        .map(|(i, _)| i + 1)
+        .nth(1);
+    assert!(exporter_line.is_some());
+    assert_eq!(e.line, exporter_line, "{e}");
+    assert!(e.hint.is_some(), "{e}");
+
+    let e =
+        default_with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector")]).expect_err("rejected");
+    assert!(e.message.contains("scheme"), "{e}");
+}
+
+const WITH_OTLP: &str = r#"receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:4317
+exporters:
+  otlp:
+    endpoint: collector:4317
+    protocol: grpc
+    headers:
+      X-Api-Key: k1
+    compression: none
+    timeout: 3s
+    tls:
+      ca_file: /etc/ca.pem
+    retry:
+      initial_interval: 100ms
+      max_interval: 1s
+      max_elapsed_time: 20s
+    queue:
+      size: 10
+      directory: /tmp/q
+      max_disk_bytes: 1048576
+    metrics_interval: 2s
+    shutdown_timeout: 1s
+service:
+  pipelines:
+    memory:
+      receivers: [otlp]
+      exporters: [otlp]
+"#;
+
+#[test]
+fn otlp_section_settings_reach_the_exporter() {
+    use std::time::Duration as D;
+    let p = Pipeline::parse_with_env("t.yaml", WITH_OTLP, &env_of(&[])).expect("valid");
+    let o = p.otlp.expect("enabled");
+    let logs = o.logs.as_ref().expect("logs");
+    assert_eq!(logs.url, "https://collector:4317", "TLS unless insecure");
+    assert_eq!(logs.headers.0, vec![("x-api-key".into(), "k1".into())]);
+    assert_eq!(logs.timeout, D::from_secs(3));
+    assert_eq!(logs.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+    assert_eq!(o.retry.initial_interval, D::from_millis(100));
+    assert_eq!(o.retry.max_interval, D::from_secs(1));
+    assert_eq!(o.retry.max_elapsed_time, D::from_secs(20));
+    assert_eq!(o.queue.size, 10);
+    assert_eq!(o.queue.max_disk_bytes, 1 << 20);
+    assert_eq!(o.metrics_interval, D::from_secs(2));
+    assert_eq!(o.shutdown_timeout, D::from_secs(1));
+    let forever = WITH_OTLP.replace("max_elapsed_time: 20s", "max_elapsed_time: 0s");
+    let p = Pipeline::parse_with_env("t.yaml", &forever, &env_of(&[])).expect("valid");
+    assert_eq!(p.otlp.expect("enabled").retry.max_elapsed_time, D::ZERO);
+    // A signal's own variable beats the file; the shared one does not.
+    let p = Pipeline::parse_with_env(
+        "t.yaml",
+        WITH_OTLP,
+        &env_of(&[
+            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://logs:4317"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4317"),
+        ]),
+    )
+    .expect("valid");
+    let o = p.otlp.expect("enabled");
+    assert_eq!(o.logs.expect("logs").url, "http://logs:4317");
+    assert_eq!(o.traces.expect("traces").url, "https://collector:4317");
+}
+
+#[test]
+fn otlp_section_errors_name_the_line_and_the_fix() {
+    let bad = WITH_OTLP.replace("    retry:", "    retyr:");
+    let e = Pipeline::parse_with_env("t.yaml", &bad, &env_of(&[])).expect_err("rejected");
+    assert_eq!(e.line, Some(16), "{e}");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `retry`?"), "{e}");
+
+    let bad = WITH_OTLP.replace("protocol: grpc", "protocol: http");
+    let e = Pipeline::parse_with_env("t.yaml", &bad, &env_of(&[])).expect_err("rejected");
+    assert_eq!(e.line, Some(9), "{e}");
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("did you mean `http/protobuf`?"),
+        "{e}"
+    );
+
+    let bad = WITH_OTLP.replace("endpoint: collector:4317", "endpoint: ftp://collector");
+    let e = Pipeline::parse_with_env("t.yaml", &bad, &env_of(&[])).expect_err("rejected");
+    assert_eq!(
+        e.line,
+        Some(8),
+        "the exporter's endpoint, not the receiver's: {e}"
+    );
+    assert!(e.hint.as_deref().unwrap_or("").contains("host:port"), "{e}");
+
+    let bad = WITH_OTLP.replace("size: 10", "size: 0");
+    let e = Pipeline::parse_with_env("t.yaml", &bad, &env_of(&[])).expect_err("rejected");
+    assert_eq!(e.line, Some(21), "{e}");
+
+    let bad = WITH_OTLP.replace("X-Api-Key: k1", "\"X Api\": k1");
+    let e = Pipeline::parse_with_env("t.yaml", &bad, &env_of(&[])).expect_err("rejected");
+    assert!(e.message.contains("header name"), "{e}");
+}
