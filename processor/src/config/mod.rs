@@ -79,25 +79,8 @@ impl Pipeline {
         warnings.extend(file.check(name, &text)?);
         let extract = build_extract(name, &text, &file)?;
         let engine = build_engine(name, &text, &file)?;
-        let spread_drift = match file
-            .processors
-            .spread_drift
-            .as_ref()
-            .filter(|_| file.processor_enabled("spread_drift"))
-        {
-            Some(section) => Some(SpreadDriftSettings::from_section(section).map_err(
-                |(key, message)| {
-                    ConfigError::at(
-                        name,
-                        &text,
-                        key,
-                        message,
-                        Some("see pipelines/default.yaml and the README".into()),
-                    )
-                },
-            )?),
-            None => None,
-        };
+        // A detector's settings, when its section is present and a pipeline uses it; errors name the key's line.
+        let detector = |name_in_pipeline: &str| file.processor_enabled(name_in_pipeline);
         let at = |(key, message): (&'static str, String)| {
             ConfigError::at(
                 name,
@@ -107,24 +90,28 @@ impl Pipeline {
                 Some("see pipelines/default.yaml and the README".into()),
             )
         };
-        let growth = match file
-            .processors
+        let p = &file.processors;
+        let spread_drift = p
+            .spread_drift
+            .as_ref()
+            .filter(|_| detector("spread_drift"))
+            .map(SpreadDriftSettings::from_section)
+            .transpose()
+            .map_err(at)?;
+        let growth = p
             .growth
             .as_ref()
-            .filter(|_| file.processor_enabled("growth"))
-        {
-            Some(section) => Some(GrowthSettings::from_section(section).map_err(at)?),
-            None => None,
-        };
-        let leak = match file
-            .processors
+            .filter(|_| detector("growth"))
+            .map(GrowthSettings::from_section)
+            .transpose()
+            .map_err(at)?;
+        let leak = p
             .leak
             .as_ref()
-            .filter(|_| file.processor_enabled("leak"))
-        {
-            Some(section) => Some(LeakSettings::from_section(section).map_err(at)?),
-            None => None,
-        };
+            .filter(|_| detector("leak"))
+            .map(LeakSettings::from_section)
+            .transpose()
+            .map_err(at)?;
         let otlp = otlp::build(name, &text, &file, env)?;
         Ok(Pipeline {
             file,
