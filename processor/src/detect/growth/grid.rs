@@ -1,7 +1,8 @@
 //! The per-instance grid both `growth` and `leak` work on: one bucket per engine step (the newest pane of each
 //! closed window: max, min), gaps kept as gaps (`NaN`), in a bounded ring; restarts detected on the way in.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::engine::{ClosedWindow, Scope};
@@ -67,6 +68,26 @@ pub fn observations(
 }
 
 /// One instance's recent history on the grid.
+/// The state of one instance, admitted only while fewer than `max` are live; a refusal is counted in
+/// `overflow`. Shared by `growth` and `leak`, which keep the same per-instance cap.
+pub fn admit<'a, S>(
+    instances: &'a mut HashMap<(Arc<str>, Arc<str>), S>,
+    key: (Arc<str>, Arc<str>),
+    max: usize,
+    overflow: &mut u64,
+    make: impl FnOnce() -> S,
+) -> Option<&'a mut S> {
+    let full = instances.len() >= max;
+    match instances.entry(key) {
+        Entry::Occupied(e) => Some(e.into_mut()),
+        Entry::Vacant(_) if full => {
+            *overflow += 1;
+            None
+        }
+        Entry::Vacant(e) => Some(e.insert(make())),
+    }
+}
+
 pub struct Track {
     /// The memory signal this instance is watched on (the first one seen).
     pub signal: Signal,

@@ -22,7 +22,7 @@ use memdrift_exporter::anomaly::rfc3339;
 use memdrift_exporter::{Anomaly, AnomalyKind, AnomalyState};
 
 use super::config::LeakSettings;
-use super::grid::{observations, Track};
+use super::grid::{admit, observations, Track};
 use super::{buckets, Detector, Findings};
 use crate::engine::ClosedWindow;
 use crate::stats::{mann_kendall, theil_sen, theil_sen_with};
@@ -255,23 +255,21 @@ impl Detector for Leak {
             let Some((signal, _)) = o.memory else {
                 continue;
             };
-            if !self.instances.contains_key(&key) {
-                if self.instances.len() >= self.settings.grid.max_instances {
-                    self.overflow += 1;
-                    continue;
-                }
-                self.instances.insert(
-                    key.clone(),
-                    InstanceState {
-                        track: Track::new(signal, index, cap),
-                        streak: 0,
-                        open: false,
-                        clean: 0,
-                        last: None,
-                    },
-                );
-            }
-            let st = self.instances.get_mut(&key).expect("inserted above");
+            let Some(st) = admit(
+                &mut self.instances,
+                key.clone(),
+                self.settings.grid.max_instances,
+                &mut self.overflow,
+                || InstanceState {
+                    track: Track::new(signal, index, cap),
+                    streak: 0,
+                    open: false,
+                    clean: 0,
+                    last: None,
+                },
+            ) else {
+                continue;
+            };
             let restarted = st.track.push(index, &o, &self.settings.grid, end);
             let mut emit = None;
             if restarted {

@@ -38,7 +38,7 @@ pub use leak::Leak;
 use super::{Detector, Findings, Gauge};
 use crate::engine::ClosedWindow;
 use crate::stats::{median_in_place, normal_quantile, theil_sen, SenSlope};
-use grid::{observations, Track};
+use grid::{admit, observations, Track};
 
 /// The envelope is read every this many buckets.
 pub const STRIDE: usize = 3;
@@ -257,23 +257,21 @@ impl Detector for Growth {
             let Some((signal, _)) = o.memory else {
                 continue;
             };
-            if !self.instances.contains_key(&key) {
-                if self.instances.len() >= self.settings.grid.max_instances {
-                    self.overflow += 1;
-                    continue;
-                }
-                self.instances.insert(
-                    key.clone(),
-                    InstanceState {
-                        track: Track::new(signal, index, cap),
-                        open: false,
-                        clean: 0,
-                        since_update: 0,
-                        last: None,
-                    },
-                );
-            }
-            let st = self.instances.get_mut(&key).expect("inserted above");
+            let Some(st) = admit(
+                &mut self.instances,
+                key.clone(),
+                self.settings.grid.max_instances,
+                &mut self.overflow,
+                || InstanceState {
+                    track: Track::new(signal, index, cap),
+                    open: false,
+                    clean: 0,
+                    since_update: 0,
+                    last: None,
+                },
+            ) else {
+                continue;
+            };
             let restarted = st.track.push(index, &o, &self.settings.grid, end);
             if restarted {
                 let resolved = st.last.filter(|_| st.open);
