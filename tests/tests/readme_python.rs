@@ -1,0 +1,112 @@
+//! The README's Python snippet ("Services in other languages"), run as it stands by the real Python
+//! OpenTelemetry SDK against a running memdrift, over gRPC and over HTTP/protobuf: every request arrives as a
+//! memory sample with the README's attributes, under the cohort from `MEMSPAN_COHORT`.
+//! Needs the peers' virtual environment (`scripts/test-env.sh`, run by the README's test command).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use memdrift::topology::Service;
+use memdrift_e2e::{loopback_pipeline, metric_value, repo_root, venv_python};
+
+const REQUESTS: u32 = 60;
+
+fn run_snippet(protocol: &str, endpoint: &str, instance: &str) {
+    let out = Command::new(venv_python())
+        .arg(repo_root().join("tests/peers/readme_snippet.py"))
+        .arg("--readme")
+        .arg(repo_root().join("README.md"))
+        .args(["--protocol", protocol, "--requests", &REQUESTS.to_string()])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        .env("OTEL_SERVICE_NAME", "py-readme")
+        .env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            format!("service.instance.id={instance},service.version=1.2.0"),
+        )
+        .env("MEMSPAN_COHORT", "canary")
+        .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("ran {REQUESTS} requests")),
+        "the README snippet failed over {protocol} ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_python_snippet_reaches_memdrift_under_its_cohort() {
+    let dir = std::env::temp_dir().join(format!("memdrift-readme-py-{}", std::process::id()));
+    let jsonl = dir.join("anomalies.jsonl");
+    let service = Service::start(loopback_pipeline(&jsonl.display().to_string()))
+        .await
+        .expect("service starts");
+    let grpc = format!("http://{}", service.grpc_addr.expect("grpc bound"));
+    let http = format!("http://{}", service.http_addr.expect("http bound"));
+    let prom = service.prometheus_addr.expect("prometheus bound");
+
+    for (protocol, endpoint, instance) in [("grpc", grpc, "readme-1"), ("http", http, "readme-2")] {
+        tokio::task::spawn_blocking(move || run_snippet(protocol, &endpoint, instance))
+            .await
+            .expect("snippet thread");
+    }
+
+    let total = f64::from(2 * REQUESTS);
+    let text = scrape(prom).await;
+    assert_eq!(
+        metric_value(&text, "memdrift_receiver_accepted_spans_total"),
+        Some(total),
+        "{text}"
+    );
+    // rss.start and rss.end make rss.end and rss.delta; tracemalloc is on, so heap.allocated too.
+    for signal in [
+        "memspan.rss.end",
+        "memspan.rss.delta",
+        "memspan.heap.allocated",
+    ] {
+        let series = format!("memdrift_samples_total{{signal=\"{signal}\"}}");
+        assert_eq!(
+            metric_value(&text, &series),
+            Some(total),
+            "{series}\n{text}"
+        );
+    }
+    assert_eq!(
+        metric_value(
+            &text,
+            "memdrift_samples_total{signal=\"memspan.request.allocated\"}"
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "the snippet leaves request.allocated out"
+    );
+
+    let series =
+        "memdrift_window_count{cohort=\"canary\",service=\"py-readme\",signal=\"memspan.rss.end\"}";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = scrape(prom).await;
+        if metric_value(&text, series).is_some_and(|v| v > 0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no closed window for the snippet's cohort:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    service.shutdown().await.expect("clean shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
