@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod core;
+pub mod demo;
 pub mod detect;
 pub mod engine;
 pub mod extract;

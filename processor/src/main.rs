@@ -1,4 +1,4 @@
-//! The `memdrift` command line: run (the default), replay, validate.
+//! The `memdrift` command line: run (the default), replay, demo, validate.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +42,12 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// A self-contained show: instrumented services with planted memory trouble, and what memdrift finds.
+    Demo {
+        /// How long the services send requests (detection must happen within it).
+        #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
     /// Check a pipeline file and explain any problem.
     Validate {
         #[arg(long, short)]
@@ -54,6 +60,12 @@ fn load(config: Option<&PathBuf>) -> Result<Pipeline, memdrift::config::ConfigEr
         Some(path) => Pipeline::load(path),
         None => Pipeline::default_pipeline(),
     }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new()
+        .map_err(|e| eprintln!("error: cannot start the async runtime: {e}"))
+        .ok()
 }
 
 fn main() -> ExitCode {
@@ -73,12 +85,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
             };
             match runtime.block_on(memdrift::topology::run(pipeline)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +122,26 @@ fn main() -> ExitCode {
                         eprintln!("{summary}");
                     }
                     ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo { duration } => {
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            let opts = memdrift::demo::DemoOptions { duration };
+            let mut stdout = std::io::stdout();
+            match runtime.block_on(memdrift::demo::run(&opts, &mut stdout)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!(
+                        "demo: not everything planted was found, or something else was reported"
+                    );
+                    ExitCode::FAILURE
                 }
                 Err(e) => {
                     eprintln!("error: {e:#}");

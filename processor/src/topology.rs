@@ -9,10 +9,11 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use memdrift_exporter::anomaly::Anomaly;
 use memdrift_exporter::jsonl::{Destination, JsonLinesWriter};
 use memdrift_exporter::otlp::{OtlpExporter, OtlpSender};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Pipeline;
@@ -26,6 +27,8 @@ use crate::telemetry::Telemetry;
 /// Batches that may wait for the engine before receivers push back.
 const QUEUE_BATCHES: usize = 1024;
 const DEFAULT_MAX_CLOCK_SKEW_NS: u64 = 300_000_000_000;
+/// Events a slow [`Service::events`] subscriber may fall behind by before it misses some (it is told how many).
+const EVENT_TAP_CAPACITY: usize = 1024;
 
 /// The detectors a pipeline enables.
 pub fn build_detectors(pipeline: &Pipeline) -> Vec<Box<dyn Detector>> {
@@ -58,6 +61,7 @@ pub struct Service {
     tasks: Vec<(&'static str, JoinHandle<Result<()>>)>,
     engine: std::thread::JoinHandle<()>,
     otlp: Option<OtlpExporter>,
+    events: broadcast::Sender<Anomaly>,
 }
 
 async fn bind(what: &str, endpoint: &str) -> Result<TcpListener> {
@@ -171,9 +175,11 @@ impl Service {
                 None
             }
         };
+        let (events, _) = broadcast::channel(EVENT_TAP_CAPACITY);
         let sinks = Sinks {
             jsonl,
             otlp: otlp.as_ref().map(OtlpExporter::sender),
+            tap: events.clone(),
         };
         let core = Core::new(pipeline.engine.clone(), detectors);
         let engine_telemetry = telemetry.clone();
@@ -191,7 +197,14 @@ impl Service {
             tasks,
             engine,
             otlp,
+            events,
         })
+    }
+
+    /// Every anomaly event from now on, as the exporters get it: for an in-process consumer such as
+    /// `memdrift demo`. Nothing is kept for a subscriber that never reads, and the engine never waits for one.
+    pub fn events(&self) -> broadcast::Receiver<Anomaly> {
+        self.events.subscribe()
     }
 
     /// Stops accepting, lets in-flight requests finish, drains the engine queue and flushes the sinks.
@@ -283,6 +296,7 @@ fn now_unix_nano() -> u64 {
 struct Sinks {
     jsonl: Option<JsonLinesWriter>,
     otlp: Option<OtlpSender>,
+    tap: broadcast::Sender<Anomaly>,
 }
 
 fn engine_loop(mut core: Core, rx: Receiver<SampleBatch>, telemetry: Telemetry, mut sinks: Sinks) {
@@ -333,6 +347,12 @@ fn emit(out: &Output, telemetry: &Telemetry, sinks: &mut Sinks) {
     }
     if let Some(otlp) = &sinks.otlp {
         otlp.export(&out.anomalies);
+    }
+    if sinks.tap.receiver_count() > 0 {
+        for a in &out.anomalies {
+            // An error only says that nobody is listening any more.
+            let _ = sinks.tap.send(a.clone());
+        }
     }
 }
 

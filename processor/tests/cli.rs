@@ -1,5 +1,5 @@
 //! The `memdrift` binary as a user runs it: `validate` explains a bad file, `replay` of a 15 MB Collector file
-//! prints its summary and writes its outputs.
+//! prints its summary and writes its outputs, `demo` finds what it plants.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -235,4 +235,36 @@ fn run_serves_on_the_default_pipeline_and_stops_cleanly_on_sigterm() {
         seen.push(line);
     }
     assert!(seen.iter().any(|l| l.contains("shutting down")), "{seen:?}");
+}
+
+/// `memdrift demo` finds the spread change and the leak it plants, in time, and nothing else: the show runs the
+/// real SDK, real OTLP/gRPC and the real detectors on wall-clock time (90 s plus a few of draining).
+#[test]
+fn demo_finds_what_it_plants_and_nothing_else() {
+    let out = Command::new(BIN)
+        .args(["demo", "--duration", "90s"])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
+        .output()
+        .expect("memdrift runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    let summary = stdout
+        .split("\nSummary:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no summary:\n{stdout}"));
+    for found in [
+        "spread_drift opened at",
+        "growth opened at",
+        "leak opened at",
+        "no false alarms",
+    ] {
+        assert!(summary.contains(found), "{found:?} missing:\n{stdout}");
+    }
+    // The leak is classified from the heap: RSS rises, the live heap does not.
+    assert!(
+        stdout.contains("OPEN     leak") && stdout.contains("off_heap"),
+        "{stdout}"
+    );
 }

@@ -102,14 +102,14 @@ impl Pipeline {
             .growth
             .as_ref()
             .filter(|_| detector("growth"))
-            .map(GrowthSettings::from_section)
+            .map(|s| GrowthSettings::from_section(s, engine.step_ns))
             .transpose()
             .map_err(at)?;
         let leak = p
             .leak
             .as_ref()
             .filter(|_| detector("leak"))
-            .map(LeakSettings::from_section)
+            .map(|s| LeakSettings::from_section(s, engine.step_ns))
             .transpose()
             .map_err(at)?;
         let otlp = otlp::build(name, &text, &file, env)?;

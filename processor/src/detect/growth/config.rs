@@ -6,6 +6,16 @@ use crate::config::Duration;
 use crate::signal::Signal;
 
 const S: u64 = 1_000_000_000;
+/// The recent fit needs this many buckets (2m on the default 10 s grid).
+const MIN_RECENT_STEPS: u64 = 12;
+/// The leak test needs this much floor history, in buckets (10m on the default 10 s grid).
+const MIN_SPAN_STEPS: u64 = 60;
+
+/// `n` steps as a duration a person reads, e.g. "2m".
+fn steps(n: u64, step_ns: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_nanos(n.saturating_mul(step_ns)))
+        .to_string()
+}
 
 /// `processors.growth` in the pipeline file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -202,8 +212,9 @@ fn grid(
 }
 
 impl GrowthSettings {
-    /// Fills defaults; an error names the key and says what is allowed.
-    pub fn from_section(s: &GrowthSection) -> Result<GrowthSettings, SettingsError> {
+    /// Fills defaults; an error names the key and says what is allowed. The shortest stretches are counted in
+    /// grid buckets (engine steps): a trend needs points, whatever the time scale.
+    pub fn from_section(s: &GrowthSection, step_ns: u64) -> Result<GrowthSettings, SettingsError> {
         let d = GrowthSettings::default();
         let k = "growth";
         let g = grid(
@@ -224,10 +235,13 @@ impl GrowthSettings {
         }
         let lookback_ns = s.lookback.map_or(d.lookback_ns, |x| x.as_nanos());
         let recent_ns = s.recent.map_or(d.recent_ns, |x| x.as_nanos());
-        if recent_ns < 120 * S || recent_ns > lookback_ns {
+        if recent_ns < MIN_RECENT_STEPS * step_ns || recent_ns > lookback_ns {
             return Err((
                 "recent",
-                "processors.growth.recent must be at least 2m and at most the lookback".into(),
+                format!(
+                    "processors.growth.recent must be at least {MIN_RECENT_STEPS} steps ({}) and at most the lookback",
+                    steps(MIN_RECENT_STEPS, step_ns)
+                ),
             ));
         }
         Ok(GrowthSettings {
@@ -245,8 +259,9 @@ impl GrowthSettings {
 }
 
 impl LeakSettings {
-    /// Fills defaults; an error names the key and says what is allowed.
-    pub fn from_section(s: &LeakSection) -> Result<LeakSettings, SettingsError> {
+    /// Fills defaults; an error names the key and says what is allowed (shortest stretches in engine steps, as
+    /// for growth).
+    pub fn from_section(s: &LeakSection, step_ns: u64) -> Result<LeakSettings, SettingsError> {
         let d = LeakSettings::default();
         let k = "leak";
         let g = grid(
@@ -273,10 +288,13 @@ impl LeakSettings {
         }
         let lookback_ns = s.lookback.map_or(d.lookback_ns, |x| x.as_nanos());
         let min_span_ns = s.min_span.map_or(d.min_span_ns, |x| x.as_nanos());
-        if min_span_ns < 600 * S || min_span_ns > lookback_ns {
+        if min_span_ns < MIN_SPAN_STEPS * step_ns || min_span_ns > lookback_ns {
             return Err((
                 "min_span",
-                "processors.leak.min_span must be at least 10m and at most the lookback".into(),
+                format!(
+                    "processors.leak.min_span must be at least {MIN_SPAN_STEPS} steps ({}) and at most the lookback",
+                    steps(MIN_SPAN_STEPS, step_ns)
+                ),
             ));
         }
         Ok(LeakSettings {
