@@ -101,6 +101,10 @@ pub struct Anomaly {
     /// Hex trace ids of the most extreme requests behind the finding.
     #[serde(default)]
     pub exemplar_trace_ids: Vec<String>,
+    /// Hex span ids of those requests, in the same order ("" where the sender gave none): with the trace ids,
+    /// what a span link needs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exemplar_span_ids: Vec<String>,
 }
 
 impl Anomaly {
@@ -134,6 +138,7 @@ impl Anomaly {
             limit_bytes: None,
             classification: None,
             exemplar_trace_ids: Vec::new(),
+            exemplar_span_ids: Vec::new(),
         }
     }
 }

@@ -6,6 +6,15 @@ use crate::signal::SignalValues;
 
 /// A 16-byte W3C trace id, kept so that anomalies can point at the requests behind them.
 pub type TraceId = [u8; 16];
+/// An 8-byte span id: with the trace id, what an OTLP span link needs to name one request's span.
+pub type SpanId = [u8; 8];
+
+/// A request an anomaly points at: its trace, and its span when the sender gave a valid one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exemplar {
+    pub trace_id: TraceId,
+    pub span_id: Option<SpanId>,
+}
 
 /// What one span (one request) or one metric point said about memory.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,5 +27,7 @@ pub struct MemorySample {
     /// Event time: the span's end, or the metric point's time.
     pub time_unix_nano: u64,
     pub trace_id: Option<TraceId>,
+    /// The span's id (metric points have none).
+    pub span_id: Option<SpanId>,
     pub values: SignalValues,
 }

@@ -34,6 +34,7 @@ fn batch(first: u64, n: u64, time: impl Fn(u64) -> u64) -> Vec<MemorySample> {
                 cohort: Some(Arc::from("1.0.0")),
                 time_unix_nano: time(k),
                 trace_id: None,
+                span_id: None,
                 values,
             }
         })

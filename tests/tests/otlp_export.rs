@@ -291,7 +291,16 @@ impl Detector for FirstWindow {
         );
         a.window_start = Some(rfc3339(window.start_unix_nano));
         a.window_end = Some(rfc3339(window.end_unix_nano));
-        a.exemplar_trace_ids = s.exemplars.iter().map(hex::encode).collect();
+        a.exemplar_trace_ids = s
+            .exemplars
+            .iter()
+            .map(|e| hex::encode(e.trace_id))
+            .collect();
+        a.exemplar_span_ids = s
+            .exemplars
+            .iter()
+            .map(|e| e.span_id.map(hex::encode).unwrap_or_default())
+            .collect();
         out.anomalies.push(a);
         self.fired = true;
     }
@@ -326,7 +335,10 @@ async fn the_service_sends_what_its_detectors_find_and_counts_it() {
             )
         })
         .collect();
-    let sent_ids: BTreeSet<String> = spans.iter().map(|s| hex::encode(&s.trace_id)).collect();
+    let sent_ids: BTreeSet<(String, String)> = spans
+        .iter()
+        .map(|s| (hex::encode(&s.trace_id), hex::encode(&s.span_id)))
+        .collect();
     let mut client = TraceServiceClient::connect(grpc).await.expect("connects");
     client
         .export(request(resource("svc-e2e", "1.5.0", "pod-1"), spans))
@@ -350,16 +362,22 @@ async fn the_service_sends_what_its_detectors_find_and_counts_it() {
     let log = &items(&dump, "logs")[0];
     assert_eq!(log["resource"]["service.name"], "svc-e2e");
     assert_eq!(log["event_name"], "memdrift.anomaly");
-    let links: Vec<String> = items(&dump, "spans")[0]["links"]
+    // Each link names a sent request: its trace and its span.
+    let links: Vec<(String, String)> = items(&dump, "spans")[0]["links"]
         .as_array()
         .expect("links")
         .iter()
-        .filter_map(|l| l["trace_id"].as_str().map(str::to_owned))
+        .filter_map(|l| {
+            Some((
+                l["trace_id"].as_str()?.to_owned(),
+                l["span_id"].as_str()?.to_owned(),
+            ))
+        })
         .collect();
     assert!(!links.is_empty());
     assert!(
         links.iter().all(|l| sent_ids.contains(l)),
-        "links {links:?} must name sent traces"
+        "links {links:?} must name sent spans"
     );
 
     let text = reqwest::get(format!("http://{prom}/metrics"))

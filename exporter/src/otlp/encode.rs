@@ -350,8 +350,8 @@ fn log_record(
 }
 
 fn span(a: &Anomaly, ids: &SpanIds, attributes: Vec<KeyValue>, text: &str) -> Span {
-    // Only trace ids are kept for exemplars, so the link names the trace and an all-zero span id; Jaeger and
-    // Tempo open the linked trace from it.
+    // Each link names the exemplar request's span. Where the sender gave no valid span id the link keeps the
+    // trace with an all-zero span id: Jaeger and Tempo still open the linked trace from it.
     let links = a
         .exemplar_trace_ids
         .iter()
@@ -360,9 +360,15 @@ fn span(a: &Anomaly, ids: &SpanIds, attributes: Vec<KeyValue>, text: &str) -> Sp
             let id = hex::decode(hex_id)
                 .ok()
                 .filter(|b| b.len() == 16 && b.iter().any(|x| *x != 0))?;
+            let span_id = a
+                .exemplar_span_ids
+                .get(rank)
+                .and_then(|s| hex::decode(s).ok())
+                .filter(|b| b.len() == 8 && b.iter().any(|x| *x != 0))
+                .unwrap_or_else(|| vec![0; 8]);
             Some(span::Link {
                 trace_id: id,
-                span_id: vec![0; 8],
+                span_id,
                 attributes: vec![kv(
                     "memdrift.exemplar.rank",
                     any_value::Value::IntValue(rank as i64),
@@ -550,6 +556,8 @@ mod tests {
             "00000000000000000000000000000000".into(),
             "a1a2a3a4a5a6a7a8a9aaabacadaeafb0".into(),
         ];
+        // The first exemplar's span is known, the last one's is not.
+        a.exemplar_span_ids = vec!["1112131415161718".into(), "".into(), "".into(), "".into()];
         a
     }
 
@@ -655,6 +663,9 @@ mod tests {
                 "a1a2a3a4a5a6a7a8a9aaabacadaeafb0"
             ]
         );
+        // A known span id names the span; an unknown one leaves the trace with an all-zero span id.
+        let spans: Vec<String> = span.links.iter().map(|l| hex::encode(&l.span_id)).collect();
+        assert_eq!(spans, ["1112131415161718", "0000000000000000"]);
         assert_eq!(
             span.status.as_ref().map(|s| s.code),
             Some(status::StatusCode::Error as i32)

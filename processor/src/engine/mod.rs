@@ -20,7 +20,7 @@ use std::sync::Arc;
 pub use summary::{quantile_sorted, robust_summary, Moments};
 
 use crate::extract::DropReason;
-use crate::sample::{MemorySample, TraceId};
+use crate::sample::{Exemplar, MemorySample};
 use crate::signal::{Signal, SignalValues};
 
 /// Engine settings, in nanoseconds of event time. Built from the pipeline's `windows` processor.
@@ -117,8 +117,8 @@ pub struct WindowSummary {
     pub values: Vec<f64>,
     /// For each value, a hash of the instance that sent it: a cohort's values split by process, in time order.
     pub instance_tags: Vec<u32>,
-    /// Trace ids of the largest values, largest first.
-    pub exemplars: Vec<TraceId>,
+    /// The requests behind the largest values, largest first.
+    pub exemplars: Vec<Exemplar>,
     /// The last step of the window; `None` when that step had no sample.
     pub newest_pane: Option<PaneSummary>,
 }
@@ -149,8 +149,8 @@ struct Pane {
     reservoir: Vec<f64>,
     /// The instance of each reservoir value (a hash of its id), so detectors can split a cohort by process.
     tags: Vec<u32>,
-    /// (value, trace id), largest first, at most `exemplars` long.
-    exemplars: Vec<(f64, TraceId)>,
+    /// (value, request), largest first, at most `exemplars` long.
+    exemplars: Vec<(f64, Exemplar)>,
 }
 
 impl Pane {
@@ -172,7 +172,7 @@ impl Pane {
         t: u64,
         v: f64,
         tag: u32,
-        trace: Option<TraceId>,
+        trace: Option<Exemplar>,
         cfg: &EngineConfig,
         rng: &mut u64,
     ) {
@@ -370,7 +370,10 @@ impl Engine {
                 sample.time_unix_nano,
                 v,
                 tag,
-                sample.trace_id,
+                sample.trace_id.map(|trace_id| Exemplar {
+                    trace_id,
+                    span_id: sample.span_id,
+                }),
                 cfg,
                 &mut series.rng,
             );
@@ -524,7 +527,7 @@ fn summarize(key: SeriesKey, panes: &[&Pane], last_pane: i64, exemplars: usize) 
     let mut max = f64::NEG_INFINITY;
     let mut values = Vec::with_capacity(panes.iter().map(|p| p.reservoir.len()).sum());
     let mut instance_tags = Vec::with_capacity(values.capacity());
-    let mut ex: Vec<(f64, TraceId)> = Vec::new();
+    let mut ex: Vec<(f64, Exemplar)> = Vec::new();
     for p in panes {
         moments.merge(&p.moments);
         min = min.min(p.min);

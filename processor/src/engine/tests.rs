@@ -20,6 +20,7 @@ fn sample(
         cohort: Some(cohort.into()),
         time_unix_nano: T0 + (t_s * 1e9) as u64,
         trace_id: Some([(v as u8).max(1); 16]),
+        span_id: Some([(v as u8).max(1); 8]),
         values,
     }
 }
@@ -56,7 +57,8 @@ fn windows_close_when_the_watermark_passes_their_end() {
     assert_eq!(cohort_summaries(&closed[0], "a")[0].count, 10);
     assert_eq!(closed[5].start_unix_nano, T0);
     // Exemplars are the trace ids of the largest values, largest first.
-    assert_eq!(last.exemplars[0], [59u8; 16]);
+    assert_eq!(last.exemplars[0].trace_id, [59u8; 16]);
+    assert_eq!(last.exemplars[0].span_id, Some([59u8; 8]));
     assert_eq!(last.exemplars.len(), 5);
     // Each window holds the cohort series and the instance series.
     assert_eq!(closed[5].summaries.len(), 2);

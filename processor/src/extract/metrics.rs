@@ -59,6 +59,7 @@ pub fn extract_metrics(
                     cohort: ctx.cohort(item_cohort(&point.attributes, config)),
                     time_unix_nano: point.time_unix_nano,
                     trace_id: None,
+                    span_id: None,
                     values,
                 });
             }

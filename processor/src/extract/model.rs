@@ -43,6 +43,8 @@ pub struct ScopeSpans {
 pub struct Span {
     #[prost(bytes = "bytes", tag = "1")]
     pub trace_id: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub span_id: Bytes,
     #[prost(fixed64, tag = "7")]
     pub start_time_unix_nano: u64,
     #[prost(fixed64, tag = "8")]

@@ -6,7 +6,7 @@ use super::model::{KeyValue, Resource, ResourceSpans};
 
 use super::value::{bytes_value, label_value};
 use super::{ExtractConfig, ExtractStats, RefuseReason};
-use crate::sample::{MemorySample, TraceId};
+use crate::sample::{MemorySample, SpanId, TraceId};
 use crate::signal::{Signal, SignalValues};
 
 /// Who sent a batch: read once per resource and shared by all its samples.
@@ -84,6 +84,12 @@ pub(super) fn trace_id(bytes: &[u8]) -> Option<TraceId> {
     (id != [0; 16]).then_some(id)
 }
 
+/// A span id, when it is a valid one (8 bytes, not all zero).
+fn span_id(bytes: &[u8]) -> Option<SpanId> {
+    let id: SpanId = bytes.try_into().ok()?;
+    (id != [0; 8]).then_some(id)
+}
+
 /// Extracts the samples of a batch of spans, appending to `out`.
 pub fn extract_spans(
     resource_spans: &[ResourceSpans],
@@ -139,6 +145,7 @@ pub fn extract_spans(
                 cohort: ctx.cohort(item_cohort(&span.attributes, config)),
                 time_unix_nano: time,
                 trace_id: trace_id(&span.trace_id),
+                span_id: span_id(&span.span_id),
                 values,
             });
         }

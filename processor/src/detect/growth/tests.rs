@@ -555,6 +555,7 @@ fn run_metrics(s: &Scenario) -> Outcome {
             cohort: None,
             time_unix_nano: T0 + (b.t * 1e9) as u64 - 1_000_000_000,
             trace_id: None,
+            span_id: None,
             values,
         };
         let out = core.ingest(&[sample]);

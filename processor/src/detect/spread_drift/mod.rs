@@ -80,7 +80,41 @@ struct Comparison {
     mad_ratio: f64,
     rho: Option<f64>,
     counts: (u64, u64),
-    exemplars: Vec<String>,
+    exemplars: Exemplars,
+}
+
+/// The exemplars of an event as its fields carry them: trace ids, and span ids in the same order ("" where
+/// unknown).
+#[derive(Clone, Debug, Default)]
+struct Exemplars {
+    trace_ids: Vec<String>,
+    span_ids: Vec<String>,
+}
+
+impl Exemplars {
+    fn of(s: &WindowSummary) -> Exemplars {
+        Exemplars {
+            trace_ids: s
+                .exemplars
+                .iter()
+                .map(|e| hex::encode(e.trace_id))
+                .collect(),
+            span_ids: s
+                .exemplars
+                .iter()
+                .map(|e| e.span_id.map(hex::encode).unwrap_or_default())
+                .collect(),
+        }
+    }
+
+    fn set_on(&self, a: &mut Anomaly) {
+        a.exemplar_trace_ids = self.trace_ids.clone();
+        a.exemplar_span_ids = if self.span_ids.iter().any(|s| !s.is_empty()) {
+            self.span_ids.clone()
+        } else {
+            Vec::new()
+        };
+    }
 }
 
 /// A cohort's label and its summary in the window at hand.
@@ -215,10 +249,6 @@ pub fn compare(canary: &CohortSpread, baseline: &CohortSpread) -> Option<PairRes
     })
 }
 
-fn hex_ids(s: &WindowSummary) -> Vec<String> {
-    s.exemplars.iter().map(hex::encode).collect()
-}
-
 impl Detector for SpreadDrift {
     fn name(&self) -> &'static str {
         "spread_drift"
@@ -336,7 +366,7 @@ impl Detector for SpreadDrift {
                             baseline_samples: 0,
                             canary_samples: s.count,
                         });
-                        a.exemplar_trace_ids = hex_ids(s);
+                        Exemplars::of(s).set_on(&mut a);
                         out.anomalies.push(a);
                     }
                 }
@@ -391,7 +421,7 @@ impl Detector for SpreadDrift {
                     mad_ratio: r.mad_ratio,
                     rho: r.rho,
                     counts: (usable[b].1.count, s.count),
-                    exemplars: hex_ids(s),
+                    exemplars: Exemplars::of(s),
                 });
             }
         }
@@ -452,7 +482,7 @@ impl Detector for SpreadDrift {
                     baseline_samples: c.counts.0,
                     canary_samples: c.counts.1,
                 });
-                a.exemplar_trace_ids = c.exemplars.clone();
+                c.exemplars.set_on(&mut a);
                 out.anomalies.push(a);
             }
         }

@@ -166,6 +166,7 @@ fn traffic(
                         cohort: Some(cohort.clone()),
                         time_unix_nano: t,
                         trace_id: Some(trace),
+                        span_id: None,
                         values,
                     });
                 }

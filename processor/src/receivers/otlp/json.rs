@@ -78,6 +78,8 @@ struct ScopeSpans {
 struct Span {
     #[serde(deserialize_with = "hex_id")]
     trace_id: Vec<u8>,
+    #[serde(deserialize_with = "hex_id")]
+    span_id: Vec<u8>,
     #[serde(deserialize_with = "u64_lenient")]
     start_time_unix_nano: u64,
     #[serde(deserialize_with = "u64_lenient")]
@@ -332,6 +334,7 @@ impl From<ResourceSpans> for m::ResourceSpans {
                         .into_iter()
                         .map(|s| m::Span {
                             trace_id: s.trace_id.into(),
+                            span_id: s.span_id.into(),
                             start_time_unix_nano: s.start_time_unix_nano,
                             end_time_unix_nano: s.end_time_unix_nano,
                             attributes: attrs(s.attributes),
@@ -412,7 +415,7 @@ mod tests {
     fn span_with(value: &str) -> String {
         format!(
             r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"5b8efff798038103d269b633813fc60c",
-            "endTimeUnixNano":"1700000000000000000","attributes":[{{"key":"memspan.rss.end","value":{value}}}]}}]}}]}}]}}"#
+            "spanId":"eee19b7ec3c1b174","endTimeUnixNano":"1700000000000000000","attributes":[{{"key":"memspan.rss.end","value":{value}}}]}}]}}]}}]}}"#
         )
     }
 
@@ -459,6 +462,7 @@ mod tests {
             hex::encode(&span.trace_id),
             "5b8efff798038103d269b633813fc60c"
         );
+        assert_eq!(hex::encode(&span.span_id), "eee19b7ec3c1b174");
         assert_eq!(span.end_time_unix_nano, 1_700_000_000_000_000_000);
     }
 
