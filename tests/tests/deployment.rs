@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use memdrift::config::Pipeline;
 use memdrift::topology::Service;
-use memdrift_e2e::{int, metric_value, repo_root, request, resource, span, string};
+use memdrift_e2e::{int, metric_value, repo_root, request, resource, scrape, span, string};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -292,15 +292,6 @@ async fn drive(grpc: &str) {
                 .expect("export accepted");
         }
     }
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body")
 }
 
 fn exposed_names(exposition: &str) -> BTreeSet<String> {
