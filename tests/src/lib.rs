@@ -245,3 +245,24 @@ pub fn python_send(
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Scrapes `addr` until `ready` accepts the exposition (detectors and windows publish as event time moves),
+/// and returns it. Panics after `within` with `ready`'s last complaint and the exposition.
+pub async fn scrape_until(
+    addr: std::net::SocketAddr,
+    within: std::time::Duration,
+    mut ready: impl FnMut(&str) -> Result<(), String>,
+) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let text = scrape(addr).await;
+        match ready(&text) {
+            Ok(()) => return text,
+            Err(why) => assert!(
+                std::time::Instant::now() < deadline,
+                "after {within:?}: {why}\n{text}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

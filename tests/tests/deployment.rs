@@ -7,11 +7,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use memdrift::config::Pipeline;
 use memdrift::topology::Service;
-use memdrift_e2e::{int, metric_value, repo_root, request, resource, scrape, span, string};
+use memdrift_e2e::{int, metric_value, repo_root, request, resource, scrape_until, span, string};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -330,10 +330,8 @@ async fn every_metric_the_deployment_reads_is_one_memdrift_exposes() {
     drive(&grpc).await;
 
     // The detectors publish their gauges as windows close; wait until every name read is there.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = scrape(prom).await;
-        let exposed = exposed_names(&text);
+    let text = scrape_until(prom, Duration::from_secs(30), |text| {
+        let exposed = exposed_names(text);
         let missing: Vec<_> = used
             .iter()
             .flat_map(|(file, names)| {
@@ -343,23 +341,21 @@ async fn every_metric_the_deployment_reads_is_one_memdrift_exposes() {
                     .map(move |n| format!("{n} (read by {file})"))
             })
             .collect();
-        if missing.is_empty() {
-            // The real gauges meet the spread alert's condition for a canary four times wider.
-            let pair = "baseline=\"1.4.2\",canary=\"1.5.0\",service=\"llm\",signal=\"memspan.request.allocated\"";
-            let ratio = metric_value(&text, &format!("memdrift_spread_sd_ratio{{{pair}}}"));
-            let p = metric_value(&text, &format!("memdrift_spread_p_value{{{pair}}}"));
-            assert!(
-                ratio.is_some_and(|r| r > 1.25) && p.is_some_and(|p| p < 0.01),
-                "sd ratio {ratio:?}, p {p:?}\n{text}"
-            );
-            break;
+        match missing.is_empty() {
+            true => Ok(()),
+            false => Err(format!("not exposed by memdrift: {missing:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "not exposed by memdrift: {missing:?}\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await;
+    // The real gauges meet the spread alert's condition for a canary four times wider.
+    let pair =
+        "baseline=\"1.4.2\",canary=\"1.5.0\",service=\"llm\",signal=\"memspan.request.allocated\"";
+    let ratio = metric_value(&text, &format!("memdrift_spread_sd_ratio{{{pair}}}"));
+    let p = metric_value(&text, &format!("memdrift_spread_p_value{{{pair}}}"));
+    assert!(
+        ratio.is_some_and(|r| r > 1.25) && p.is_some_and(|p| p < 0.01),
+        "sd ratio {ratio:?}, p {p:?}\n{text}"
+    );
     service.shutdown().await.expect("clean shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }

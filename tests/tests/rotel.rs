@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use memdrift::topology::Service;
 use memdrift_e2e::sink::free_port;
-use memdrift_e2e::{loopback_pipeline, metric_value, python_send, repo_root, scrape, KillOnDrop};
+use memdrift_e2e::{
+    loopback_pipeline, metric_value, python_send, repo_root, scrape, scrape_until, KillOnDrop,
+};
 
 /// `rotel-agent` inside the venv's site-packages. Missing: `None` with a note (the test skips), unless
 /// `CI=true`, where scripts/test-env.sh must have installed it.
@@ -135,21 +137,21 @@ async fn rotel_forwards_every_python_sdk_span_to_memdrift() {
         total += spans;
 
         // The SDK is done once Rotel has the spans; Rotel forwards them after its batch timeout.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = scrape(prom).await;
-            let accepted = metric_value(&text, "memdrift_receiver_accepted_spans_total");
-            if accepted == Some(total as f64) {
-                break;
+        let logs = [
+            dir.join(format!("rotel-{i}.log")),
+            dir.join(format!("rotel-{i}.err")),
+        ];
+        scrape_until(prom, Duration::from_secs(20), |text| {
+            match metric_value(text, "memdrift_receiver_accepted_spans_total") {
+                Some(n) if n == total as f64 => Ok(()),
+                n => Err(format!(
+                    "Rotel ({protocol}, {compression}) delivered {n:?} of {total} spans; its log:\n{}{}",
+                    std::fs::read_to_string(&logs[0]).unwrap_or_default(),
+                    std::fs::read_to_string(&logs[1]).unwrap_or_default()
+                )),
             }
-            assert!(
-                Instant::now() < deadline,
-                "Rotel ({protocol}, {compression}) delivered {accepted:?} of {total} spans:\n{}{}",
-                std::fs::read_to_string(dir.join(format!("rotel-{i}.log"))).unwrap_or_default(),
-                std::fs::read_to_string(dir.join(format!("rotel-{i}.err"))).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
         drop(rotel);
     }
 
@@ -179,25 +181,20 @@ async fn rotel_forwards_every_python_sdk_span_to_memdrift() {
     assert!(failed.is_empty(), "{failed:?}");
 
     // The spans' cohort reaches the window summaries, and each Rotel run's instance is a live key.
-    let deadline = Instant::now() + Duration::from_secs(20);
     let series =
         "memdrift_window_count{cohort=\"canary\",service=\"py-infer\",signal=\"memspan.rss.end\"}";
-    loop {
-        let text = scrape(prom).await;
-        if metric_value(&text, series).is_some_and(|v| v > 0.0) {
-            assert!(
-                metric_value(&text, "memdrift_keys{kind=\"instance\"}")
-                    .is_some_and(|v| v >= runs.len() as f64),
-                "{text}"
-            );
-            break;
+    let text = scrape_until(prom, Duration::from_secs(20), |text| {
+        match metric_value(text, series) {
+            Some(n) if n > 0.0 => Ok(()),
+            _ => Err("no closed window for the canary cohort".into()),
         }
-        assert!(
-            Instant::now() < deadline,
-            "no closed window for the canary cohort:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await;
+    assert!(
+        metric_value(&text, "memdrift_keys{kind=\"instance\"}")
+            .is_some_and(|v| v >= runs.len() as f64),
+        "{text}"
+    );
     service.shutdown().await.expect("clean shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
