@@ -4,7 +4,7 @@
 //! memdrift counts every span, every value and the spans' cohort. Needs `scripts/test-env.sh`.
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,13 +42,7 @@ struct Rotel {
 }
 
 impl Rotel {
-    fn start(
-        agent: &PathBuf,
-        protocol: &str,
-        endpoint: &str,
-        compression: &str,
-        log: &PathBuf,
-    ) -> Rotel {
+    fn start(agent: &Path, protocol: &str, endpoint: &str, compression: &str, log: &Path) -> Rotel {
         let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = Command::new(agent);
