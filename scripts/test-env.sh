@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Prepares this machine for the end-to-end tests in tests/:
 #   - $REPO/.venv: a Python venv with the real OpenTelemetry SDK, used by the
-#     peer scripts in tests/peers/ (reinstalled only when requirements.txt
-#     changes, tracked by a sha256 stamp inside the venv);
+#     peer scripts in tests/peers/, and the `rotel` wheel, whose rotel-agent
+#     (a Rust OTLP collector, in site-packages/rotel/) runs in front of
+#     memdrift in tests/tests/rotel.rs (all reinstalled only when
+#     requirements.txt changes, tracked by a sha256 stamp inside the venv);
 #   - prometheus and promtool, from Debian's prometheus package: a real server
-#     scrapes memdrift, and promtool validates the exposition;
+#     scrapes memdrift, promtool validates the exposition, and checks and
+#     unit-tests the alert rules in otel-config/prometheus/;
 #   - openssl, which makes the private CA of the exporter's TLS test.
 #   Tests that need a tool skip when it is missing, so outside CI a failed
 #   install is only a warning; with CI=true it is an error.
@@ -102,7 +105,9 @@ if [[ "$(cat "$STAMP" 2>/dev/null)" != "$requirements_sha" ]]; then
 fi
 sdk_version="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("opentelemetry-sdk"))')" ||
   die "opentelemetry-sdk is missing from .venv; delete .venv and run again"
-log "venv ready (.venv, opentelemetry-sdk $sdk_version)"
+rotel_agent="$(ls "$VENV"/lib/python3*/site-packages/rotel/rotel-agent 2>/dev/null | head -n 1)"
+[[ -x $rotel_agent ]] || die "rotel-agent is missing from .venv; delete .venv and run again"
+log "venv ready (.venv, opentelemetry-sdk $sdk_version, $("$rotel_agent" --version))"
 
 # --- promtool ---------------------------------------------------------------
 

@@ -193,3 +193,76 @@ pub fn test_anomaly(service: &str) -> Anomaly {
     a.exemplar_trace_ids = EXEMPLARS.iter().map(|s| s.to_string()).collect();
     a
 }
+
+/// memdrift's Prometheus exposition at `addr`.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body")
+}
+
+/// A child process killed (and reaped) when dropped, so a failing assertion leaves no peer running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `spans` memspan spans with the Python OpenTelemetry SDK (`tests/peers/otlp_client.py`) over
+/// `protocol` ("grpc" or "http") to `endpoint`, as `service`/`instance` in `cohort`; panics unless the SDK's
+/// exporter reported every span delivered.
+pub fn python_send(
+    protocol: &str,
+    endpoint: &str,
+    spans: u32,
+    (service, instance, cohort): (&str, &str, &str),
+) {
+    let out = std::process::Command::new(venv_python())
+        .arg(repo_root().join("tests/peers/otlp_client.py"))
+        .args(["--protocol", protocol, "--endpoint", endpoint])
+        .args(["--spans", &spans.to_string()])
+        .args([
+            "--service",
+            service,
+            "--instance",
+            instance,
+            "--cohort",
+            cohort,
+        ])
+        .output()
+        .expect("python client runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("sent {spans} spans via {protocol}")),
+        "python client failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Scrapes `addr` until `ready` accepts the exposition (detectors and windows publish as event time moves),
+/// and returns it. Panics after `within` with `ready`'s last complaint and the exposition.
+pub async fn scrape_until(
+    addr: std::net::SocketAddr,
+    within: std::time::Duration,
+    mut ready: impl FnMut(&str) -> Result<(), String>,
+) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let text = scrape(addr).await;
+        match ready(&text) {
+            Ok(()) => return text,
+            Err(why) => assert!(
+                std::time::Instant::now() < deadline,
+                "after {within:?}: {why}\n{text}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
