@@ -3,10 +3,10 @@
 //! Needs the peers' virtual environment (`scripts/test-env.sh`, run by the README's test command).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use memdrift::topology::Service;
-use memdrift_e2e::{loopback_pipeline, metric_value, repo_root, venv_python};
+use memdrift_e2e::{loopback_pipeline, metric_value, repo_root, scrape, scrape_until, venv_python};
 
 fn send(protocol: &str, endpoint: &str, spans: u32, instance: &str, gzip: bool) {
     let mut cmd = Command::new(venv_python());
@@ -42,15 +42,6 @@ fn send(protocol: &str, endpoint: &str, spans: u32, instance: &str, gzip: bool) 
         stdout.contains(&format!("sent {spans} spans via {protocol}")),
         "{stdout}"
     );
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,24 +95,19 @@ async fn python_sdk_spans_over_grpc_and_http_are_all_counted() {
     assert!(metric_value(&text, "process_resident_memory_bytes").is_some_and(|v| v > 0.0));
 
     // The spans' cohort reaches the window summaries once the engine closes a window (1 s steps here).
-    let deadline = Instant::now() + Duration::from_secs(20);
     let series =
         "memdrift_window_count{cohort=\"canary\",service=\"py-infer\",signal=\"memspan.rss.end\"}";
-    loop {
-        let text = scrape(prom).await;
-        if metric_value(&text, series).is_some_and(|v| v > 0.0) {
-            assert!(
-                metric_value(&text, "memdrift_keys{kind=\"instance\"}").is_some_and(|v| v >= 4.0),
-                "{text}"
-            );
-            break;
+    let text = scrape_until(prom, Duration::from_secs(20), |text| {
+        match metric_value(text, series) {
+            Some(v) if v > 0.0 => Ok(()),
+            _ => Err("no closed window for the canary cohort".into()),
         }
-        assert!(
-            Instant::now() < deadline,
-            "no closed window for the canary cohort:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await;
+    assert!(
+        metric_value(&text, "memdrift_keys{kind=\"instance\"}").is_some_and(|v| v >= 4.0),
+        "{text}"
+    );
     service.shutdown().await.expect("clean shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }

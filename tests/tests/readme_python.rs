@@ -4,10 +4,10 @@
 //! Needs the peers' virtual environment (`scripts/test-env.sh`, run by the README's test command).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use memdrift::topology::Service;
-use memdrift_e2e::{loopback_pipeline, metric_value, repo_root, venv_python};
+use memdrift_e2e::{loopback_pipeline, metric_value, repo_root, scrape, scrape_until, venv_python};
 
 const REQUESTS: u32 = 60;
 
@@ -35,15 +35,6 @@ fn run_snippet(protocol: &str, endpoint: &str, instance: &str) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,18 +86,13 @@ async fn the_readme_python_snippet_reaches_memdrift_under_its_cohort() {
 
     let series =
         "memdrift_window_count{cohort=\"canary\",service=\"py-readme\",signal=\"memspan.rss.end\"}";
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = scrape(prom).await;
-        if metric_value(&text, series).is_some_and(|v| v > 0.0) {
-            break;
+    scrape_until(prom, Duration::from_secs(20), |text| {
+        match metric_value(text, series) {
+            Some(v) if v > 0.0 => Ok(()),
+            _ => Err("no closed window for the snippet's cohort".into()),
         }
-        assert!(
-            Instant::now() < deadline,
-            "no closed window for the snippet's cohort:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await;
     service.shutdown().await.expect("clean shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
