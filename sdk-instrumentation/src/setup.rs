@@ -286,7 +286,7 @@ impl Builder {
         Ok(Memspan {
             inner: Arc::new(Inner {
                 tracer,
-                cohort: self.cohort.map(StringValue::from),
+                cohort: self.cohort.map(|c| StringValue::from(Arc::<str>::from(c))),
                 probes,
                 tracer_provider,
                 meter_provider,
