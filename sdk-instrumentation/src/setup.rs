@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Key, KeyValue, StringValue};
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
@@ -388,6 +388,9 @@ fn span_exporter(
             let mut b = b
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            if let Some(client) = http_client("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") {
+                b = b.with_http_client(client);
+            }
             if let Some(ep) = endpoint {
                 b = b.with_endpoint(http_url(ep, "/v1/traces"));
             }
@@ -417,6 +420,9 @@ fn metric_exporter(
             let mut b = b
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            if let Some(client) = http_client("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT") {
+                b = b.with_http_client(client);
+            }
             if let Some(ep) = endpoint {
                 b = b.with_endpoint(http_url(ep, "/v1/metrics"));
             }
@@ -427,6 +433,48 @@ fn metric_exporter(
         signal: "metrics",
         message: e.to_string(),
     })
+}
+
+/// The OTLP/HTTP client: hyper with a rustls connector (ring, the system's root certificates), for `http://`
+/// and `https://` endpoints alike. `None` (the exporter's plain-HTTP hyper client is used, with a warning) only
+/// where rustls cannot be set up at all. Without system root certificates, `https://` export fails at the
+/// handshake and is logged like any export error; `http://` works.
+fn http_client(
+    signal_timeout_var: &str,
+) -> Option<opentelemetry_http::hyper::HyperClient<HttpsConnector>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = match hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(Arc::clone(&provider))
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "memspan: no system root certificates; https OTLP endpoints will fail");
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| tracing::warn!(error = %e, "memspan: rustls unavailable; OTLP/HTTP is plain HTTP only"))
+                .ok()?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+        }
+    };
+    let connector = builder.https_or_http().enable_http1().build();
+    Some(opentelemetry_http::hyper::HyperClient::new(
+        connector,
+        export_timeout(signal_timeout_var),
+        None,
+    ))
+}
+
+type HttpsConnector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// `OTEL_EXPORTER_OTLP_{signal}_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT`, in milliseconds; 10 s by default.
+fn export_timeout(signal_var: &str) -> Duration {
+    [signal_var, "OTEL_EXPORTER_OTLP_TIMEOUT"]
+        .into_iter()
+        .find_map(|v| env_nonempty(v).and_then(|t| t.trim().parse::<u64>().ok()))
+        .map_or(Duration::from_secs(10), Duration::from_millis)
 }
 
 /// Logs export failures at most once per interval, with the number it kept quiet about, so a service whose
