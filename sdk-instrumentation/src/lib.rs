@@ -74,6 +74,9 @@ mod setup;
 #[cfg(feature = "counting-allocator")]
 pub use alloc::{counting_allocator_installed, live_bytes, CountingAllocator};
 pub use probe::{Probe, Readings};
+/// jemalloc, to install directly or under [`CountingAllocator::new`].
+#[cfg(feature = "jemalloc")]
+pub use tikv_jemallocator::Jemalloc;
 pub use request::{
     RequestGuard, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MODEL, GEN_AI_USAGE_INPUT_TOKENS,
     GEN_AI_USAGE_OUTPUT_TOKENS,
