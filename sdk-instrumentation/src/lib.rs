@@ -74,9 +74,6 @@ mod setup;
 #[cfg(feature = "counting-allocator")]
 pub use alloc::{counting_allocator_installed, live_bytes, CountingAllocator};
 pub use probe::{Probe, Readings};
-/// jemalloc, to install directly or under [`CountingAllocator::new`].
-#[cfg(feature = "jemalloc")]
-pub use tikv_jemallocator::Jemalloc;
 pub use request::{
     RequestGuard, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MODEL, GEN_AI_USAGE_INPUT_TOKENS,
     GEN_AI_USAGE_OUTPUT_TOKENS,
@@ -87,3 +84,6 @@ pub use scope::{Instrumented, Scope, ScopeGuard, Scoped};
 pub use setup::{
     init, Builder, InitError, Memspan, Protocol, ShutdownError, ERROR_LOG_INTERVAL, SHUTDOWN_BOUND,
 };
+/// jemalloc, to install directly or under [`CountingAllocator::new`].
+#[cfg(feature = "jemalloc")]
+pub use tikv_jemallocator::Jemalloc;

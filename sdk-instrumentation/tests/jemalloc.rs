@@ -21,7 +21,10 @@ fn sampler_reports_allocated_resident_retained_and_follows_a_big_allocation() {
     let before = read(&probe);
     let allocated = before.heap_allocated.expect("stats.allocated");
     assert!(allocated > 0);
-    assert!(before.heap_resident.is_some_and(|r| r >= allocated), "{before:?}");
+    assert!(
+        before.heap_resident.is_some_and(|r| r >= allocated),
+        "{before:?}"
+    );
     assert!(before.heap_retained.is_some());
 
     let block = black_box(vec![1u8; 64 << 20]);
@@ -31,7 +34,10 @@ fn sampler_reports_allocated_resident_retained_and_follows_a_big_allocation() {
         std::thread::sleep(Duration::from_millis(5));
         now = read(&probe);
     }
-    assert!(now.heap_allocated.unwrap_or(0) >= allocated + (64 << 20), "{now:?} after {before:?}");
+    assert!(
+        now.heap_allocated.unwrap_or(0) >= allocated + (64 << 20),
+        "{now:?} after {before:?}"
+    );
     // The counting allocator above jemalloc sees the same block.
     assert!(memspan::live_bytes().is_some_and(|l| l >= 64 << 20));
     drop(block);
