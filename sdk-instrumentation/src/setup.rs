@@ -75,6 +75,13 @@ pub enum ShutdownError {
     Failed(String),
 }
 
+/// A `tracing_subscriber::EnvFilter` directive that silences the OpenTelemetry crates' own per-failure logs.
+/// memspan does not enable their `internal-logs` feature, but another dependency of the service may; then every
+/// failed export batch is logged by the SDK as well. Appending this to the service's filter (e.g.
+/// `format!("info,{OTEL_INTERNAL_LOGS_OFF}")`) leaves memspan's own line, at most one per [`ERROR_LOG_INTERVAL`].
+pub const OTEL_INTERNAL_LOGS_OFF: &str =
+    "opentelemetry=off,opentelemetry_sdk=off,opentelemetry-otlp=off,opentelemetry-http=off";
+
 /// The most [`Memspan::shutdown`] waits for the final flush.
 pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(5);
 /// Export errors are logged at most once per this interval (with the count of those not logged).
@@ -724,6 +731,22 @@ mod tests {
         assert_eq!(log.suppressed.load(Ordering::Relaxed), 2);
         assert!(log.observe("traces", &err, t0 + Duration::from_secs(61)));
         assert_eq!(log.suppressed.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn handles_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Memspan>();
+        send_sync::<RequestGuard>();
+        send_sync::<crate::Scope>();
+        send_sync::<crate::Instrumented<std::future::Ready<()>>>();
+    }
+
+    #[test]
+    fn the_quiet_directive_parses_as_an_env_filter() {
+        let filter =
+            tracing_subscriber::EnvFilter::try_new(format!("info,{OTEL_INTERNAL_LOGS_OFF}"));
+        assert!(filter.is_ok(), "{filter:?}");
     }
 
     #[test]
