@@ -23,6 +23,7 @@ fn in_memory(b: Builder) -> (Memspan, InMemorySpanExporter) {
     let exporter = InMemorySpanExporter::default();
     let m = b
         .span_processor(SimpleSpanProcessor::new(exporter.clone()))
+        .metric_exporter(InMemoryMetricExporter::default())
         .build()
         .expect("build");
     (m, exporter)
@@ -223,4 +224,46 @@ async fn setup_and_drop_work_inside_a_tokio_runtime() {
     assert_eq!(v, 3);
     let _ = m.shutdown();
     drop(m); // the private export runtime must not be dropped in a blocking way here
+}
+
+#[test]
+fn dropping_the_last_handle_with_a_dead_collector_panics_no_thread() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PANICS: AtomicUsize = AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let name = std::thread::current()
+            .name()
+            .map(str::to_string)
+            .unwrap_or_default();
+        if name.starts_with("OpenTelemetry") || name.starts_with("memspan") {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+        }
+        previous(info);
+    }));
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let m = Builder::from_env()
+            .endpoint(UNREACHABLE)
+            .protocol(protocol)
+            .metrics_interval(Duration::from_millis(20))
+            .build()
+            .expect("build");
+        for _ in 0..100 {
+            m.request("chat", "m").finish();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        drop(m);
+        assert!(
+            t.elapsed() <= SHUTDOWN_BOUND + Duration::from_secs(1),
+            "drop took {:?}",
+            t.elapsed()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        PANICS.load(Ordering::SeqCst),
+        0,
+        "an export thread panicked after the handle was dropped"
+    );
 }
