@@ -300,6 +300,7 @@ impl Builder {
                 meter_provider,
                 _gauges: gauges,
                 shutdown: OnceLock::new(),
+                errors,
                 export,
                 runtime: Mutex::new(Some(runtime)),
             }),
@@ -493,6 +494,7 @@ pub(crate) struct ErrorLog {
     interval: Duration,
     last: Mutex<Option<Instant>>,
     suppressed: AtomicU64,
+    total: AtomicU64,
 }
 
 impl ErrorLog {
@@ -501,12 +503,14 @@ impl ErrorLog {
             interval,
             last: Mutex::new(None),
             suppressed: AtomicU64::new(0),
+            total: AtomicU64::new(0),
         }
     }
 
     /// Returns whether this failure was logged (for tests).
     pub(crate) fn observe(&self, signal: &str, r: &OTelSdkResult, now: Instant) -> bool {
         let Err(e) = r else { return false };
+        self.total.fetch_add(1, Ordering::Relaxed);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_some_and(|t| now.saturating_duration_since(t) < self.interval) {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
@@ -650,6 +654,7 @@ pub(crate) struct Inner {
     meter_provider: SdkMeterProvider,
     _gauges: crate::metrics::Gauges,
     shutdown: OnceLock<Result<(), ShutdownError>>,
+    errors: Arc<ErrorLog>,
     export: Arc<ExportRuntime>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
 }
@@ -730,6 +735,12 @@ impl Memspan {
     /// The meter provider (for the service's own metrics).
     pub fn meter_provider(&self) -> &SdkMeterProvider {
         &self.inner.meter_provider
+    }
+
+    /// How many export calls (span batches and metric collections) have failed so far: a health signal for a
+    /// service that wants to know its telemetry is not arriving, beyond the once-a-minute log line.
+    pub fn export_failures(&self) -> u64 {
+        self.inner.errors.total.load(Ordering::Relaxed)
     }
 
     /// Exports what is queued now, bounded like shutdown.
