@@ -169,13 +169,17 @@ fn process_metrics_are_exported_with_semantic_names() {
 /// Port 1 on loopback refuses connections; nothing listens there.
 const UNREACHABLE: &str = "http://127.0.0.1:1";
 
-fn requests_do_not_wait_for_the_collector(protocol: Protocol) {
-    let m = Builder::from_env()
+fn unreachable(protocol: Protocol, metrics_interval: Duration) -> Memspan {
+    Builder::from_env()
         .endpoint(UNREACHABLE)
         .protocol(protocol)
-        .metrics_interval(Duration::from_millis(50))
+        .metrics_interval(metrics_interval)
         .build()
-        .expect("an unreachable collector is not a setup error");
+        .expect("an unreachable collector is not a setup error")
+}
+
+fn requests_do_not_wait_for_the_collector(protocol: Protocol) {
+    let m = unreachable(protocol, Duration::from_millis(50));
     let started = Instant::now();
     for i in 0..5_000 {
         let mut r = m.request("chat", "m");
@@ -245,12 +249,7 @@ fn dropping_the_last_handle_with_a_dead_collector_panics_no_thread() {
         previous(info);
     }));
     for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
-        let m = Builder::from_env()
-            .endpoint(UNREACHABLE)
-            .protocol(protocol)
-            .metrics_interval(Duration::from_millis(20))
-            .build()
-            .expect("build");
+        let m = unreachable(protocol, Duration::from_millis(20));
         for _ in 0..100 {
             m.request("chat", "m").finish();
         }
