@@ -1,8 +1,29 @@
 //! memspan: per-request memory on OpenTelemetry spans for inference services.
 //!
-//! This crate will wrap each inference request and record the MemorySpan attributes below on its span. Today it
-//! holds the attribute names, the contract shared with the `memdrift` processor (DESIGN.md); the guard, the
-//! probes and the OTLP setup are tracked in their own issue.
+//! A service adds a few lines and every inference request becomes a span named "{operation} {model}" with the
+//! `gen_ai.*` attributes, its cohort and the MemorySpan attributes (RSS before and after, allocator figures, the
+//! cgroup limit, bytes the request itself allocated and freed), exported over OTLP with the process memory
+//! metrics. The `memdrift` processor reads exactly these names.
+//!
+//! ```no_run
+//! // With the `counting-allocator` feature, per-request allocated/freed bytes need the counting allocator:
+//! // #[global_allocator]
+//! // static ALLOC: memspan::CountingAllocator = memspan::CountingAllocator::system();
+//!
+//! # async fn generate(prompt: &str) -> (String, u64) { (prompt.to_string(), 1) }
+//! # async fn serve(prompt: String) -> Result<(), Box<dyn std::error::Error>> {
+//! let memspan = memspan::init()?; // OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, MEMSPAN_COHORT, ...
+//! let mut request = memspan.request("chat", "llama-3-8b");
+//! request.record_tokens(prompt.len() as u64, 0);
+//! let (answer, _tokens) = request.instrument(generate(&prompt)).await; // every poll attributed, span ended
+//! println!("{answer}");
+//! memspan.shutdown()?; // at exit: flush, bounded in time
+//! # Ok(()) }
+//! ```
+//!
+//! Work a request fans out to keeps its attribution with [`spawn`] / [`spawn_blocking`] (tokio), or
+//! [`Scope::wrap`] / [`Scope::bind`] for other executors and thread pools. See the crate README for the design
+//! and its costs.
 
 /// MemorySpan span attribute names. Integers, in bytes; each optional, and a probe that cannot measure leaves
 /// its attribute out rather than writing zero.
@@ -41,3 +62,25 @@ pub mod attributes {
         GPU_USED,
     ];
 }
+
+#[cfg(feature = "counting-allocator")]
+mod alloc;
+mod metrics;
+pub mod probe;
+mod request;
+mod scope;
+mod setup;
+
+#[cfg(feature = "counting-allocator")]
+pub use alloc::{counting_allocator_installed, live_bytes, CountingAllocator};
+pub use probe::{Probe, Readings};
+pub use request::{
+    RequestGuard, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MODEL, GEN_AI_USAGE_INPUT_TOKENS,
+    GEN_AI_USAGE_OUTPUT_TOKENS,
+};
+#[cfg(feature = "tokio")]
+pub use scope::{spawn, spawn_blocking};
+pub use scope::{Instrumented, Scope, ScopeGuard, Scoped};
+pub use setup::{
+    init, Builder, InitError, Memspan, Protocol, ShutdownError, ERROR_LOG_INTERVAL, SHUTDOWN_BOUND,
+};

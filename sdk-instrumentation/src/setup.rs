@@ -1,0 +1,702 @@
+//! Setup: tracer and meter providers with OTLP export, configured from the standard `OTEL_*` variables.
+//!
+//! Export runs on a private one-worker tokio runtime owned by [`Memspan`]. The SDK's batch span processor and
+//! periodic metric reader each run on their own thread and drive every export through that runtime's handle, so
+//! [`init`] works the same inside and outside the service's runtime, the gRPC (tonic) and HTTP (hyper) clients
+//! always find a reactor, and a slow or absent collector costs the service's own workers nothing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Key, KeyValue, StringValue};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::{
+    MeterProviderBuilder, PeriodicReader, SdkMeterProvider, Temporality,
+};
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
+    TracerProviderBuilder,
+};
+use opentelemetry_sdk::Resource;
+
+use crate::probe::{self, CgroupProbe, Probe, Readings, RssProbe};
+use crate::request::RequestGuard;
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC (default port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (default port 4318); the OpenTelemetry default.
+    HttpProtobuf,
+}
+
+impl Protocol {
+    fn parse(v: &str) -> Option<Protocol> {
+        match v.trim() {
+            "grpc" => Some(Protocol::Grpc),
+            "http/protobuf" => Some(Protocol::HttpProtobuf),
+            _ => None,
+        }
+    }
+}
+
+/// Why setup failed. A collector that cannot be reached is not an error: export failures are logged and the
+/// service runs on.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The OTLP exporter could not be built from the configuration (a malformed endpoint, header or timeout).
+    #[error("memspan: cannot build the OTLP {signal} exporter: {message}")]
+    Exporter {
+        /// "traces" or "metrics".
+        signal: &'static str,
+        /// The exporter's own message.
+        message: String,
+    },
+    /// The export runtime's thread could not be started.
+    #[error("memspan: cannot start the export runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// Why [`Memspan::shutdown`] did not complete cleanly. Telemetry still queued may be lost; the service is fine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShutdownError {
+    /// Flushing did not finish within the bound (the collector is slow or gone).
+    #[error("memspan: shutdown did not finish within {0:?}")]
+    Timeout(Duration),
+    /// A provider reported an error while flushing.
+    #[error("memspan: shutdown failed: {0}")]
+    Failed(String),
+}
+
+/// The most [`Memspan::shutdown`] waits for the final flush.
+pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(5);
+/// Export errors are logged at most once per this interval (with the count of those not logged).
+pub const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(30);
+
+type ProcessorHook = Box<dyn FnOnce(TracerProviderBuilder) -> TracerProviderBuilder + Send>;
+type ReaderHook = Box<dyn FnOnce(MeterProviderBuilder, Duration) -> MeterProviderBuilder + Send>;
+
+/// Configuration of [`Memspan`]. Start with [`Builder::from_env`]; explicit calls override the environment.
+pub struct Builder {
+    service_name: Option<String>,
+    service_version: Option<String>,
+    instance_id: Option<String>,
+    cohort: Option<String>,
+    resource: Vec<KeyValue>,
+    endpoint: Option<String>,
+    protocol: Option<Protocol>,
+    probes: Vec<Box<dyn Probe>>,
+    default_probes: bool,
+    metrics_interval: Duration,
+    span_processor: Option<ProcessorHook>,
+    metric_reader: Option<ReaderHook>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("service_name", &self.service_name)
+            .field("cohort", &self.cohort)
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field(
+                "probes",
+                &self.probes.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl Builder {
+    /// Reads `OTEL_SERVICE_NAME` and `MEMSPAN_COHORT` now; `OTEL_RESOURCE_ATTRIBUTES` when the resource is built;
+    /// `OTEL_EXPORTER_OTLP_{ENDPOINT,PROTOCOL,HEADERS,TIMEOUT,COMPRESSION}` and their `_TRACES_` / `_METRICS_`
+    /// variants when the exporters are built (the per-signal variable wins, as the specification says).
+    pub fn from_env() -> Builder {
+        Builder {
+            service_name: env_nonempty("OTEL_SERVICE_NAME"),
+            service_version: None,
+            instance_id: None,
+            cohort: env_nonempty("MEMSPAN_COHORT"),
+            resource: Vec::new(),
+            endpoint: None,
+            protocol: None,
+            probes: Vec::new(),
+            default_probes: true,
+            metrics_interval: DEFAULT_METRICS_INTERVAL,
+            span_processor: None,
+            metric_reader: None,
+        }
+    }
+
+    /// `service.name`.
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service_name = Some(name.into());
+        self
+    }
+
+    /// `service.version`: also the cohort fallback of the processor when no `memspan.cohort` is set.
+    pub fn service_version(mut self, v: impl Into<String>) -> Self {
+        self.service_version = Some(v.into());
+        self
+    }
+
+    /// `service.instance.id`; by default the one in `OTEL_RESOURCE_ATTRIBUTES`, else a random UUID.
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = Some(id.into());
+        self
+    }
+
+    /// `memspan.cohort` on every request span (overrides `MEMSPAN_COHORT`).
+    pub fn cohort(mut self, cohort: impl Into<String>) -> Self {
+        self.cohort = Some(cohort.into());
+        self
+    }
+
+    /// Any other resource attribute (overrides the same key from `OTEL_RESOURCE_ATTRIBUTES`).
+    pub fn resource_attribute(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.resource
+            .push(KeyValue::new(key.to_string(), value.into()));
+        self
+    }
+
+    /// The collector's base URL for both signals, e.g. `http://127.0.0.1:4317` (gRPC) or
+    /// `http://127.0.0.1:4318` (HTTP, where `/v1/traces` and `/v1/metrics` are appended).
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = Some(url.into());
+        self
+    }
+
+    /// The transport for both signals (overrides `OTEL_EXPORTER_OTLP_*PROTOCOL`).
+    pub fn protocol(mut self, p: Protocol) -> Self {
+        self.protocol = Some(p);
+        self
+    }
+
+    /// Adds a probe, read after the default ones (so it can override their fields).
+    pub fn probe(mut self, p: impl Probe) -> Self {
+        self.probes.push(Box::new(p));
+        self
+    }
+
+    /// Starts from no probes: only those added with [`Builder::probe`] are read.
+    pub fn without_default_probes(mut self) -> Self {
+        self.default_probes = false;
+        self
+    }
+
+    /// How often the process metrics are exported.
+    pub fn metrics_interval(mut self, d: std::time::Duration) -> Self {
+        self.metrics_interval = d;
+        self
+    }
+
+    /// Sends spans to this processor instead of the OTLP exporter (tests, or a custom pipeline).
+    pub fn span_processor(mut self, p: impl SpanProcessor + 'static) -> Self {
+        self.span_processor = Some(Box::new(move |b| b.with_span_processor(p)));
+        self
+    }
+
+    /// Sends metrics to this exporter (on the same interval) instead of the OTLP one (tests, or a custom
+    /// pipeline).
+    pub fn metric_exporter(mut self, e: impl PushMetricExporter) -> Self {
+        self.metric_reader = Some(Box::new(move |b, interval| {
+            b.with_reader(PeriodicReader::builder(e).with_interval(interval).build())
+        }));
+        self
+    }
+
+    /// Builds the providers and probes; nothing global is touched.
+    pub fn build(self) -> Result<Memspan, InitError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("memspan-export")
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let errors = Arc::new(ErrorLog::new(ERROR_LOG_INTERVAL));
+        let resource = self.resource();
+
+        let mut probes: Vec<Box<dyn Probe>> = Vec::new();
+        let mut cgroup = None;
+        if self.default_probes {
+            let cg = CgroupProbe::start_default();
+            probes = probe::default_probes(&cg);
+            cgroup = Some(cg);
+        }
+        probes.extend(self.probes);
+        let probes: Arc<[Box<dyn Probe>]> = probes.into();
+
+        let mut tp = SdkTracerProvider::builder().with_resource(resource.clone());
+        tp = match self.span_processor {
+            Some(hook) => hook(tp),
+            None => {
+                let proto = resolve_protocol(self.protocol, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL");
+                let exporter = {
+                    let _enter = handle.enter();
+                    span_exporter(proto, self.endpoint.as_deref())?
+                };
+                tp.with_span_processor(
+                    BatchSpanProcessor::builder(OnRuntime::new(
+                        exporter, &handle, "traces", &errors,
+                    ))
+                    .build(),
+                )
+            }
+        };
+        let tracer_provider = tp.build();
+
+        let mut mp = SdkMeterProvider::builder().with_resource(resource);
+        let interval = self.metrics_interval;
+        mp = match self.metric_reader {
+            Some(hook) => hook(mp, interval),
+            None => {
+                let proto = resolve_protocol(self.protocol, "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL");
+                let exporter = {
+                    let _enter = handle.enter();
+                    metric_exporter(proto, self.endpoint.as_deref())?
+                };
+                let reader =
+                    PeriodicReader::builder(OnRuntime::new(exporter, &handle, "metrics", &errors))
+                        .with_interval(self.metrics_interval)
+                        .build();
+                mp.with_reader(reader)
+            }
+        };
+        let meter_provider = mp.build();
+        let gauges = crate::metrics::register(
+            &meter_provider.meter("memspan"),
+            &probes,
+            cgroup,
+            RssProbe::new(),
+        );
+
+        let tracer = tracer_provider.tracer("memspan");
+        Ok(Memspan {
+            inner: Arc::new(Inner {
+                tracer,
+                cohort: self.cohort.map(StringValue::from),
+                probes,
+                tracer_provider,
+                meter_provider,
+                _gauges: gauges,
+                shutdown: OnceLock::new(),
+                runtime: Mutex::new(Some(runtime)),
+            }),
+        })
+    }
+
+    /// [`Builder::build`], then installs the providers as the global tracer and meter providers, so spans from
+    /// other instrumented libraries share the pipeline.
+    pub fn install_global(self) -> Result<Memspan, InitError> {
+        let m = self.build()?;
+        opentelemetry::global::set_tracer_provider(m.inner.tracer_provider.clone());
+        opentelemetry::global::set_meter_provider(m.inner.meter_provider.clone());
+        Ok(m)
+    }
+
+    fn resource(&self) -> Resource {
+        // `Resource::builder` reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (and so
+        // deployment.environment.name) itself; explicit settings are layered on top.
+        let from_env = Resource::builder().build();
+        let mut b = Resource::builder();
+        if let Some(name) = &self.service_name {
+            b = b.with_service_name(name.clone());
+        }
+        let mut attrs = Vec::new();
+        if let Some(v) = &self.service_version {
+            attrs.push(KeyValue::new("service.version", v.clone()));
+        }
+        let instance_key = Key::from_static_str("service.instance.id");
+        match &self.instance_id {
+            Some(id) => attrs.push(KeyValue::new(instance_key, id.clone())),
+            None if from_env.get(&instance_key).is_none() => {
+                attrs.push(KeyValue::new(instance_key, random_uuid()))
+            }
+            None => {}
+        }
+        attrs.extend(self.resource.iter().cloned());
+        b.with_attributes(attrs).build()
+    }
+}
+
+/// A version-4 UUID from the OS random source, so two replicas never share an instance id.
+fn random_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Per-signal variable, then the general one, then http/protobuf (the specification's default). An unknown
+/// value (including `http/json`, which this crate does not ship) is reported once and the default used.
+fn resolve_protocol(explicit: Option<Protocol>, signal_var: &str) -> Protocol {
+    if let Some(p) = explicit {
+        return p;
+    }
+    for var in [signal_var, "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+        if let Some(v) = env_nonempty(var) {
+            match Protocol::parse(&v) {
+                Some(p) => return p,
+                None => {
+                    tracing::warn!(variable = var, value = %v, "memspan: unsupported OTLP protocol; using http/protobuf");
+                    return Protocol::HttpProtobuf;
+                }
+            }
+        }
+    }
+    Protocol::HttpProtobuf
+}
+
+fn http_url(base: &str, path: &str) -> String {
+    format!("{}{path}", base.trim_end_matches('/'))
+}
+
+fn span_exporter(
+    proto: Protocol,
+    endpoint: Option<&str>,
+) -> Result<opentelemetry_otlp::SpanExporter, InitError> {
+    let b = opentelemetry_otlp::SpanExporter::builder();
+    let built = match proto {
+        Protocol::Grpc => {
+            let mut b = b.with_tonic();
+            if let Some(ep) = endpoint {
+                b = b.with_endpoint(ep);
+            }
+            b.build()
+        }
+        Protocol::HttpProtobuf => {
+            let mut b = b
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            if let Some(ep) = endpoint {
+                b = b.with_endpoint(http_url(ep, "/v1/traces"));
+            }
+            b.build()
+        }
+    };
+    built.map_err(|e| InitError::Exporter {
+        signal: "traces",
+        message: e.to_string(),
+    })
+}
+
+fn metric_exporter(
+    proto: Protocol,
+    endpoint: Option<&str>,
+) -> Result<opentelemetry_otlp::MetricExporter, InitError> {
+    let b = opentelemetry_otlp::MetricExporter::builder().with_temporality(Temporality::Cumulative);
+    let built = match proto {
+        Protocol::Grpc => {
+            let mut b = b.with_tonic();
+            if let Some(ep) = endpoint {
+                b = b.with_endpoint(ep);
+            }
+            b.build()
+        }
+        Protocol::HttpProtobuf => {
+            let mut b = b
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            if let Some(ep) = endpoint {
+                b = b.with_endpoint(http_url(ep, "/v1/metrics"));
+            }
+            b.build()
+        }
+    };
+    built.map_err(|e| InitError::Exporter {
+        signal: "metrics",
+        message: e.to_string(),
+    })
+}
+
+/// Logs export failures at most once per interval, with the number it kept quiet about, so a service whose
+/// collector is down gets one line a minute instead of one per batch.
+#[derive(Debug)]
+pub(crate) struct ErrorLog {
+    interval: Duration,
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl ErrorLog {
+    pub(crate) fn new(interval: Duration) -> ErrorLog {
+        ErrorLog {
+            interval,
+            last: Mutex::new(None),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Returns whether this failure was logged (for tests).
+    pub(crate) fn observe(&self, signal: &str, r: &OTelSdkResult, now: Instant) -> bool {
+        let Err(e) = r else { return false };
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| now.saturating_duration_since(t) < self.interval) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        *last = Some(now);
+        let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+        tracing::warn!(signal, error = %e, suppressed, "memspan: OTLP export failed; telemetry is dropped while the collector is unreachable");
+        true
+    }
+}
+
+/// Runs an exporter's futures on the private runtime. The SDK's processors call `export` from their own
+/// threads (never a runtime worker), where `Handle::block_on` is allowed and gives the client its reactor.
+#[derive(Debug)]
+struct OnRuntime<E> {
+    inner: E,
+    handle: tokio::runtime::Handle,
+    signal: &'static str,
+    errors: Arc<ErrorLog>,
+}
+
+impl<E> OnRuntime<E> {
+    fn new(
+        inner: E,
+        handle: &tokio::runtime::Handle,
+        signal: &'static str,
+        errors: &Arc<ErrorLog>,
+    ) -> Self {
+        OnRuntime {
+            inner,
+            handle: handle.clone(),
+            signal,
+            errors: Arc::clone(errors),
+        }
+    }
+
+    fn observe(&self, r: OTelSdkResult) -> std::future::Ready<OTelSdkResult> {
+        self.errors.observe(self.signal, &r, Instant::now());
+        std::future::ready(r)
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for OnRuntime<E> {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let r = self.handle.block_on(self.inner.export(batch));
+        self.observe(r)
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let _enter = self.handle.enter();
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        let _enter = self.handle.enter();
+        self.inner.force_flush()
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for OnRuntime<E> {
+    fn export(
+        &self,
+        metrics: &ResourceMetrics,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let r = self.handle.block_on(self.inner.export(metrics));
+        self.observe(r)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        let _enter = self.handle.enter();
+        self.inner.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let _enter = self.handle.enter();
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) tracer: SdkTracer,
+    pub(crate) cohort: Option<StringValue>,
+    pub(crate) probes: Arc<[Box<dyn Probe>]>,
+    tracer_provider: SdkTracerProvider,
+    meter_provider: SdkMeterProvider,
+    _gauges: crate::metrics::Gauges,
+    shutdown: OnceLock<Result<(), ShutdownError>>,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks until its tasks end, which panics inside another runtime; the export
+        // tasks hold nothing worth waiting for once the providers are shut down.
+        let rt = self
+            .runtime
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(rt) = rt {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The handle a service keeps: makes request guards and flushes on shutdown. Cheap to clone.
+#[derive(Clone)]
+pub struct Memspan {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Memspan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memspan")
+            .field("cohort", &self.inner.cohort.as_ref().map(|c| c.as_str()))
+            .field(
+                "probes",
+                &self
+                    .inner
+                    .probes
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Memspan {
+    /// Starts a request: span "{operation} {model}" with the `gen_ai.*` attributes, the cohort and the "before"
+    /// readings. The span's parent is the current OpenTelemetry context.
+    pub fn request(&self, operation: &str, model: &str) -> RequestGuard {
+        RequestGuard::start(&self.inner, operation, model)
+    }
+
+    /// Reads every probe now (what a request ending now would record).
+    pub fn readings(&self) -> Readings {
+        let mut r = Readings::default();
+        for p in self.inner.probes.iter() {
+            p.read(&mut r);
+        }
+        r
+    }
+
+    /// The tracer provider (for other spans of the service).
+    pub fn tracer_provider(&self) -> &SdkTracerProvider {
+        &self.inner.tracer_provider
+    }
+
+    /// The meter provider (for the service's own metrics).
+    pub fn meter_provider(&self) -> &SdkMeterProvider {
+        &self.inner.meter_provider
+    }
+
+    /// Exports what is queued now, bounded like shutdown.
+    pub fn force_flush(&self) -> Result<(), ShutdownError> {
+        let inner = Arc::clone(&self.inner);
+        bounded(move || {
+            let t = inner.tracer_provider.force_flush();
+            let m = inner.meter_provider.force_flush();
+            t.and(m)
+        })
+    }
+
+    /// Flushes spans and metrics and stops export. Idempotent (later calls return the first result) and bounded
+    /// by [`SHUTDOWN_BOUND`] even when the collector is gone; requests made afterwards are not exported.
+    pub fn shutdown(&self) -> Result<(), ShutdownError> {
+        self.inner
+            .shutdown
+            .get_or_init(|| {
+                let inner = Arc::clone(&self.inner);
+                bounded(move || {
+                    let t = inner.tracer_provider.shutdown_with_timeout(SHUTDOWN_BOUND);
+                    let m = inner.meter_provider.shutdown_with_timeout(SHUTDOWN_BOUND);
+                    t.and(m)
+                })
+            })
+            .clone()
+    }
+}
+
+/// Runs `f` on its own thread and waits at most [`SHUTDOWN_BOUND`]: the SDK's own timeouts do not cover an
+/// export that is stuck inside the network client.
+fn bounded(f: impl FnOnce() -> OTelSdkResult + Send + 'static) -> Result<(), ShutdownError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("memspan-flush".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| ShutdownError::Failed(e.to_string()))?;
+    match rx.recv_timeout(SHUTDOWN_BOUND) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ShutdownError::Failed(e.to_string())),
+        Err(_) => Err(ShutdownError::Timeout(SHUTDOWN_BOUND)),
+    }
+}
+
+/// `Builder::from_env().install_global()`: the few lines a service adds at start.
+pub fn init() -> Result<Memspan, InitError> {
+    Builder::from_env().install_global()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_sdk::error::OTelSdkError;
+
+    #[test]
+    fn export_errors_are_logged_once_per_interval() {
+        let log = ErrorLog::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let err: OTelSdkResult = Err(OTelSdkError::InternalFailure("connection refused".into()));
+        assert!(!log.observe("traces", &Ok(()), t0));
+        assert!(log.observe("traces", &err, t0));
+        assert!(!log.observe("traces", &err, t0 + Duration::from_secs(1)));
+        assert!(!log.observe("metrics", &err, t0 + Duration::from_secs(59)));
+        assert_eq!(log.suppressed.load(Ordering::Relaxed), 2);
+        assert!(log.observe("traces", &err, t0 + Duration::from_secs(61)));
+        assert_eq!(log.suppressed.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn random_instance_ids_are_uuid_shaped_and_distinct() {
+        let a = random_uuid();
+        let b = random_uuid();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(a.as_bytes()[14], b'4');
+        assert_eq!(a.matches('-').count(), 4);
+    }
+
+    #[test]
+    fn http_endpoints_get_the_signal_path_once() {
+        assert_eq!(
+            http_url("http://c:4318", "/v1/traces"),
+            "http://c:4318/v1/traces"
+        );
+        assert_eq!(
+            http_url("http://c:4318/", "/v1/metrics"),
+            "http://c:4318/v1/metrics"
+        );
+    }
+}
