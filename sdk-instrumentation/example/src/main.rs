@@ -109,7 +109,11 @@ fn telemetry(cohort: Option<&str>) -> anyhow::Result<memspan::Memspan> {
         builder = builder.service_version(env!("CARGO_PKG_VERSION"));
     }
     if let Some(cohort) = cohort {
-        builder = builder.cohort(cohort);
+        // On the resource too: the process metrics carry no span attributes, and memdrift would otherwise file
+        // them under the next cohort candidate, `service.version`.
+        builder = builder
+            .cohort(cohort)
+            .resource_attribute(memspan::attributes::COHORT, cohort);
     }
     Ok(builder.install_global()?)
 }
@@ -158,8 +162,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let _ = stop.send(());
     server.await??;
-    // The exporters flush over the network and may block; keep that off the async workers.
-    tokio::task::spawn_blocking(move || memspan.shutdown()).await??;
+    // The exporters flush over the network and may block; keep that off the async workers. A collector that
+    // is down loses the last batch, which is worth a line but not a failed run: serving worked.
+    if let Err(e) = tokio::task::spawn_blocking(move || memspan.shutdown()).await? {
+        eprintln!("memspan-example: telemetry not fully flushed: {e}");
+    }
     Ok(code)
 }
 
@@ -167,13 +174,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -14,9 +14,30 @@ use crate::server::{CompletionRequest, CompletionResponse};
 const CONCURRENCY: usize = 4;
 
 const WORDS: [&str; 24] = [
-    "memory", "canary", "baseline", "tensor", "kernel", "buffer", "token", "cache", "request", "model",
-    "latency", "spread", "window", "allocator", "heap", "resident", "leak", "growth", "batch", "prompt",
-    "decode", "stream", "service", "instance",
+    "memory",
+    "canary",
+    "baseline",
+    "tensor",
+    "kernel",
+    "buffer",
+    "token",
+    "cache",
+    "request",
+    "model",
+    "latency",
+    "spread",
+    "window",
+    "allocator",
+    "heap",
+    "resident",
+    "leak",
+    "growth",
+    "batch",
+    "prompt",
+    "decode",
+    "stream",
+    "service",
+    "instance",
 ];
 
 /// What the run did, printed as one line.

@@ -34,6 +34,8 @@ fn run_example(protocol: &str, endpoint: &str, cohort: &str, instance: &str) {
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
         .env("OTEL_SERVICE_NAME", SERVICE)
+        // Spans leave every half second rather than every five, well inside the pipeline's lateness.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "500")
         .env(
             "OTEL_RESOURCE_ATTRIBUTES",
             format!("service.instance.id={instance}"),
@@ -50,10 +52,9 @@ fn run_example(protocol: &str, endpoint: &str, cohort: &str, instance: &str) {
         out.status
     );
     assert!(stdout.contains("listening on 127.0.0.1:"), "{stdout}");
+    assert!(!stderr.contains("not fully flushed"), "{stderr}");
     assert!(
-        stdout.contains(&format!(
-            "selftest: {REQUESTS} of {REQUESTS} requests ok"
-        )),
+        stdout.contains(&format!("selftest: {REQUESTS} of {REQUESTS} requests ok")),
         "{stdout}\n{stderr}"
     );
 }
