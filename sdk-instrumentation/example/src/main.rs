@@ -36,9 +36,9 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     listen: SocketAddr,
 
-    /// Return pooled scratch buffers without clearing or shrinking them: each request appends after the last
-    /// one's data, so retained capacity creeps up. memdrift: a `leak` event classified `heap` (the
-    /// `memspan.heap.allocated` floor rises) and a `growth` forecast; per-request allocation grows too.
+    /// Return pooled token buffers without clearing or shrinking them: each request appends after the previous
+    /// contents, so retained capacity creeps up (about 64 bytes per token per request). memdrift: a `leak` event
+    /// classified `heap` (the `memspan.heap.allocated` floor rises) and a `growth` forecast.
     #[arg(long)]
     pool_no_reset: bool,
 
@@ -58,10 +58,10 @@ struct Args {
     #[arg(long, default_value_t = 0, value_name = "N")]
     native_leak_bytes: usize,
 
-    /// The canary variant: multiply each request's scratch allocation by a factor drawn uniformly from
-    /// [1-F, 1+F] (0 <= F <= 1), widening the spread of per-request memory while its mean stays put.
-    /// memdrift: a `spread_drift` event on `memspan.request.allocated` with an sd ratio above 1 against the
-    /// baseline cohort.
+    /// The canary variant: multiply each request's decode workspace (64 KiB per token, the bulk of its
+    /// allocation) by a factor drawn uniformly from [1-F, 1+F] (0 <= F <= 1), widening the spread of
+    /// per-request memory while its mean stays put. memdrift: a `spread_drift` event on
+    /// `memspan.request.allocated` with an sd ratio above 1 against the baseline cohort.
     #[arg(long, default_value_t = 0.0, value_name = "F", value_parser = parse_spread)]
     spread_factor: f64,
 

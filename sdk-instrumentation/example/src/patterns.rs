@@ -18,7 +18,7 @@ const POOL_KEEP_CAPACITY: usize = 64 * 1024;
 ///
 /// With `reset` a returned buffer is cleared and shrunk, so the pool's footprint stays near
 /// `POOL_MAX_FREE * POOL_KEEP_CAPACITY`. Without it (`--pool-no-reset`) a buffer comes back as it was: the next
-/// request appends its scratch after the previous contents, so each buffer's length and capacity creep up with
+/// request appends its tokens after the previous contents, so each buffer's length and capacity creep up with
 /// every use, the classic forgotten `clear()`.
 pub struct BufferPool {
     free: Mutex<Vec<Vec<u8>>>,
@@ -62,16 +62,23 @@ impl BufferPool {
     }
 }
 
-/// Scratch bytes a request needs per prompt byte and per requested token: the request-dependent part of its
-/// allocation (the model's tensors add their own).
-const SCRATCH_PER_PROMPT_BYTE: usize = 512;
-const SCRATCH_PER_TOKEN: usize = 1024;
+/// Bytes of pooled token buffer per token (prompt or answer): small, so a pool that is never reset leaks
+/// slowly, the way such bugs do in production.
+const TOKEN_BUFFER_PER_TOKEN: usize = 64;
+/// Bytes of decode workspace per token (prompt or answer): the request-dependent bulk of a request's
+/// allocation, of the same order as the model's own tensors, freed when the request ends.
+const WORKSPACE_PER_TOKEN: usize = 64 * 1024;
 
-/// The scratch a request of this shape allocates. `spread` > 0 (`--spread-factor`) multiplies it by a factor
-/// drawn uniformly from `[1 - spread, 1 + spread]`: the mean stays put while the spread across requests widens,
-/// the change a canary's spread-drift test should catch before any mean-based alert.
-pub fn scratch_len(prompt_len: usize, max_tokens: usize, spread: f64, rng: &mut impl Rng) -> usize {
-    let base = prompt_len * SCRATCH_PER_PROMPT_BYTE + max_tokens * SCRATCH_PER_TOKEN;
+/// The pooled token buffer a request of `tokens` tokens (prompt read plus answer) fills.
+pub fn token_buffer_len(tokens: usize) -> usize {
+    tokens * TOKEN_BUFFER_PER_TOKEN
+}
+
+/// The decode workspace a request of `tokens` tokens allocates. `spread` > 0 (`--spread-factor`) multiplies
+/// it by a factor drawn uniformly from `[1 - spread, 1 + spread]`: the mean stays put while the spread across
+/// requests widens, the change a canary's spread-drift test should catch before any mean-based alert.
+pub fn workspace_len(tokens: usize, spread: f64, rng: &mut impl Rng) -> usize {
+    let base = tokens * WORKSPACE_PER_TOKEN;
     if spread <= 0.0 {
         return base;
     }
@@ -79,13 +86,26 @@ pub fn scratch_len(prompt_len: usize, max_tokens: usize, spread: f64, rng: &mut 
     (base as f64 * factor) as usize
 }
 
-/// Writes `len` bytes of scratch derived from the prompt after whatever `buf` already holds.
-pub fn fill_scratch(buf: &mut Vec<u8>, prompt: &[u8], len: usize) {
-    if prompt.is_empty() {
-        buf.resize(buf.len() + len, 0);
-        return;
+/// A workspace of `len` bytes, written through so its pages are really touched.
+pub fn workspace(len: usize) -> Vec<u8> {
+    // A non-zero fill is a memset, where zeroes would come lazily mapped from `calloc`.
+    vec![0x3c; len]
+}
+
+/// Writes `len` bytes derived from the prompt after whatever `buf` already holds: the request's code assumes
+/// the pool handed it an empty buffer.
+pub fn fill_token_buffer(buf: &mut Vec<u8>, prompt: &[u8], len: usize) {
+    buf.reserve(len);
+    let mut left = len;
+    while left > 0 {
+        let chunk = if prompt.is_empty() {
+            &[0u8; 64][..left.min(64)]
+        } else {
+            &prompt[..left.min(prompt.len())]
+        };
+        buf.extend_from_slice(chunk);
+        left -= chunk.len();
     }
-    buf.extend(prompt.iter().cycle().take(len).copied());
 }
 
 /// Responses by the full prompt and token count. Unbounded on purpose when enabled (`--growing-cache`): unique
@@ -159,7 +179,7 @@ mod tests {
         for _ in 0..5 {
             let mut buf = pool.take();
             assert!(buf.is_empty());
-            fill_scratch(&mut buf, b"abc", 200_000);
+            fill_token_buffer(&mut buf, b"abc", 200_000);
             pool.give(buf);
         }
         assert!(pool.retained_bytes() <= POOL_KEEP_CAPACITY as u64);
@@ -171,7 +191,7 @@ mod tests {
         let mut retained = Vec::new();
         for _ in 0..5 {
             let mut buf = pool.take();
-            fill_scratch(&mut buf, b"abc", 10_000);
+            fill_token_buffer(&mut buf, b"abc", 10_000);
             pool.give(buf);
             retained.push(pool.retained_bytes());
         }
@@ -182,11 +202,11 @@ mod tests {
     #[test]
     fn the_spread_factor_keeps_the_mean_and_widens_the_spread() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let base = scratch_len(100, 16, 0.0, &mut rng);
-        assert_eq!(base, 100 * SCRATCH_PER_PROMPT_BYTE + 16 * SCRATCH_PER_TOKEN);
+        let base = workspace_len(100, 0.0, &mut rng);
+        assert_eq!(base, 100 * WORKSPACE_PER_TOKEN);
         let n = 20_000;
         let draws: Vec<f64> = (0..n)
-            .map(|_| scratch_len(100, 16, 0.6, &mut rng) as f64 / base as f64)
+            .map(|_| workspace_len(100, 0.6, &mut rng) as f64 / base as f64)
             .collect();
         let mean = draws.iter().sum::<f64>() / n as f64;
         let sd = (draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
@@ -194,6 +214,18 @@ mod tests {
         assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
         assert!((sd - 1.2 / 12f64.sqrt()).abs() < 0.01, "sd {sd}");
         assert!(draws.iter().all(|d| (0.4 - 1e-9..=1.6 + 1e-9).contains(d)));
+    }
+
+    #[test]
+    fn token_buffers_repeat_the_prompt_and_workspaces_are_written() {
+        let mut buf = b"old".to_vec();
+        fill_token_buffer(&mut buf, b"abcd", 10);
+        assert_eq!(buf, b"oldabcdabcdab");
+        let mut empty = Vec::new();
+        fill_token_buffer(&mut empty, b"", 100);
+        assert_eq!(empty, vec![0u8; 100]);
+        let w = workspace(5000);
+        assert!(w.len() == 5000 && w.iter().all(|&b| b == 0x3c));
     }
 
     #[test]

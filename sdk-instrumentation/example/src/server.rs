@@ -1,7 +1,7 @@
 //! The HTTP API: `POST /v1/completions` runs the model under a memspan request span, `GET /healthz` reports
 //! liveness and the size of what the switches make the service hold on to.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,8 +9,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use opentelemetry::KeyValue;
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{self, Completion, TinyLm, MAX_TOKENS, MODEL_NAME};
@@ -44,7 +42,6 @@ struct Inner {
     behaviour: Behaviour,
     pool: BufferPool,
     cache: ResponseCache,
-    rng: Mutex<StdRng>,
     /// Background tasks started by `--unbounded-tasks`, none of which ever ends.
     stuck_tasks: std::sync::atomic::AtomicU64,
 }
@@ -64,7 +61,6 @@ impl App {
                 pool: BufferPool::new(!behaviour.pool_no_reset),
                 cache: ResponseCache::new(behaviour.growing_cache),
                 behaviour,
-                rng: Mutex::new(StdRng::from_os_rng()),
                 stuck_tasks: Default::default(),
             }),
         }
@@ -172,20 +168,18 @@ async fn complete(
 /// helpers, counts toward the request's `memspan.request.allocated`.
 async fn serve(inner: Arc<Inner>, req: CompletionRequest) -> anyhow::Result<CompletionResponse> {
     let behaviour = &inner.behaviour;
-    let scratch = {
-        let mut rng = inner
-            .rng
-            .lock()
-            .map_err(|_| anyhow::anyhow!("rng lock poisoned"))?;
-        patterns::scratch_len(
-            req.prompt.len(),
-            req.max_tokens,
-            behaviour.spread_factor,
-            &mut *rng,
-        )
-    };
+    let tokens = model::prompt_window(req.prompt.len(), req.max_tokens) + req.max_tokens;
     let mut buf = inner.pool.take();
-    patterns::fill_scratch(&mut buf, req.prompt.as_bytes(), scratch);
+    patterns::fill_token_buffer(
+        &mut buf,
+        req.prompt.as_bytes(),
+        patterns::token_buffer_len(tokens),
+    );
+    let workspace = patterns::workspace(patterns::workspace_len(
+        tokens,
+        behaviour.spread_factor,
+        &mut rand::rng(),
+    ));
 
     let (completion, cached) = match inner.cache.get(&req.prompt, req.max_tokens) {
         Some(hit) => (hit, true),
@@ -216,6 +210,8 @@ async fn serve(inner: Arc<Inner>, req: CompletionRequest) -> anyhow::Result<Comp
         }));
     }
     inner.pool.give(buf);
+    // Held across the model's run, as a decode workspace is, and released with the request.
+    drop(workspace);
 
     Ok(CompletionResponse {
         model: MODEL_NAME.into(),

@@ -190,6 +190,14 @@ async fn example_service_exports_over_grpc_and_http_under_its_cohort() {
         ),
     );
     assert!(mean.is_some_and(|m| m > 10_000.0), "mean {mean:?}\n{text}");
+    // Prompts and answers of different lengths give requests different footprints.
+    let sd = metric_value(
+        &text,
+        &format!(
+            "memdrift_window_sd{{cohort=\"canary\",service=\"{SERVICE}\",signal=\"memspan.request.allocated\"}}"
+        ),
+    );
+    assert!(sd.is_some_and(|s| s > 1_000.0), "sd {sd:?}\n{text}");
 
     service.shutdown().await.expect("clean shutdown");
     let _ = std::fs::remove_dir_all(&dir);
