@@ -59,16 +59,7 @@ fn run_example(protocol: &str, endpoint: &str, cohort: &str, instance: &str) {
     );
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body")
-}
-
-/// Scrapes until `done` holds for the exposition, and returns it; fails with the last exposition at the
+/// Scrapes memdrift's `/metrics` until `done` holds for the exposition, and returns it; fails with the last exposition at the
 /// deadline.
 async fn until(
     addr: std::net::SocketAddr,
@@ -77,8 +68,10 @@ async fn until(
     done: impl Fn(&str) -> bool,
 ) -> String {
     let deadline = Instant::now() + timeout;
+    let url = format!("http://{addr}/metrics");
     loop {
-        let text = scrape(addr).await;
+        let resp = reqwest::get(&url).await.expect("memdrift answers a scrape");
+        let text = resp.text().await.expect("a text exposition");
         if done(&text) {
             return text;
         }
