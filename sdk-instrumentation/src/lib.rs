@@ -82,5 +82,9 @@ pub use request::{
 pub use scope::{spawn, spawn_blocking};
 pub use scope::{Instrumented, Scope, ScopeGuard, Scoped};
 pub use setup::{
-    init, Builder, InitError, Memspan, Protocol, ShutdownError, ERROR_LOG_INTERVAL, SHUTDOWN_BOUND,
+    init, Builder, InitError, Memspan, Protocol, ShutdownError, ERROR_LOG_INTERVAL,
+    OTEL_INTERNAL_LOGS_OFF, SHUTDOWN_BOUND,
 };
+/// jemalloc, to install directly or under [`CountingAllocator::new`].
+#[cfg(feature = "jemalloc")]
+pub use tikv_jemallocator::Jemalloc;

@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 pub mod cgroup;
 #[cfg(feature = "jemalloc")]
@@ -52,10 +53,24 @@ pub trait Probe: Send + Sync + 'static {
 }
 
 /// Resident set size from `/proc/self/statm`, through a descriptor kept open so a reading is one `pread`.
+///
+/// One `pread` of statm costs about 1.4 us (BENCHMARKS.md), and a request needs two readings; that alone would
+/// be twice the per-request budget. So the probe shares its latest reading between requests: a reading at most
+/// `max_age` old (default [`RssProbe::DEFAULT_MAX_AGE`], 1 ms) is reused, and when it is older, one request
+/// (elected by a compare-and-swap) reads statm again while the others keep the previous value. Under load the
+/// cost per request is a clock read and two atomic loads; at low request rates every request reads statm, which
+/// costs nothing that matters when the process is idle. `memspan.rss.start` / `.end` are therefore the RSS as
+/// of at most `max_age` before the request's start / end.
 #[derive(Debug)]
 pub struct RssProbe {
     statm: File,
     page_size: u64,
+    max_age_ns: u64,
+    anchor: Instant,
+    /// Nanoseconds since `anchor` of the latest reading; `u64::MAX` before the first.
+    read_at: AtomicU64,
+    /// The latest reading, in bytes; `u64::MAX` when it failed.
+    last: AtomicU64,
 }
 
 /// Both statm sizes, in bytes.
@@ -74,9 +89,47 @@ impl RssProbe {
         // SAFETY: sysconf has no memory-safety preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         let page_size = u64::try_from(page).ok().filter(|p| *p > 0)?;
-        let probe = RssProbe { statm, page_size };
+        let probe = RssProbe {
+            statm,
+            page_size,
+            max_age_ns: RssProbe::DEFAULT_MAX_AGE.as_nanos() as u64,
+            anchor: Instant::now(),
+            read_at: AtomicU64::new(u64::MAX),
+            last: AtomicU64::new(u64::MAX),
+        };
         probe.statm()?;
         Some(probe)
+    }
+
+    /// How long a shared reading is reused; see the type's documentation.
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_millis(1);
+
+    /// Reuses a reading for at most `max_age`; zero reads statm on every request.
+    pub fn with_max_age(mut self, max_age: Duration) -> RssProbe {
+        self.max_age_ns = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// The RSS as of at most `max_age` ago, reading statm when the shared reading is older.
+    pub fn rss_shared(&self) -> Option<u64> {
+        let now = u64::try_from(self.anchor.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        let at = self.read_at.load(Ordering::Acquire);
+        let fresh = at != u64::MAX && now.saturating_sub(at) < self.max_age_ns;
+        if !fresh
+            && self
+                .read_at
+                .compare_exchange(at, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            let v = self.rss();
+            self.last.store(v.unwrap_or(u64::MAX), Ordering::Release);
+            return v;
+        }
+        match self.last.load(Ordering::Acquire) {
+            // Another thread won the election for the very first reading and has not stored it yet.
+            u64::MAX => self.rss(),
+            v => Some(v),
+        }
     }
 
     /// One reading of statm; no allocation.
@@ -122,7 +175,7 @@ impl Probe for RssProbe {
         "rss"
     }
     fn read(&self, out: &mut Readings) {
-        if let Some(rss) = self.rss() {
+        if let Some(rss) = self.rss_shared() {
             out.rss = Some(rss);
         }
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Key, KeyValue, StringValue};
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
@@ -74,6 +74,13 @@ pub enum ShutdownError {
     #[error("memspan: shutdown failed: {0}")]
     Failed(String),
 }
+
+/// A `tracing_subscriber::EnvFilter` directive that silences the OpenTelemetry crates' own per-failure logs.
+/// memspan does not enable their `internal-logs` feature, but another dependency of the service may; then every
+/// failed export batch is logged by the SDK as well. Appending this to the service's filter (e.g.
+/// `format!("info,{OTEL_INTERNAL_LOGS_OFF}")`) leaves memspan's own line, at most one per [`ERROR_LOG_INTERVAL`].
+pub const OTEL_INTERNAL_LOGS_OFF: &str =
+    "opentelemetry=off,opentelemetry_sdk=off,opentelemetry-otlp=off,opentelemetry-http=off";
 
 /// The most [`Memspan::shutdown`] waits for the final flush.
 pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(5);
@@ -286,7 +293,7 @@ impl Builder {
         Ok(Memspan {
             inner: Arc::new(Inner {
                 tracer,
-                cohort: self.cohort.map(StringValue::from),
+                cohort: self.cohort.map(|c| StringValue::from(Arc::<str>::from(c))),
                 probes,
                 tracer_provider,
                 meter_provider,
@@ -388,6 +395,9 @@ fn span_exporter(
             let mut b = b
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            if let Some(client) = http_client("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") {
+                b = b.with_http_client(client);
+            }
             if let Some(ep) = endpoint {
                 b = b.with_endpoint(http_url(ep, "/v1/traces"));
             }
@@ -417,6 +427,9 @@ fn metric_exporter(
             let mut b = b
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            if let Some(client) = http_client("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT") {
+                b = b.with_http_client(client);
+            }
             if let Some(ep) = endpoint {
                 b = b.with_endpoint(http_url(ep, "/v1/metrics"));
             }
@@ -427,6 +440,48 @@ fn metric_exporter(
         signal: "metrics",
         message: e.to_string(),
     })
+}
+
+/// The OTLP/HTTP client: hyper with a rustls connector (ring, the system's root certificates), for `http://`
+/// and `https://` endpoints alike. `None` (the exporter's plain-HTTP hyper client is used, with a warning) only
+/// where rustls cannot be set up at all. Without system root certificates, `https://` export fails at the
+/// handshake and is logged like any export error; `http://` works.
+fn http_client(
+    signal_timeout_var: &str,
+) -> Option<opentelemetry_http::hyper::HyperClient<HttpsConnector>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = match hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(Arc::clone(&provider))
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "memspan: no system root certificates; https OTLP endpoints will fail");
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| tracing::warn!(error = %e, "memspan: rustls unavailable; OTLP/HTTP is plain HTTP only"))
+                .ok()?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+        }
+    };
+    let connector = builder.https_or_http().enable_http1().build();
+    Some(opentelemetry_http::hyper::HyperClient::new(
+        connector,
+        export_timeout(signal_timeout_var),
+        None,
+    ))
+}
+
+type HttpsConnector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// `OTEL_EXPORTER_OTLP_{signal}_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT`, in milliseconds; 10 s by default.
+fn export_timeout(signal_var: &str) -> Duration {
+    [signal_var, "OTEL_EXPORTER_OTLP_TIMEOUT"]
+        .into_iter()
+        .find_map(|v| env_nonempty(v).and_then(|t| t.trim().parse::<u64>().ok()))
+        .map_or(Duration::from_secs(10), Duration::from_millis)
 }
 
 /// Logs export failures at most once per interval, with the number it kept quiet about, so a service whose
@@ -676,6 +731,22 @@ mod tests {
         assert_eq!(log.suppressed.load(Ordering::Relaxed), 2);
         assert!(log.observe("traces", &err, t0 + Duration::from_secs(61)));
         assert_eq!(log.suppressed.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn handles_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Memspan>();
+        send_sync::<RequestGuard>();
+        send_sync::<crate::Scope>();
+        send_sync::<crate::Instrumented<std::future::Ready<()>>>();
+    }
+
+    #[test]
+    fn the_quiet_directive_parses_as_an_env_filter() {
+        let filter =
+            tracing_subscriber::EnvFilter::try_new(format!("info,{OTEL_INTERNAL_LOGS_OFF}"));
+        assert!(filter.is_ok(), "{filter:?}");
     }
 
     #[test]

@@ -252,3 +252,21 @@ fn rss_is_positive_and_close_to_proc_status() {
     probe.read_start(&mut r);
     assert!(r.rss.is_some_and(|v| v > 0));
 }
+
+#[test]
+fn shared_rss_reading_is_reused_within_its_age_and_fresh_at_age_zero() {
+    let cached = RssProbe::new()
+        .expect("statm")
+        .with_max_age(Duration::from_secs(3600));
+    let live = RssProbe::new().expect("statm").with_max_age(Duration::ZERO);
+    let first = cached.rss_shared().expect("rss");
+    // Touch 64 MiB so RSS moves well past anything other test threads do meanwhile.
+    let block = std::hint::black_box(vec![1u8; 64 << 20]);
+    let direct = live.rss_shared().expect("rss");
+    assert!(
+        direct >= first + (48 << 20),
+        "fresh reading {direct} vs first {first}"
+    );
+    assert_eq!(cached.rss_shared(), Some(first), "reused within max_age");
+    drop(block);
+}
