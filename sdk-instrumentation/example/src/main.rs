@@ -83,6 +83,17 @@ fn parse_spread(s: &str) -> Result<f64, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // Logs go to stderr, leaving stdout to the lines scripts read (`listening on`, the selftest summary).
+    // memspan says once a minute when exports fail; the OpenTelemetry crates' own per-batch lines stay off
+    // unless RUST_LOG asks for them.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("warn,{}", memspan::OTEL_INTERNAL_LOGS_OFF))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     match run(args).await {
         Ok(code) => code,
         Err(e) => {
