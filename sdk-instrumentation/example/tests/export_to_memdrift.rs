@@ -14,12 +14,12 @@ const REQUESTS: u32 = 40;
 const SERVICE: &str = "memspan-example-e2e";
 
 /// Loopback ports, and windows that close late enough for spans flushed at the service's exit (10 s of
-/// lateness) and wide enough (30 s) that one closed window holds both runs whole, so its per-cohort counts are
+/// lateness) and wide enough (60 s) that one closed window holds both runs whole, so its per-cohort counts are
 /// exact.
 fn pipeline(jsonl: &str) -> Pipeline {
     let text = format!(
         "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: 127.0.0.1:0 }}\n      http: {{ endpoint: 127.0.0.1:0 }}\n\
-         processors:\n  extract: {{}}\n  windows: {{ size: 30s, step: 1s, allowed_lateness: 10s, idle_timeout: 10m }}\n\
+         processors:\n  extract: {{}}\n  windows: {{ size: 60s, step: 1s, allowed_lateness: 10s, idle_timeout: 10m }}\n\
          exporters:\n  jsonl: {{ path: \"{jsonl}\" }}\n  prometheus: {{ endpoint: 127.0.0.1:0 }}\n\
          service:\n  pipelines:\n    memory: {{ receivers: [otlp], processors: [extract, windows], exporters: [jsonl, prometheus] }}\n"
     );
