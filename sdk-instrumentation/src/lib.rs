@@ -85,6 +85,6 @@ pub use setup::{
     init, Builder, InitError, Memspan, Protocol, ShutdownError, ERROR_LOG_INTERVAL,
     OTEL_INTERNAL_LOGS_OFF, SHUTDOWN_BOUND,
 };
-/// jemalloc, to install directly or under [`CountingAllocator::new`].
+/// jemalloc, to install directly or under `CountingAllocator::new` (feature `counting-allocator`).
 #[cfg(feature = "jemalloc")]
 pub use tikv_jemallocator::Jemalloc;

@@ -5,7 +5,7 @@
 //! [`init`] works the same inside and outside the service's runtime, the gRPC (tonic) and HTTP (hyper) clients
 //! always find a reactor, and a slow or absent collector costs the service's own workers nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Key, KeyValue, StringValue};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{
@@ -232,6 +232,7 @@ impl Builder {
             .enable_all()
             .build()?;
         let handle = runtime.handle().clone();
+        let export = Arc::new(ExportRuntime::new(handle.clone()));
         let errors = Arc::new(ErrorLog::new(ERROR_LOG_INTERVAL));
         let resource = self.resource();
 
@@ -256,7 +257,7 @@ impl Builder {
                 };
                 tp.with_span_processor(
                     BatchSpanProcessor::builder(OnRuntime::new(
-                        exporter, &handle, "traces", &errors,
+                        exporter, &export, "traces", &errors,
                     ))
                     .build(),
                 )
@@ -275,7 +276,7 @@ impl Builder {
                     metric_exporter(proto, self.endpoint.as_deref())?
                 };
                 let reader =
-                    PeriodicReader::builder(OnRuntime::new(exporter, &handle, "metrics", &errors))
+                    PeriodicReader::builder(OnRuntime::new(exporter, &export, "metrics", &errors))
                         .with_interval(self.metrics_interval)
                         .build();
                 mp.with_reader(reader)
@@ -299,6 +300,8 @@ impl Builder {
                 meter_provider,
                 _gauges: gauges,
                 shutdown: OnceLock::new(),
+                errors,
+                export,
                 runtime: Mutex::new(Some(runtime)),
             }),
         })
@@ -491,6 +494,7 @@ pub(crate) struct ErrorLog {
     interval: Duration,
     last: Mutex<Option<Instant>>,
     suppressed: AtomicU64,
+    total: AtomicU64,
 }
 
 impl ErrorLog {
@@ -499,12 +503,14 @@ impl ErrorLog {
             interval,
             last: Mutex::new(None),
             suppressed: AtomicU64::new(0),
+            total: AtomicU64::new(0),
         }
     }
 
     /// Returns whether this failure was logged (for tests).
     pub(crate) fn observe(&self, signal: &str, r: &OTelSdkResult, now: Instant) -> bool {
         let Err(e) = r else { return false };
+        self.total.fetch_add(1, Ordering::Relaxed);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_some_and(|t| now.saturating_duration_since(t) < self.interval) {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
@@ -517,12 +523,57 @@ impl ErrorLog {
     }
 }
 
+/// The private export runtime's handle, and a gate that lets [`Inner`]'s drop stop new exports and wait for the
+/// running ones before it shuts the runtime down: an export polled on a runtime that is gone panics inside tokio.
+#[derive(Debug)]
+struct ExportRuntime {
+    handle: tokio::runtime::Handle,
+    closed: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+impl ExportRuntime {
+    fn new(handle: tokio::runtime::Handle) -> ExportRuntime {
+        ExportRuntime {
+            handle,
+            closed: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs `f` with the runtime, unless it is closing. SeqCst pairs with [`ExportRuntime::close`]: either the
+    /// closer sees this call in flight, or this call sees the runtime closed.
+    fn run<T>(&self, f: impl FnOnce(&tokio::runtime::Handle) -> T) -> Option<T> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let r = (!self.closed.load(Ordering::SeqCst)).then(|| f(&self.handle));
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+
+    /// Stops new calls and waits up to `wait` for the running ones; true when none is left.
+    fn close(&self, wait: Duration) -> bool {
+        self.closed.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + wait;
+        while self.in_flight.load(Ordering::SeqCst) != 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+}
+
+fn closed() -> OTelSdkResult {
+    Err(OTelSdkError::AlreadyShutdown)
+}
+
 /// Runs an exporter's futures on the private runtime. The SDK's processors call `export` from their own
 /// threads (never a runtime worker), where `Handle::block_on` is allowed and gives the client its reactor.
 #[derive(Debug)]
 struct OnRuntime<E> {
     inner: E,
-    handle: tokio::runtime::Handle,
+    runtime: Arc<ExportRuntime>,
     signal: &'static str,
     errors: Arc<ErrorLog>,
 }
@@ -530,13 +581,13 @@ struct OnRuntime<E> {
 impl<E> OnRuntime<E> {
     fn new(
         inner: E,
-        handle: &tokio::runtime::Handle,
+        runtime: &Arc<ExportRuntime>,
         signal: &'static str,
         errors: &Arc<ErrorLog>,
     ) -> Self {
         OnRuntime {
             inner,
-            handle: handle.clone(),
+            runtime: Arc::clone(runtime),
             signal,
             errors: Arc::clone(errors),
         }
@@ -546,6 +597,15 @@ impl<E> OnRuntime<E> {
         self.errors.observe(self.signal, &r, Instant::now());
         std::future::ready(r)
     }
+
+    fn entered(&self, f: impl FnOnce(&E) -> OTelSdkResult) -> OTelSdkResult {
+        self.runtime
+            .run(|h| {
+                let _enter = h.enter();
+                f(&self.inner)
+            })
+            .unwrap_or_else(closed)
+    }
 }
 
 impl<E: SpanExporter> SpanExporter for OnRuntime<E> {
@@ -553,16 +613,14 @@ impl<E: SpanExporter> SpanExporter for OnRuntime<E> {
         &self,
         batch: Vec<SpanData>,
     ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        let r = self.handle.block_on(self.inner.export(batch));
-        self.observe(r)
+        let r = self.runtime.run(|h| h.block_on(self.inner.export(batch)));
+        self.observe(r.unwrap_or_else(closed))
     }
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let _enter = self.handle.enter();
-        self.inner.shutdown_with_timeout(timeout)
+        self.entered(|e| e.shutdown_with_timeout(timeout))
     }
     fn force_flush(&self) -> OTelSdkResult {
-        let _enter = self.handle.enter();
-        self.inner.force_flush()
+        self.entered(|e| e.force_flush())
     }
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
@@ -574,16 +632,14 @@ impl<E: PushMetricExporter> PushMetricExporter for OnRuntime<E> {
         &self,
         metrics: &ResourceMetrics,
     ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
-        let r = self.handle.block_on(self.inner.export(metrics));
-        self.observe(r)
+        let r = self.runtime.run(|h| h.block_on(self.inner.export(metrics)));
+        self.observe(r.unwrap_or_else(closed))
     }
     fn force_flush(&self) -> OTelSdkResult {
-        let _enter = self.handle.enter();
-        self.inner.force_flush()
+        self.entered(|e| e.force_flush())
     }
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let _enter = self.handle.enter();
-        self.inner.shutdown_with_timeout(timeout)
+        self.entered(|e| e.shutdown_with_timeout(timeout))
     }
     fn temporality(&self) -> Temporality {
         self.inner.temporality()
@@ -598,20 +654,36 @@ pub(crate) struct Inner {
     meter_provider: SdkMeterProvider,
     _gauges: crate::metrics::Gauges,
     shutdown: OnceLock<Result<(), ShutdownError>>,
+    errors: Arc<ErrorLog>,
+    export: Arc<ExportRuntime>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Dropping a runtime blocks until its tasks end, which panics inside another runtime; the export
-        // tasks hold nothing worth waiting for once the providers are shut down.
+        // The last handle is gone: flush what is queued (bounded), unless shutdown() already did.
+        if self.shutdown.get().is_none() {
+            let (tp, mp) = (self.tracer_provider.clone(), self.meter_provider.clone());
+            let _ = bounded(move || {
+                let t = tp.shutdown_with_timeout(SHUTDOWN_BOUND);
+                let m = mp.shutdown_with_timeout(SHUTDOWN_BOUND);
+                t.and(m)
+            });
+        }
+        let idle = self.export.close(Duration::from_millis(200));
         let rt = self
             .runtime
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(rt) = rt {
-            rt.shutdown_background();
+        match rt {
+            // Dropping a runtime blocks until its tasks end, which panics inside another runtime, so it is shut
+            // down in the background.
+            Some(rt) if idle => rt.shutdown_background(),
+            // An export is still stuck in the network client after the flush bound: shutting the runtime down
+            // under it would panic on its thread, so the runtime (one parked thread) is left to the process exit.
+            Some(rt) => std::mem::forget(rt),
+            None => {}
         }
     }
 }
@@ -663,6 +735,12 @@ impl Memspan {
     /// The meter provider (for the service's own metrics).
     pub fn meter_provider(&self) -> &SdkMeterProvider {
         &self.inner.meter_provider
+    }
+
+    /// How many export calls (span batches and metric collections) have failed so far: a health signal for a
+    /// service that wants to know its telemetry is not arriving, beyond the once-a-minute log line.
+    pub fn export_failures(&self) -> u64 {
+        self.inner.errors.total.load(Ordering::Relaxed)
     }
 
     /// Exports what is queued now, bounded like shutdown.
@@ -717,7 +795,6 @@ pub fn init() -> Result<Memspan, InitError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_sdk::error::OTelSdkError;
 
     #[test]
     fn export_errors_are_logged_once_per_interval() {

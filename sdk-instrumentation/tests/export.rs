@@ -23,6 +23,7 @@ fn in_memory(b: Builder) -> (Memspan, InMemorySpanExporter) {
     let exporter = InMemorySpanExporter::default();
     let m = b
         .span_processor(SimpleSpanProcessor::new(exporter.clone()))
+        .metric_exporter(InMemoryMetricExporter::default())
         .build()
         .expect("build");
     (m, exporter)
@@ -59,8 +60,11 @@ fn span_carries_name_gen_ai_attributes_cohort_and_rss() {
     // This test binary has no counting allocator: the per-request totals are left out, not zero.
     assert_eq!(attr(s, attributes::REQUEST_ALLOCATED), None);
     assert_eq!(attr(s, attributes::REQUEST_FREED), None);
-    // No jemalloc / NVML probe is configured here.
-    assert_eq!(attr(s, attributes::HEAP_RESIDENT), None);
+    // jemalloc figures exist exactly when the feature is on; no GPU driver on the test machines.
+    assert_eq!(
+        attr(s, attributes::HEAP_RESIDENT).is_some(),
+        cfg!(feature = "jemalloc")
+    );
     assert_eq!(attr(s, attributes::GPU_USED), None);
     // The limit is present exactly when this machine's cgroup has one.
     let limit = memspan::probe::CgroupProbe::start_default().limit();
@@ -165,13 +169,17 @@ fn process_metrics_are_exported_with_semantic_names() {
 /// Port 1 on loopback refuses connections; nothing listens there.
 const UNREACHABLE: &str = "http://127.0.0.1:1";
 
-fn requests_do_not_wait_for_the_collector(protocol: Protocol) {
-    let m = Builder::from_env()
+fn unreachable(protocol: Protocol, metrics_interval: Duration) -> Memspan {
+    Builder::from_env()
         .endpoint(UNREACHABLE)
         .protocol(protocol)
-        .metrics_interval(Duration::from_millis(50))
+        .metrics_interval(metrics_interval)
         .build()
-        .expect("an unreachable collector is not a setup error");
+        .expect("an unreachable collector is not a setup error")
+}
+
+fn requests_do_not_wait_for_the_collector(protocol: Protocol) {
+    let m = unreachable(protocol, Duration::from_millis(50));
     let started = Instant::now();
     for i in 0..5_000 {
         let mut r = m.request("chat", "m");
@@ -223,4 +231,41 @@ async fn setup_and_drop_work_inside_a_tokio_runtime() {
     assert_eq!(v, 3);
     let _ = m.shutdown();
     drop(m); // the private export runtime must not be dropped in a blocking way here
+}
+
+#[test]
+fn dropping_the_last_handle_with_a_dead_collector_panics_no_thread() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PANICS: AtomicUsize = AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let name = std::thread::current()
+            .name()
+            .map(str::to_string)
+            .unwrap_or_default();
+        if name.starts_with("OpenTelemetry") || name.starts_with("memspan") {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+        }
+        previous(info);
+    }));
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let m = unreachable(protocol, Duration::from_millis(20));
+        for _ in 0..100 {
+            m.request("chat", "m").finish();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        drop(m);
+        assert!(
+            t.elapsed() <= SHUTDOWN_BOUND + Duration::from_secs(1),
+            "drop took {:?}",
+            t.elapsed()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        PANICS.load(Ordering::SeqCst),
+        0,
+        "an export thread panicked after the handle was dropped"
+    );
 }

@@ -17,7 +17,7 @@ struct Cache {
 }
 
 /// jemalloc's `stats.allocated`, `stats.resident`, `stats.retained`, sampled in the background. Only meaningful
-/// when jemalloc is the global allocator (directly or under [`crate::CountingAllocator::new`]).
+/// when jemalloc is the global allocator (directly or under `CountingAllocator::new`).
 #[derive(Debug, Clone)]
 pub struct JemallocProbe {
     cache: Arc<Cache>,
