@@ -90,6 +90,19 @@ impl RequestGuard {
     }
 
     /// Attributes every poll of `fut` to this request and finishes the guard when `fut` completes or is dropped.
+    ///
+    /// To record what the future returns (token counts, say) before the span ends, keep the guard and attribute
+    /// the future through its scope instead:
+    ///
+    /// ```no_run
+    /// # async fn generate() -> (String, u64, u64) { (String::new(), 0, 0) }
+    /// # async fn serve(memspan: memspan::Memspan) {
+    /// let mut request = memspan.request("chat", "llama-3-8b");
+    /// let (answer, input, output) = request.scope().wrap(generate()).await;
+    /// request.record_tokens(input, output);
+    /// request.finish();
+    /// # drop(answer); }
+    /// ```
     pub fn instrument<F: Future>(self, fut: F) -> Instrumented<F> {
         Instrumented::new(self, fut)
     }

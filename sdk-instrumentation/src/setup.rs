@@ -165,7 +165,8 @@ impl Builder {
         self
     }
 
-    /// `memspan.cohort` on every request span (overrides `MEMSPAN_COHORT`).
+    /// `memspan.cohort` on every request span and on the resource, so the process metrics land in the same
+    /// cohort as the spans (overrides `MEMSPAN_COHORT`).
     pub fn cohort(mut self, cohort: impl Into<String>) -> Self {
         self.cohort = Some(cohort.into());
         self
@@ -335,6 +336,11 @@ impl Builder {
                 attrs.push(KeyValue::new(instance_key, random_uuid()))
             }
             None => {}
+        }
+        // The cohort on the resource too: process metrics carry no span attributes, and without it the processor
+        // would file them under its fallback (service.version) while the spans sit under the cohort.
+        if let Some(cohort) = &self.cohort {
+            attrs.push(KeyValue::new(crate::attributes::COHORT, cohort.clone()));
         }
         attrs.extend(self.resource.iter().cloned());
         b.with_attributes(attrs).build()

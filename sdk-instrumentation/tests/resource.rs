@@ -35,6 +35,8 @@ fn resource_and_cohort_come_from_the_environment_and_explicit_calls_win() {
     );
     assert_eq!(get("team"), Some(Value::from("ml")));
     assert!(matches!(get("service.instance.id"), Some(Value::String(s)) if s.as_str().len() == 36));
+    // The cohort is on the resource too, so the process metrics are filed under it.
+    assert_eq!(get("memspan.cohort"), Some(Value::from("baseline")));
     let span = spans
         .get_finished_spans()
         .expect("spans")
@@ -68,5 +70,9 @@ fn resource_and_cohort_come_from_the_environment_and_explicit_calls_win() {
     assert_eq!(
         resource.get(&Key::from_static_str("service.instance.id")),
         Some(Value::from("pod-7"))
+    );
+    assert_eq!(
+        resource.get(&Key::from_static_str("memspan.cohort")),
+        Some(Value::from("canary"))
     );
 }

@@ -120,11 +120,8 @@ fn telemetry(cohort: Option<&str>) -> anyhow::Result<memspan::Memspan> {
         builder = builder.service_version(env!("CARGO_PKG_VERSION"));
     }
     if let Some(cohort) = cohort {
-        // On the resource too: the process metrics carry no span attributes, and memdrift would otherwise file
-        // them under the next cohort candidate, `service.version`.
-        builder = builder
-            .cohort(cohort)
-            .resource_attribute(memspan::attributes::COHORT, cohort);
+        // memspan puts it on the spans and on the resource, so the process metrics land in the same cohort.
+        builder = builder.cohort(cohort);
     }
     Ok(builder.install_global()?)
 }
