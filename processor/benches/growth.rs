@@ -23,7 +23,6 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use memdrift::detect::growth::grid::{Observation, Track};
 use memdrift::detect::growth::{forecast, leak, GrowthSettings, LeakSettings};
 use memdrift::signal::Signal;
-use memdrift::stats::{dominant_period, seasonal_crossing};
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
@@ -62,16 +61,6 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("growth");
     group.bench_function("forecast_30m", |b| {
         b.iter(|| forecast(black_box(&grown), &g, STEP, 15 * 1_000_000_000))
-    });
-    // The seasonal path alone on the same 30 minutes of bucket maxima: period, MSTL + AutoETS, crossing.
-    let maxima: Vec<f64> = grown.max.range(grown.max.len() - 180..).copied().collect();
-    let period = dominant_period(&maxima, 0.3e6 * 10.0, 6).expect("a GC period");
-    group.bench_function("seasonal_30m", |b| {
-        b.iter(|| {
-            let p = dominant_period(black_box(&maxima), 0.3e6 * 10.0, 6);
-            let c = seasonal_crossing(&maxima, period, 4.0 * GIB, 213, 0.9);
-            (p, c)
-        })
     });
     group.finish();
     let mut group = c.benchmark_group("leak");

@@ -4,7 +4,6 @@
 
 mod msprt;
 mod scale;
-mod seasonal;
 mod trend;
 
 pub use msprt::Msprt;
@@ -13,7 +12,6 @@ pub use scale::{
     lag1_autocorrelation, lag_autocorrelations, median_in_place, variance_inflation, Interval,
     SpreadSummary, TestResult,
 };
-pub use seasonal::{dominant_period, seasonal_crossing, Crossing};
 pub use trend::{mann_kendall, mann_kendall_sen, theil_sen, theil_sen_with, MannKendall, SenSlope};
 
 use statrs::distribution::{ContinuousCDF, Normal};

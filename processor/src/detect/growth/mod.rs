@@ -41,30 +41,13 @@ pub use leak::Leak;
 
 use super::{Detector, Findings, Gauge};
 use crate::engine::ClosedWindow;
-use crate::stats::{
-    dominant_period, median_in_place, normal_quantile, seasonal_crossing, theil_sen, SenSlope,
-};
+use crate::stats::{median_in_place, normal_quantile, theil_sen, SenSlope};
 use grid::{admit, observations, Track};
 
 /// The envelope is read every this many buckets.
 pub const STRIDE: usize = 3;
 /// Times to the limit are capped here (30 days) so events and gauges stay finite.
 pub const MAX_TTL_S: f64 = 30.0 * 86_400.0;
-/// "Within reach": an upper-bound time to the limit within this many horizons. An open warning holds while
-/// Theil-Sen says so, and the seasonal forecast runs (and may fire early) only then.
-pub const REACH: f64 = 2.0;
-/// Shortest GC period looked for, in buckets (a minute at the default step).
-const SHORTEST_PERIOD: usize = 6;
-
-/// The seasonal (MSTL + AutoETS) forecast of the bucket maxima, when a GC period was found.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Seasonal {
-    /// The GC period found, seconds.
-    pub period_s: f64,
-    /// Seconds until the forecast reaches the limit: point forecast, upper bound (low), lower bound (high);
-    /// [`MAX_TTL_S`] where it does not within the reach.
-    pub ttl: (f64, f64, f64),
-}
 
 /// The outcome of one forecast.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -84,8 +67,6 @@ pub struct Forecast {
     pub hold: bool,
     /// Grid index of the first envelope point fitted.
     pub from: i64,
-    /// The seasonal forecast, when it ran.
-    pub seasonal: Option<Seasonal>,
 }
 
 struct InstanceState {
@@ -191,24 +172,11 @@ pub fn forecast(track: &Track, s: &GrowthSettings, step_ns: u64, lag_ns: u64) ->
         (ttl(h, slope), ttl(h, slope_high), ttl(h, slope_low))
     });
     let horizon = (s.horizon_ns + lag_ns + s.envelope_ns / 2) as f64 / 1e9;
-    let reach = REACH * horizon;
-    let mut seasonal = None;
     let (warn, hold) = match (limit, ttl) {
         (Some(l), Some((_, low, _))) => {
             let headroom = l - envelope < s.max_headroom * l;
-            // The seasonal forecast is dear: only for an instance whose limit Theil-Sen already puts within
-            // reach. It fires on its own upper bound only then, so it can make a warning earlier, never
-            // conjure one from a flat series.
-            if slope_low > 0.0 && headroom && low < reach {
-                seasonal =
-                    seasonal_forecast(track, from, fit.slope / STRIDE as f64, l, reach, s, step_ns);
-            }
-            // Both point forecasts must put the limit within reach before the seasonal upper bound may fire.
-            let seasonal_low = seasonal
-                .filter(|x| x.ttl.0 < reach)
-                .map_or(MAX_TTL_S, |x| x.ttl.1);
             (
-                slope_low > 0.0 && headroom && low.min(seasonal_low) < horizon,
+                slope_low > 0.0 && headroom && low < horizon,
                 // Hysteresis: an open warning holds while the most pessimistic upper bound (long or recent
                 // fit) puts the limit within twice the horizon, so a slow leak near the threshold, or one seen
                 // through sparse points whose recent slope swings to zero, does not flap.
@@ -227,44 +195,6 @@ pub fn forecast(track: &Track, s: &GrowthSettings, step_ns: u64, lag_ns: u64) ->
         warn,
         hold,
         from: first,
-        seasonal,
-    })
-}
-
-/// The bucket maxima since `from` (gaps filled from the previous bucket; `None` past one gap in ten: sparse
-/// input has no sawtooth to see), their GC period, and where MSTL + AutoETS puts the limit within `reach_s`.
-fn seasonal_forecast(
-    track: &Track,
-    from: i64,
-    slope: f64,
-    limit: f64,
-    reach_s: f64,
-    s: &GrowthSettings,
-    step_ns: u64,
-) -> Option<Seasonal> {
-    let start = track.pos(from)?;
-    let raw = track.max.range(start..);
-    let n = raw.len();
-    let gaps = raw.clone().filter(|v| !v.is_finite()).count();
-    if n < 3 * SHORTEST_PERIOD || gaps * 10 > n {
-        return None;
-    }
-    let mut y = Vec::with_capacity(n);
-    let mut prev = raw.clone().find(|v| v.is_finite()).copied()?;
-    for v in raw {
-        if v.is_finite() {
-            prev = *v;
-        }
-        y.push(prev);
-    }
-    let period = dominant_period(&y, slope, SHORTEST_PERIOD)?;
-    let step_s = step_ns as f64 / 1e9;
-    let steps = (reach_s / step_s).ceil() as usize;
-    let c = seasonal_crossing(&y, period, limit, steps, s.level)?;
-    let secs = |k: Option<usize>| k.map_or(MAX_TTL_S, |k| k as f64 * step_s);
-    Some(Seasonal {
-        period_s: period as f64 * step_s,
-        ttl: (secs(c.point), secs(c.upper), secs(c.lower)),
     })
 }
 
@@ -303,14 +233,7 @@ impl Growth {
     ) -> Anomaly {
         let mut a = Anomaly::new(AnomalyKind::Growth, state, &key.0, t.signal.name(), end);
         a.instance = Some(key.1.to_string());
-        a.method = Some(
-            if f.seasonal.is_some() {
-                "theil_sen_envelope+mstl_ets"
-            } else {
-                "theil_sen_envelope"
-            }
-            .into(),
-        );
+        a.method = Some("theil_sen_envelope".into());
         a.window_start = Some(rfc3339((f.from.max(0) as u64).saturating_mul(self.step_ns)));
         a.window_end = Some(rfc3339(end));
         a.growth_bytes_per_s = Some(f.slope);
