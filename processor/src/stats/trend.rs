@@ -95,15 +95,33 @@ fn pick(s: &mut [f64], k: usize) -> f64 {
     *s.select_nth_unstable_by(k, f64::total_cmp).1
 }
 
-/// The median of the pairwise slopes (the Theil-Sen slope); `slopes` is reordered, not changed.
+/// The median of the pairwise slopes (the Theil-Sen slope). `slopes` is reordered, not changed, and left
+/// partitioned around position m/2, which [`order_stat`] then uses to search only one side.
 fn median_slope(slopes: &mut [f64]) -> f64 {
     let m = slopes.len();
+    let k = m / 2;
+    let b = pick(slopes, k);
     if m % 2 == 1 {
-        pick(slopes, m / 2)
+        b
     } else {
-        let a = pick(slopes, m / 2 - 1);
-        let b = pick(slopes, m / 2);
+        // Everything before position k is at most the k-th: the (k-1)-th is their maximum.
+        let a = slopes[..k]
+            .iter()
+            .copied()
+            .max_by(f64::total_cmp)
+            .unwrap_or(b);
         (a + b) / 2.0
+    }
+}
+
+/// The `i`-th smallest slope, `slopes` being partitioned around m/2 by [`median_slope`]: a selection within the
+/// one side that holds it.
+fn order_stat(slopes: &mut [f64], i: usize) -> f64 {
+    let k = slopes.len() / 2;
+    match i.cmp(&k) {
+        std::cmp::Ordering::Less => pick(&mut slopes[..k], i),
+        std::cmp::Ordering::Equal => slopes[k],
+        std::cmp::Ordering::Greater => pick(&mut slopes[k + 1..], i - k - 1),
     }
 }
 
@@ -185,6 +203,17 @@ pub fn mann_kendall_sen(y: &[f64], level: f64) -> Option<(MannKendall, SenSlope)
     Some((mk, sen))
 }
 
+/// [`mann_kendall`] with the Hamed-Rao correction and the Theil-Sen slope, without Sen's interval: for a series
+/// only asked whether, and how fast, it rises. `None` with fewer than 4 points.
+pub fn mann_kendall_slope(y: &[f64]) -> Option<(MannKendall, f64)> {
+    let mut p = pairs(y);
+    if p.v.len() < 4 {
+        return None;
+    }
+    let median = median_slope(&mut p.slopes);
+    Some((mann_kendall_of(&p, Some(median)), median))
+}
+
 /// Average ranks (1-based), ties sharing their mean rank.
 fn rank(v: &[f64]) -> Vec<f64> {
     let mut order: Vec<usize> = (0..v.len()).collect();
@@ -238,8 +267,8 @@ fn sen_interval(p: Pairs, median: f64, level: f64, inflation: f64) -> SenSlope {
     let m2 = ((m as f64 + c) / 2.0).round() + 1.0;
     let lo_i = (m1.max(1.0) as usize - 1).min(m - 1);
     let hi_i = (m2.max(1.0) as usize - 1).min(m - 1);
-    let low = pick(&mut slopes, lo_i);
-    let high = pick(&mut slopes, hi_i);
+    let low = order_stat(&mut slopes, lo_i);
+    let high = order_stat(&mut slopes, hi_i);
     let mut xs = x;
     let mut ys = v;
     let intercept = super::median_in_place(&mut ys) - median * super::median_in_place(&mut xs);
@@ -357,6 +386,17 @@ mod tests {
                 theil_sen_with(&y, 0.95, alone.inflation).unwrap(),
                 "n {n}"
             );
+            assert_eq!(mann_kendall_slope(&y), Some((alone, sen.slope)), "n {n}");
+            // The order statistics against a full sort.
+            let mut all: Vec<f64> = pairs(&y).slopes;
+            all.sort_by(f64::total_cmp);
+            let m = all.len();
+            let median = if m % 2 == 1 {
+                all[m / 2]
+            } else {
+                (all[m / 2 - 1] + all[m / 2]) / 2.0
+            };
+            assert_eq!(sen.slope, median, "n {n}");
         }
     }
 }

@@ -25,7 +25,7 @@ use super::config::LeakSettings;
 use super::grid::{admit, observations, Track};
 use super::{buckets, Detector, Findings};
 use crate::engine::ClosedWindow;
-use crate::stats::{mann_kendall_sen, theil_sen};
+use crate::stats::{mann_kendall_sen, mann_kendall_slope, theil_sen};
 
 /// The floor is read every this many buckets (a minute at the default 10 s step).
 const FLOOR_STRIDE: usize = 6;
@@ -52,7 +52,8 @@ struct Trend {
     p: f64,
     /// Slopes of the two halves of the recent stretch (NaN when not asked for).
     halves: (f64, f64),
-    line: crate::stats::SenSlope,
+    /// Sen's line, when asked for.
+    line: Option<crate::stats::SenSlope>,
 }
 
 /// Whether one level shift (two medians) fits `points` better (sum of absolute residuals) than the Theil-Sen
@@ -83,11 +84,18 @@ fn looks_like_step(points: &[f64], line: &crate::stats::SenSlope) -> bool {
     (3..n - 2).any(|k| l1(&y[..k]) + l1(&y[k..]) < linear)
 }
 
-/// Mann-Kendall (Hamed-Rao) and Theil-Sen on `points`; with `halves`, also the slopes of the two halves of the
-/// most recent `recent` points (persistence).
-fn trend(points: &[f64], per_s: f64, recent: usize, halves: bool) -> Option<Trend> {
-    let (mk, ts) = mann_kendall_sen(points, 0.95)?;
-    let (a, b) = if halves {
+/// Mann-Kendall (Hamed-Rao) and the Theil-Sen slope on `points`; with `full` (the RSS floor), also Sen's line
+/// (for the level-shift check) and the slopes of the two halves of the most recent `recent` points
+/// (persistence). The heap floors need neither.
+fn trend(points: &[f64], per_s: f64, recent: usize, full: bool) -> Option<Trend> {
+    let (mk, slope, line) = if full {
+        let (mk, ts) = mann_kendall_sen(points, 0.95)?;
+        (mk, ts.slope, Some(ts))
+    } else {
+        let (mk, slope) = mann_kendall_slope(points)?;
+        (mk, slope, None)
+    };
+    let (a, b) = if full {
         let tail = &points[points.len().saturating_sub(recent)..];
         let h = tail.len() / 2;
         let half = |p: &[f64]| theil_sen(p, 0.95).map_or(f64::NAN, |s| s.slope * per_s);
@@ -96,11 +104,11 @@ fn trend(points: &[f64], per_s: f64, recent: usize, halves: bool) -> Option<Tren
         (f64::NAN, f64::NAN)
     };
     Some(Trend {
-        slope: ts.slope * per_s,
+        slope: slope * per_s,
         z: mk.z,
         p: mk.p_value,
         halves: (a, b),
-        line: ts,
+        line,
     })
 }
 
@@ -138,7 +146,7 @@ pub fn test(track: &Track, s: &LeakSettings, step_ns: u64) -> Option<LeakTest> {
             && t.slope >= s.min_slope
             && t.halves.0 >= s.min_slope / 2.0
             && t.halves.1 >= s.min_slope / 2.0
-            && !looks_like_step(points, &t.line)
+            && t.line.is_some_and(|l| !looks_like_step(points, &l))
     };
     // The whole lookback, or only its most recent `min_span`: a leak that began after a long flat stretch is
     // a change of regime, which the whole-lookback test reads as autocorrelation and discounts.
