@@ -12,7 +12,10 @@ pub use scale::{
     lag1_autocorrelation, lag_autocorrelations, median_in_place, variance_inflation, Interval,
     SpreadSummary, TestResult,
 };
-pub use trend::{mann_kendall, theil_sen, theil_sen_with, MannKendall, SenSlope};
+pub use trend::{
+    mann_kendall, mann_kendall_sen, mann_kendall_slope, theil_sen, theil_sen_with, MannKendall,
+    SenSlope,
+};
 
 use statrs::distribution::{ContinuousCDF, Normal};
 

@@ -61,35 +61,80 @@ fn present(y: &[f64]) -> (Vec<f64>, Vec<f64>) {
         .unzip()
 }
 
-fn kendall_s(x: &[f64], y: &[f64]) -> f64 {
-    let mut s = 0i64;
-    for i in 0..y.len() {
-        for j in i + 1..y.len() {
-            // Positions are increasing, so the sign of the pair is the sign of the value difference.
-            debug_assert!(x[j] > x[i]);
-            s += (y[j] > y[i]) as i64 - (y[j] < y[i]) as i64;
-        }
-    }
-    s as f64
+/// The present points with every pairwise slope and Kendall's S, from one pass over the pairs: positions
+/// increase, so a pair's slope has the sign of its value difference.
+struct Pairs {
+    x: Vec<f64>,
+    v: Vec<f64>,
+    slopes: Vec<f64>,
+    s: f64,
 }
 
-/// The Mann-Kendall trend test. With `hamed_rao`, Var(S) is multiplied by n/n* computed from the significant
-/// (at 5%) autocorrelations of the ranks of the Sen-detrended series, as in Hamed & Rao (1998) and
-/// `pymannkendall.hamed_rao_modification_test` (all lags). `None` with fewer than 4 points.
-pub fn mann_kendall(y: &[f64], hamed_rao: bool) -> Option<MannKendall> {
+fn pairs(y: &[f64]) -> Pairs {
     let (x, v) = present(y);
     let n = v.len();
-    if n < 4 {
-        return None;
+    let mut slopes = Vec::with_capacity(n * n.saturating_sub(1) / 2);
+    let mut s = 0i64;
+    for i in 0..n {
+        for j in i + 1..n {
+            debug_assert!(x[j] > x[i]);
+            let d = v[j] - v[i];
+            s += (d > 0.0) as i64 - (d < 0.0) as i64;
+            slopes.push(d / (x[j] - x[i]));
+        }
     }
-    let s = kendall_s(&x, &v);
+    Pairs {
+        x,
+        v,
+        slopes,
+        s: s as f64,
+    }
+}
+
+fn pick(s: &mut [f64], k: usize) -> f64 {
+    *s.select_nth_unstable_by(k, f64::total_cmp).1
+}
+
+/// The median of the pairwise slopes (the Theil-Sen slope). `slopes` is reordered, not changed, and left
+/// partitioned around position m/2, which [`order_stat`] then uses to search only one side.
+fn median_slope(slopes: &mut [f64]) -> f64 {
+    let m = slopes.len();
+    let k = m / 2;
+    let b = pick(slopes, k);
+    if m % 2 == 1 {
+        b
+    } else {
+        // Everything before position k is at most the k-th: the (k-1)-th is their maximum.
+        let a = slopes[..k]
+            .iter()
+            .copied()
+            .max_by(f64::total_cmp)
+            .unwrap_or(b);
+        (a + b) / 2.0
+    }
+}
+
+/// The `i`-th smallest slope, `slopes` being partitioned around m/2 by [`median_slope`]: a selection within the
+/// one side that holds it.
+fn order_stat(slopes: &mut [f64], i: usize) -> f64 {
+    let k = slopes.len() / 2;
+    match i.cmp(&k) {
+        std::cmp::Ordering::Less => pick(&mut slopes[..k], i),
+        std::cmp::Ordering::Equal => slopes[k],
+        std::cmp::Ordering::Greater => pick(&mut slopes[k + 1..], i - k - 1),
+    }
+}
+
+/// The Mann-Kendall test on `p`; `sen` is the Theil-Sen slope when the Hamed-Rao correction is wanted.
+fn mann_kendall_of(p: &Pairs, sen: Option<f64>) -> MannKendall {
+    let (x, v, s) = (&p.x, &p.v, p.s);
+    let n = v.len();
     let mut scratch = v.clone();
     let var0 = var_s_ties(&mut scratch);
     let mut inflation = 1.0;
-    if hamed_rao && n >= 4 {
-        let sen = theil_sen(y, 0.95)?;
+    if let Some(slope) = sen {
         // Detrend (pymannkendall uses positions 1..n; a constant shift does not change the ranks).
-        let detrended: Vec<f64> = x.iter().zip(&v).map(|(t, v)| v - sen.slope * t).collect();
+        let detrended: Vec<f64> = x.iter().zip(v).map(|(t, v)| v - slope * t).collect();
         let ranks = rank(&detrended);
         let nf = n as f64;
         let mean = ranks.iter().sum::<f64>() / nf;
@@ -123,14 +168,50 @@ pub fn mann_kendall(y: &[f64], hamed_rao: bool) -> Option<MannKendall> {
         0.0
     };
     let p_value = 2.0 * (1.0 - Normal::standard().cdf(z.abs()));
-    Some(MannKendall {
+    MannKendall {
         s,
         var_s,
         inflation,
         z,
         p_value,
         n,
-    })
+    }
+}
+
+/// The Mann-Kendall trend test. With `hamed_rao`, Var(S) is multiplied by n/n* computed from the significant
+/// (at 5%) autocorrelations of the ranks of the Sen-detrended series, as in Hamed & Rao (1998) and
+/// `pymannkendall.hamed_rao_modification_test` (all lags). `None` with fewer than 4 points.
+pub fn mann_kendall(y: &[f64], hamed_rao: bool) -> Option<MannKendall> {
+    let mut p = pairs(y);
+    if p.v.len() < 4 {
+        return None;
+    }
+    let sen = hamed_rao.then(|| median_slope(&mut p.slopes));
+    Some(mann_kendall_of(&p, sen))
+}
+
+/// [`mann_kendall`] with the Hamed-Rao correction and [`theil_sen_with`] at its inflation, exactly as the two
+/// calls give them, from one pass over the pairs (the costly part of both). `None` with fewer than 4 points.
+pub fn mann_kendall_sen(y: &[f64], level: f64) -> Option<(MannKendall, SenSlope)> {
+    let mut p = pairs(y);
+    if p.v.len() < 4 {
+        return None;
+    }
+    let median = median_slope(&mut p.slopes);
+    let mk = mann_kendall_of(&p, Some(median));
+    let sen = sen_interval(p, median, level, mk.inflation);
+    Some((mk, sen))
+}
+
+/// [`mann_kendall`] with the Hamed-Rao correction and the Theil-Sen slope, without Sen's interval: for a series
+/// only asked whether, and how fast, it rises. `None` with fewer than 4 points.
+pub fn mann_kendall_slope(y: &[f64]) -> Option<(MannKendall, f64)> {
+    let mut p = pairs(y);
+    if p.v.len() < 4 {
+        return None;
+    }
+    let median = median_slope(&mut p.slopes);
+    Some((mann_kendall_of(&p, Some(median)), median))
 }
 
 /// Average ranks (1-based), ties sharing their mean rank.
@@ -164,17 +245,19 @@ pub fn theil_sen(y: &[f64], level: f64) -> Option<SenSlope> {
 /// [`theil_sen`] with Var(S) multiplied by `inflation` (e.g. Hamed-Rao's n/n*): a wider interval for
 /// autocorrelated series.
 pub fn theil_sen_with(y: &[f64], level: f64, inflation: f64) -> Option<SenSlope> {
-    let (x, v) = present(y);
-    let n = v.len();
-    if n < 3 {
+    let mut p = pairs(y);
+    if p.v.len() < 3 {
         return None;
     }
-    let mut slopes = Vec::with_capacity(n * (n - 1) / 2);
-    for i in 0..n {
-        for j in i + 1..n {
-            slopes.push((v[j] - v[i]) / (x[j] - x[i]));
-        }
-    }
+    let median = median_slope(&mut p.slopes);
+    Some(sen_interval(p, median, level, inflation))
+}
+
+/// Sen's interval around the median slope, and the intercept.
+fn sen_interval(p: Pairs, median: f64, level: f64, inflation: f64) -> SenSlope {
+    let Pairs {
+        x, v, mut slopes, ..
+    } = p;
     let m = slopes.len();
     let mut scratch = v.clone();
     let var_s = var_s_ties(&mut scratch) * inflation.max(0.0);
@@ -184,25 +267,17 @@ pub fn theil_sen_with(y: &[f64], level: f64, inflation: f64) -> Option<SenSlope>
     let m2 = ((m as f64 + c) / 2.0).round() + 1.0;
     let lo_i = (m1.max(1.0) as usize - 1).min(m - 1);
     let hi_i = (m2.max(1.0) as usize - 1).min(m - 1);
-    let pick = |s: &mut [f64], k: usize| *s.select_nth_unstable_by(k, f64::total_cmp).1;
-    let median = if m % 2 == 1 {
-        pick(&mut slopes, m / 2)
-    } else {
-        let a = pick(&mut slopes, m / 2 - 1);
-        let b = pick(&mut slopes, m / 2);
-        (a + b) / 2.0
-    };
-    let low = pick(&mut slopes, lo_i);
-    let high = pick(&mut slopes, hi_i);
-    let mut xs = x.clone();
+    let low = order_stat(&mut slopes, lo_i);
+    let high = order_stat(&mut slopes, hi_i);
+    let mut xs = x;
     let mut ys = v;
     let intercept = super::median_in_place(&mut ys) - median * super::median_in_place(&mut xs);
-    Some(SenSlope {
+    SenSlope {
         slope: median,
         low: low.min(median),
         high: high.max(median),
         intercept,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -281,5 +356,47 @@ mod tests {
         // median(y) = 3.5 at median position 2.5.
         assert_eq!(s.intercept, 1.0);
         assert!(mann_kendall(&y, true).unwrap().s == 6.0);
+    }
+
+    #[test]
+    fn the_shared_pass_gives_what_the_two_calls_give() {
+        // Seeded AR(1) series with a trend, gaps and ties (values rounded): bit-for-bit the same results.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for n in [4usize, 5, 17, 40, 61] {
+            let mut e = 0.0;
+            let y: Vec<f64> = (0..n)
+                .map(|i| {
+                    e = 0.7 * e + rng.random_range(-1.0..1.0);
+                    if rng.random_range(0.0..1.0) < 0.1 {
+                        f64::NAN
+                    } else {
+                        (0.05 * i as f64 + e).round()
+                    }
+                })
+                .collect();
+            let Some((mk, sen)) = mann_kendall_sen(&y, 0.95) else {
+                assert!(mann_kendall(&y, true).is_none());
+                continue;
+            };
+            let alone = mann_kendall(&y, true).unwrap();
+            assert_eq!(mk, alone, "n {n}");
+            assert_eq!(
+                sen,
+                theil_sen_with(&y, 0.95, alone.inflation).unwrap(),
+                "n {n}"
+            );
+            assert_eq!(mann_kendall_slope(&y), Some((alone, sen.slope)), "n {n}");
+            // The order statistics against a full sort.
+            let mut all: Vec<f64> = pairs(&y).slopes;
+            all.sort_by(f64::total_cmp);
+            let m = all.len();
+            let median = if m % 2 == 1 {
+                all[m / 2]
+            } else {
+                (all[m / 2 - 1] + all[m / 2]) / 2.0
+            };
+            assert_eq!(sen.slope, median, "n {n}");
+        }
     }
 }

@@ -42,7 +42,8 @@ pub struct GrowthSection {
     pub level: Option<f64>,
     /// A drop below (1 - this) times the recent floor is a restart. Default 0.3.
     pub restart_drop: Option<f64>,
-    /// Evaluations (one per step) without a warning before an open finding resolves. Default 30.
+    /// Evaluations with a fresh sample (one per step at most) that neither warn nor hold before an open
+    /// finding resolves: on sparse input a clean minute counts once, not once per step. Default 30.
     pub resolve_after: Option<u32>,
     /// Instances not seen for this long (event time) are forgotten. Default 10m.
     pub idle_timeout: Option<Duration>,

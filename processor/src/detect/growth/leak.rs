@@ -25,7 +25,7 @@ use super::config::LeakSettings;
 use super::grid::{admit, observations, Track};
 use super::{buckets, Detector, Findings};
 use crate::engine::ClosedWindow;
-use crate::stats::{mann_kendall, theil_sen, theil_sen_with};
+use crate::stats::{mann_kendall_sen, mann_kendall_slope, theil_sen};
 
 /// The floor is read every this many buckets (a minute at the default 10 s step).
 const FLOOR_STRIDE: usize = 6;
@@ -50,9 +50,10 @@ struct Trend {
     slope: f64,
     z: f64,
     p: f64,
+    /// Slopes of the two halves of the recent stretch (NaN when not asked for).
     halves: (f64, f64),
-    /// A single level shift fits the stretch better than a line.
-    step: bool,
+    /// Sen's line, when asked for.
+    line: Option<crate::stats::SenSlope>,
 }
 
 /// Whether one level shift (two medians) fits `points` better (sum of absolute residuals) than the Theil-Sen
@@ -73,28 +74,41 @@ fn looks_like_step(points: &[f64], line: &crate::stats::SenSlope) -> bool {
         .zip(&y)
         .map(|(t, v)| (v - line.intercept - line.slope * t).abs())
         .sum();
-    let l1 = |seg: &[f64]| {
-        let mut s = seg.to_vec();
-        let m = crate::stats::median_in_place(&mut s);
+    let mut scratch = Vec::with_capacity(n);
+    let mut l1 = |seg: &[f64]| {
+        scratch.clear();
+        scratch.extend_from_slice(seg);
+        let m = crate::stats::median_in_place(&mut scratch);
         seg.iter().map(|v| (v - m).abs()).sum::<f64>()
     };
     (3..n - 2).any(|k| l1(&y[..k]) + l1(&y[k..]) < linear)
 }
 
-fn trend(points: &[f64], per_s: f64, recent: usize, shape: bool) -> Option<Trend> {
-    let mk = mann_kendall(points, true)?;
-    let ts = theil_sen_with(points, 0.95, mk.inflation)?;
-    // Persistence: both halves of the most recent `recent` points.
-    let tail = &points[points.len().saturating_sub(recent)..];
-    let h = tail.len() / 2;
-    let a = theil_sen(&tail[..h], 0.95).map_or(f64::NAN, |s| s.slope * per_s);
-    let b = theil_sen(&tail[h..], 0.95).map_or(f64::NAN, |s| s.slope * per_s);
+/// Mann-Kendall (Hamed-Rao) and the Theil-Sen slope on `points`; with `full` (the RSS floor), also Sen's line
+/// (for the level-shift check) and the slopes of the two halves of the most recent `recent` points
+/// (persistence). The heap floors need neither.
+fn trend(points: &[f64], per_s: f64, recent: usize, full: bool) -> Option<Trend> {
+    let (mk, slope, line) = if full {
+        let (mk, ts) = mann_kendall_sen(points, 0.95)?;
+        (mk, ts.slope, Some(ts))
+    } else {
+        let (mk, slope) = mann_kendall_slope(points)?;
+        (mk, slope, None)
+    };
+    let (a, b) = if full {
+        let tail = &points[points.len().saturating_sub(recent)..];
+        let h = tail.len() / 2;
+        let half = |p: &[f64]| theil_sen(p, 0.95).map_or(f64::NAN, |s| s.slope * per_s);
+        (half(&tail[..h]), half(&tail[h..]))
+    } else {
+        (f64::NAN, f64::NAN)
+    };
     Some(Trend {
-        step: shape && looks_like_step(points, &ts),
-        slope: ts.slope * per_s,
+        slope: slope * per_s,
         z: mk.z,
         p: mk.p_value,
         halves: (a, b),
+        line,
     })
 }
 
@@ -125,27 +139,27 @@ pub fn test(track: &Track, s: &LeakSettings, step_ns: u64) -> Option<LeakTest> {
         return None;
     }
     let recent = min_span as usize / FLOOR_STRIDE;
-    let rising = |t: &Trend| {
-        !t.step
-            && t.p < s.alpha
+    // The level-shift check, the dearest, last.
+    let rising = |t: &Trend, points: &[f64]| {
+        t.p < s.alpha
             && t.z > 0.0
             && t.slope >= s.min_slope
             && t.halves.0 >= s.min_slope / 2.0
             && t.halves.1 >= s.min_slope / 2.0
+            && t.line.is_some_and(|l| !looks_like_step(points, &l))
     };
     // The whole lookback, or only its most recent `min_span`: a leak that began after a long flat stretch is
     // a change of regime, which the whole-lookback test reads as autocorrelation and discounts.
     let full = trend(&rss, per_s, recent, true)?;
-    let (t, skip) = if rising(&full) {
-        (full, 0)
+    let (t, skip, leaking) = if rising(&full, &rss) {
+        (full, 0, true)
     } else {
         let skip = rss.len().saturating_sub(recent);
         match trend(&rss[skip..], per_s, recent, true) {
-            Some(r) if rising(&r) => (r, skip),
-            _ => (full, 0),
+            Some(r) if rising(&r, &rss[skip..]) => (r, skip, true),
+            _ => (full, 0, false),
         }
     };
-    let leaking = rising(&t);
     let first = first + (skip * FLOOR_STRIDE) as i64;
     let mut heap_seen = [false; 3];
     let mut heap_rising = [false; 3];

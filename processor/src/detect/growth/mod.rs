@@ -16,6 +16,10 @@
 //!    plus half the envelope span: the running maximum trails the rising peaks by up to a GC cycle), the slope's
 //!    lower bound is
 //!    positive (a flat series is never extrapolated) and the headroom is below `max_headroom` of the limit.
+//! 4. An open warning holds while the widest upper bound of the two fits puts the limit within twice that
+//!    horizon, and resolves only after `resolve_after` evaluations with a fresh sample have failed to hold it:
+//!    on minute metrics the envelope is a staircase whose slope swings from point to point, and a clean minute
+//!    is one piece of evidence, not six.
 //!
 //! Nothing is forecast during `warmup` after a start or a restart (a drop well below the recent floor, or a
 //! silence longer than the ring); a restart resolves an open warning.
@@ -122,8 +126,11 @@ pub fn forecast(track: &Track, s: &GrowthSettings, step_ns: u64, lag_ns: u64) ->
     let per_s = 1e9 / (STRIDE as f64 * step_ns as f64);
     let long = theil_sen(&points, s.level)?;
     let tail = &points[points.len().saturating_sub(recent)..];
-    let fit: SenSlope = match theil_sen(tail, s.level) {
-        Some(r) if tail.iter().filter(|v| v.is_finite()).count() >= 6 => {
+    let short =
+        theil_sen(tail, s.level).filter(|_| tail.iter().filter(|v| v.is_finite()).count() >= 6);
+    let widest_high = short.map_or(long.high, |r| r.high.max(long.high)) * per_s;
+    let fit: SenSlope = match short {
+        Some(r) => {
             if r.low <= long.slope && long.slope <= r.high {
                 // The recent stretch agrees: the long fit, with the higher of the two upper bounds (the long
                 // fit's interval is narrow for its strongly autocorrelated points; the recent one is not).
@@ -170,9 +177,10 @@ pub fn forecast(track: &Track, s: &GrowthSettings, step_ns: u64, lag_ns: u64) ->
             let headroom = l - envelope < s.max_headroom * l;
             (
                 slope_low > 0.0 && headroom && low < horizon,
-                // Hysteresis: an open warning holds while the trend is up and the limit within twice the
-                // horizon, so a slow leak near the threshold does not flap.
-                slope > 0.0 && headroom && low < 2.0 * horizon,
+                // Hysteresis: an open warning holds while the most pessimistic upper bound (long or recent
+                // fit) puts the limit within twice the horizon, so a slow leak near the threshold, or one seen
+                // through sparse points whose recent slope swings to zero, does not flap.
+                headroom && self::ttl(l - envelope, widest_high) < 2.0 * horizon,
             )
         }
         _ => (false, false),
@@ -307,7 +315,12 @@ impl Detector for Growth {
                     }
                 }
                 (_, true) => {
-                    st.clean += 1;
+                    // Only an evaluation with a fresh sample is evidence that the danger has passed: on minute
+                    // metrics a warning needs as many clean minutes as dense input needs clean steps.
+                    let fresh = st.track.max.back().is_some_and(|v| v.is_finite());
+                    if fresh {
+                        st.clean += 1;
+                    }
                     if st.clean >= self.settings.resolve_after {
                         st.open = false;
                         if let Some(f) = f.or(st.last) {

@@ -219,6 +219,7 @@ pub fn window_of(b: &Bucket, limit: f64) -> ClosedWindow {
 pub struct Outcome {
     pub growth_open: Vec<f64>,
     pub growth_active: Vec<f64>,
+    pub growth_resolved: Vec<f64>,
     pub leak_open: Vec<(f64, String)>,
     pub leak_active: Vec<f64>,
     pub crossing: Option<f64>,
@@ -296,6 +297,7 @@ pub fn run(s: &Scenario) -> Outcome {
                     o.growth_active.push(t);
                 }
                 (AnomalyKind::Growth, AnomalyState::Update) => o.growth_active.push(t),
+                (AnomalyKind::Growth, AnomalyState::Resolved) => o.growth_resolved.push(t),
                 (AnomalyKind::Leak, AnomalyState::Open) => {
                     o.leak_open
                         .push((t, a.classification.clone().unwrap_or_default()));
@@ -537,6 +539,7 @@ fn run_metrics(s: &Scenario) -> Outcome {
             let t = secs(a);
             match (a.kind, a.state) {
                 (AnomalyKind::Growth, AnomalyState::Open) => o.growth_open.push(t),
+                (AnomalyKind::Growth, AnomalyState::Resolved) => o.growth_resolved.push(t),
                 (AnomalyKind::Leak, AnomalyState::Open) => o
                     .leak_open
                     .push((t, a.classification.clone().unwrap_or_default())),
@@ -575,12 +578,22 @@ fn the_same_detectors_work_on_60_s_metrics() {
     });
     assert!(calm.growth_open.is_empty(), "{calm:?}");
     assert!(calm.leak_open.is_empty(), "{calm:?}");
-    // 0.3 MB/s on the sawtooth: a warning 15 minutes ahead. The minute points sample the sawtooth's peaks
-    // only now and then, so the envelope sits below the true peak: the lead is shorter than at 10 s, and the
-    // crossing counted is that of the 2 s truth.
+    // Each leak rate on the sawtooth: one warning, at least 15 minutes ahead, held until the crossing. The
+    // minute points sample the sawtooth's peaks only now and then, so the envelope sits below the true peak and
+    // the slope swings from one point to the next: the lead is shorter than at 10 s (the crossing counted is that
+    // of the 2 s truth), and a warning must not resolve and reopen on those swings.
+    for rate in [1.5 * MB, 0.3 * MB, 0.1 * MB] {
+        let o = run_metrics(&Scenario::leak("leak", 62, rate));
+        let crossing = o.crossing.expect("the leak reaches the limit");
+        let lead = lead(&o, o.growth_open.first().copied()).expect("warned before the crossing");
+        assert!(lead >= 900.0, "rate {rate}: lead {lead} s: {o:?}");
+        assert_eq!(o.growth_open.len(), 1, "rate {rate}: {o:?}");
+        assert!(
+            o.growth_resolved.iter().all(|t| *t >= crossing),
+            "rate {rate}: resolved before the crossing: {o:?}"
+        );
+    }
     let o = run_metrics(&Scenario::leak("leak", 62, 0.3 * MB));
-    let lead = lead(&o, o.growth_open.first().copied()).expect("warned before the crossing");
-    assert!(lead >= 900.0, "lead {lead} s: {o:?}");
     // No heap signals in a working-set metric: a leak, unclassified.
     let (t, class) = o.leak_open.first().cloned().expect("a leak finding");
     assert!(t > 3600.0 && t < o.crossing.unwrap(), "{o:?}");
