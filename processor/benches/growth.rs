@@ -48,6 +48,7 @@ fn track(minutes: usize, cap: usize) -> Track {
                 Some(v - 0.1 * GIB),
             ],
             limit: Some(4.0 * GIB),
+            summary: None,
         };
         t.push(start + k, &o, &settings, (start + k) as u64 * STEP);
     }

@@ -11,6 +11,7 @@ pub mod spread_drift;
 use memdrift_exporter::Anomaly;
 
 use crate::engine::ClosedWindow;
+use crate::sample::Exemplar;
 
 /// One value of a derived metric, e.g. the sd ratio of a canary against its baseline.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,4 +41,18 @@ pub trait Detector: Send {
 
     /// How many keys the detector holds state for, so tests and self-telemetry can show it stays bounded.
     fn live_keys(&self) -> usize;
+}
+
+/// Puts a window's exemplars on an event: the trace ids, and the span ids in the same order ("" where unknown;
+/// left out when none is known), so the OTLP span of the event links to the requests' own spans.
+pub fn set_exemplars(a: &mut Anomaly, exemplars: &[Exemplar]) {
+    a.exemplar_trace_ids = exemplars.iter().map(|e| hex::encode(e.trace_id)).collect();
+    a.exemplar_span_ids = if exemplars.iter().any(|e| e.span_id.is_some()) {
+        exemplars
+            .iter()
+            .map(|e| e.span_id.map(hex::encode).unwrap_or_default())
+            .collect()
+    } else {
+        Vec::new()
+    };
 }

@@ -25,6 +25,9 @@ pub struct Observation {
     /// Bucket minima of the heap signals (the post-GC floor is what matters for them).
     pub heap: [Option<f64>; 3],
     pub limit: Option<f64>,
+    /// Index in the window's summaries of the memory signal's summary: its exemplars are the requests at the
+    /// instance's highest memory in the window, which an event links to.
+    pub summary: Option<usize>,
 }
 
 /// Per (service, instance) observations of one window, for the memory signals in `signals` (first present in the
@@ -34,7 +37,7 @@ pub fn observations(
     signals: &[Signal],
 ) -> BTreeMap<(Arc<str>, Arc<str>), Observation> {
     let mut map: BTreeMap<(Arc<str>, Arc<str>), Observation> = BTreeMap::new();
-    for s in &window.summaries {
+    for (i, s) in window.summaries.iter().enumerate() {
         let Scope::Instance(id) = &s.key.group.scope else {
             continue;
         };
@@ -61,6 +64,7 @@ pub fn observations(
             };
             if better {
                 o.memory = Some((sig, pane));
+                o.summary = Some(i);
             }
         }
     }

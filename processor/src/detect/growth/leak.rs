@@ -23,7 +23,7 @@ use memdrift_exporter::{Anomaly, AnomalyKind, AnomalyState};
 
 use super::config::LeakSettings;
 use super::grid::{admit, observations, Track};
-use super::{buckets, Detector, Findings};
+use super::{buckets, set_exemplars, Detector, Findings};
 use crate::engine::ClosedWindow;
 use crate::stats::{mann_kendall_sen, mann_kendall_slope, theil_sen};
 
@@ -325,7 +325,10 @@ impl Detector for Leak {
                 }
             }
             if let Some((state, r)) = emit {
-                let a = self.event(state, &key, &self.instances[&key].track, &r, end);
+                let mut a = self.event(state, &key, &self.instances[&key].track, &r, end);
+                if let Some(s) = o.summary.and_then(|i| window.summaries.get(i)) {
+                    set_exemplars(&mut a, &s.exemplars);
+                }
                 out.anomalies.push(a);
             }
         }

@@ -39,7 +39,7 @@ use memdrift_exporter::{Anomaly, AnomalyKind, AnomalyState};
 pub use config::{GrowthSection, GrowthSettings, LeakSection, LeakSettings};
 pub use leak::Leak;
 
-use super::{Detector, Findings, Gauge};
+use super::{set_exemplars, Detector, Findings, Gauge};
 use crate::engine::ClosedWindow;
 use crate::stats::{median_in_place, normal_quantile, theil_sen, SenSlope};
 use grid::{admit, observations, Track};
@@ -335,7 +335,10 @@ impl Detector for Growth {
             }
             if let Some((state, f)) = emit {
                 let st = &self.instances[&key];
-                let a = self.event(state, &key, &st.track, &f, end);
+                let mut a = self.event(state, &key, &st.track, &f, end);
+                if let Some(s) = o.summary.and_then(|i| window.summaries.get(i)) {
+                    set_exemplars(&mut a, &s.exemplars);
+                }
                 out.anomalies.push(a);
             }
         }

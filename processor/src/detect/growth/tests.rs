@@ -9,6 +9,7 @@ use rand_distr::StandardNormal;
 
 use super::*;
 use crate::engine::{GroupKey, PaneSummary, Scope, SeriesKey, WindowSummary};
+use crate::sample::Exemplar;
 use crate::signal::Signal;
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
@@ -659,9 +660,20 @@ fn events_and_gauges_carry_the_forecast() {
     let mut leak = Leak::new(LeakSettings::default(), STEP);
     let mut events = Vec::new();
     let mut gauges = Vec::new();
+    // The requests at the instance's highest RSS are the exemplars; the heap signal's are not.
+    let top = Exemplar {
+        trace_id: [7; 16],
+        span_id: Some([9; 8]),
+    };
+    let heap_top = Exemplar {
+        trace_id: [3; 16],
+        span_id: None,
+    };
     for b in &buckets {
         let mut f = Findings::default();
-        let w = window_of(b, s.limit);
+        let mut w = window_of(b, s.limit);
+        w.summaries[0].exemplars = vec![top];
+        w.summaries[1].exemplars = vec![heap_top];
         growth.on_window(&w, &mut f);
         leak.on_window(&w, &mut f);
         events.extend(f.anomalies);
@@ -684,6 +696,10 @@ fn events_and_gauges_carry_the_forecast() {
         .expect("leak");
     assert!(l.p_value.unwrap() < 0.01 && l.statistic.unwrap() > 0.0);
     assert_eq!(l.classification.as_deref(), Some("heap"));
+    for a in [g, l] {
+        assert_eq!(a.exemplar_trace_ids, [hex::encode([7u8; 16])], "{a:?}");
+        assert_eq!(a.exemplar_span_ids, [hex::encode([9u8; 8])], "{a:?}");
+    }
     let names: Vec<_> = gauges.iter().map(|g| g.name).collect();
     assert_eq!(
         names,

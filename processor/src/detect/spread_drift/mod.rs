@@ -31,8 +31,9 @@ use memdrift_exporter::{Anomaly, AnomalyKind, AnomalyState};
 pub use baseline::{choose_baseline, CohortInfo};
 pub use config::{Direction, SpreadDriftSection, SpreadDriftSettings};
 
-use super::{Detector, Findings, Gauge};
+use super::{set_exemplars, Detector, Findings, Gauge};
 use crate::engine::{ClosedWindow, Scope, WindowSummary};
+use crate::sample::Exemplar;
 use crate::signal::Signal;
 use crate::stats::{
     benjamini_hochberg, bonett_sd_ratio_from, brown_forsythe_from, cusum_threshold,
@@ -80,41 +81,7 @@ struct Comparison {
     mad_ratio: f64,
     rho: Option<f64>,
     counts: (u64, u64),
-    exemplars: Exemplars,
-}
-
-/// The exemplars of an event as its fields carry them: trace ids, and span ids in the same order ("" where
-/// unknown).
-#[derive(Clone, Debug, Default)]
-struct Exemplars {
-    trace_ids: Vec<String>,
-    span_ids: Vec<String>,
-}
-
-impl Exemplars {
-    fn of(s: &WindowSummary) -> Exemplars {
-        Exemplars {
-            trace_ids: s
-                .exemplars
-                .iter()
-                .map(|e| hex::encode(e.trace_id))
-                .collect(),
-            span_ids: s
-                .exemplars
-                .iter()
-                .map(|e| e.span_id.map(hex::encode).unwrap_or_default())
-                .collect(),
-        }
-    }
-
-    fn set_on(&self, a: &mut Anomaly) {
-        a.exemplar_trace_ids = self.trace_ids.clone();
-        a.exemplar_span_ids = if self.span_ids.iter().any(|s| !s.is_empty()) {
-            self.span_ids.clone()
-        } else {
-            Vec::new()
-        };
-    }
+    exemplars: Vec<Exemplar>,
 }
 
 /// A cohort's label and its summary in the window at hand.
@@ -366,7 +333,7 @@ impl Detector for SpreadDrift {
                             baseline_samples: 0,
                             canary_samples: s.count,
                         });
-                        Exemplars::of(s).set_on(&mut a);
+                        set_exemplars(&mut a, &s.exemplars);
                         out.anomalies.push(a);
                     }
                 }
@@ -421,7 +388,7 @@ impl Detector for SpreadDrift {
                     mad_ratio: r.mad_ratio,
                     rho: r.rho,
                     counts: (usable[b].1.count, s.count),
-                    exemplars: Exemplars::of(s),
+                    exemplars: s.exemplars.clone(),
                 });
             }
         }
@@ -482,7 +449,7 @@ impl Detector for SpreadDrift {
                     baseline_samples: c.counts.0,
                     canary_samples: c.counts.1,
                 });
-                c.exemplars.set_on(&mut a);
+                set_exemplars(&mut a, &c.exemplars);
                 out.anomalies.push(a);
             }
         }
