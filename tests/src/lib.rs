@@ -266,3 +266,45 @@ pub async fn scrape_until(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// memdrift started on free loopback ports ([`loopback_pipeline`]), its JSON lines in a fresh temporary
+/// directory; the endpoints as OTLP clients want them.
+pub struct Loopback {
+    pub service: memdrift::topology::Service,
+    /// `http://host:port` of the OTLP/gRPC receiver.
+    pub grpc: String,
+    /// `http://host:port` of the OTLP/HTTP receiver.
+    pub http: String,
+    pub prometheus: std::net::SocketAddr,
+    /// The temporary directory, removed by [`Loopback::stop`]: a place for a test's own files too.
+    pub dir: PathBuf,
+}
+
+impl Loopback {
+    /// Starts it; `name` tells the temporary directories of concurrent tests apart.
+    pub async fn start(name: &str) -> Loopback {
+        let dir = std::env::temp_dir().join(format!("memdrift-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let jsonl = dir.join("anomalies.jsonl");
+        let service =
+            memdrift::topology::Service::start(loopback_pipeline(&jsonl.display().to_string()))
+                .await
+                .expect("service starts");
+        let grpc = format!("http://{}", service.grpc_addr.expect("grpc bound"));
+        let http = format!("http://{}", service.http_addr.expect("http bound"));
+        let prometheus = service.prometheus_addr.expect("prometheus bound");
+        Loopback {
+            service,
+            grpc,
+            http,
+            prometheus,
+            dir,
+        }
+    }
+
+    /// Shuts the service down cleanly (a failure fails the test) and removes the directory.
+    pub async fn stop(self) {
+        self.service.shutdown().await.expect("clean shutdown");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

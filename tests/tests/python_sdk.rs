@@ -5,8 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use memdrift::topology::Service;
-use memdrift_e2e::{loopback_pipeline, metric_value, repo_root, scrape, scrape_until, venv_python};
+use memdrift_e2e::{metric_value, repo_root, scrape, scrape_until, venv_python, Loopback};
 
 fn send(protocol: &str, endpoint: &str, spans: u32, instance: &str, gzip: bool) {
     let mut cmd = Command::new(venv_python());
@@ -46,14 +45,12 @@ fn send(protocol: &str, endpoint: &str, spans: u32, instance: &str, gzip: bool) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_spans_over_grpc_and_http_are_all_counted() {
-    let dir = std::env::temp_dir().join(format!("memdrift-py-{}", std::process::id()));
-    let jsonl = dir.join("anomalies.jsonl");
-    let service = Service::start(loopback_pipeline(&jsonl.display().to_string()))
-        .await
-        .expect("service starts");
-    let grpc = format!("http://{}", service.grpc_addr.expect("grpc bound"));
-    let http = format!("http://{}", service.http_addr.expect("http bound"));
-    let prom = service.prometheus_addr.expect("prometheus bound");
+    let memdrift = Loopback::start("py").await;
+    let (grpc, http, prom) = (
+        memdrift.grpc.clone(),
+        memdrift.http.clone(),
+        memdrift.prometheus,
+    );
 
     let runs = [
         ("grpc", &grpc, 300, "py-1", false),
@@ -108,6 +105,5 @@ async fn python_sdk_spans_over_grpc_and_http_are_all_counted() {
         metric_value(&text, "memdrift_keys{kind=\"instance\"}").is_some_and(|v| v >= 4.0),
         "{text}"
     );
-    service.shutdown().await.expect("clean shutdown");
-    let _ = std::fs::remove_dir_all(&dir);
+    memdrift.stop().await;
 }

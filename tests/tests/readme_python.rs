@@ -6,8 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use memdrift::topology::Service;
-use memdrift_e2e::{loopback_pipeline, metric_value, repo_root, scrape, scrape_until, venv_python};
+use memdrift_e2e::{metric_value, repo_root, scrape, scrape_until, venv_python, Loopback};
 
 const REQUESTS: u32 = 60;
 
@@ -39,16 +38,13 @@ fn run_snippet(protocol: &str, endpoint: &str, instance: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_python_snippet_reaches_memdrift_under_its_cohort() {
-    let dir = std::env::temp_dir().join(format!("memdrift-readme-py-{}", std::process::id()));
-    let jsonl = dir.join("anomalies.jsonl");
-    let service = Service::start(loopback_pipeline(&jsonl.display().to_string()))
-        .await
-        .expect("service starts");
-    let grpc = format!("http://{}", service.grpc_addr.expect("grpc bound"));
-    let http = format!("http://{}", service.http_addr.expect("http bound"));
-    let prom = service.prometheus_addr.expect("prometheus bound");
-
-    for (protocol, endpoint, instance) in [("grpc", grpc, "readme-1"), ("http", http, "readme-2")] {
+    let memdrift = Loopback::start("readme-py").await;
+    let prom = memdrift.prometheus;
+    let runs = [
+        ("grpc", memdrift.grpc.clone(), "readme-1"),
+        ("http", memdrift.http.clone(), "readme-2"),
+    ];
+    for (protocol, endpoint, instance) in runs {
         tokio::task::spawn_blocking(move || run_snippet(protocol, &endpoint, instance))
             .await
             .expect("snippet thread");
@@ -93,6 +89,5 @@ async fn the_readme_python_snippet_reaches_memdrift_under_its_cohort() {
         }
     })
     .await;
-    service.shutdown().await.expect("clean shutdown");
-    let _ = std::fs::remove_dir_all(&dir);
+    memdrift.stop().await;
 }

@@ -8,10 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use memdrift::topology::Service;
 use memdrift_e2e::sink::free_port;
 use memdrift_e2e::{
-    loopback_pipeline, metric_value, python_send, repo_root, scrape, scrape_until, KillOnDrop,
+    metric_value, python_send, repo_root, scrape, scrape_until, KillOnDrop, Loopback,
 };
 
 /// `rotel-agent` inside the venv's site-packages. Missing: `None` with a note (the test skips), unless
@@ -91,16 +90,12 @@ async fn rotel_forwards_every_python_sdk_span_to_memdrift() {
     let Some(agent) = rotel_agent() else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("memdrift-rotel-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let service = Service::start(loopback_pipeline(
-        &dir.join("anomalies.jsonl").display().to_string(),
-    ))
-    .await
-    .expect("service starts");
-    let grpc = format!("http://{}", service.grpc_addr.expect("grpc bound"));
-    let http = format!("http://{}", service.http_addr.expect("http bound"));
-    let prom = service.prometheus_addr.expect("prometheus bound");
+    let memdrift = Loopback::start("rotel").await;
+    let (grpc, http, prom) = (
+        memdrift.grpc.clone(),
+        memdrift.http.clone(),
+        memdrift.prometheus,
+    );
 
     // (Rotel -> memdrift protocol, compression, SDK -> Rotel protocol, spans, instance)
     let runs = [
@@ -117,7 +112,7 @@ async fn rotel_forwards_every_python_sdk_span_to_memdrift() {
             protocol,
             endpoint,
             compression,
-            &dir.join(format!("rotel-{i}.log")),
+            &memdrift.dir.join(format!("rotel-{i}.log")),
         );
         let target = match client {
             "grpc" => format!("http://{}", rotel.grpc),
@@ -132,8 +127,8 @@ async fn rotel_forwards_every_python_sdk_span_to_memdrift() {
 
         // The SDK is done once Rotel has the spans; Rotel forwards them after its batch timeout.
         let logs = [
-            dir.join(format!("rotel-{i}.log")),
-            dir.join(format!("rotel-{i}.err")),
+            memdrift.dir.join(format!("rotel-{i}.log")),
+            memdrift.dir.join(format!("rotel-{i}.err")),
         ];
         scrape_until(prom, Duration::from_secs(20), |text| {
             match metric_value(text, "memdrift_receiver_accepted_spans_total") {
@@ -189,6 +184,5 @@ async fn rotel_forwards_every_python_sdk_span_to_memdrift() {
             .is_some_and(|v| v >= runs.len() as f64),
         "{text}"
     );
-    service.shutdown().await.expect("clean shutdown");
-    let _ = std::fs::remove_dir_all(&dir);
+    memdrift.stop().await;
 }
