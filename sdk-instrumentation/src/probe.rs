@@ -52,6 +52,20 @@ pub trait Probe: Send + Sync + 'static {
     }
 }
 
+/// A shared probe is a probe: the service keeps a handle on its own source (to feed it, or to read it for
+/// something else) while memspan reads it per request.
+impl<P: Probe> Probe for std::sync::Arc<P> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn read(&self, out: &mut Readings) {
+        (**self).read(out)
+    }
+    fn read_start(&self, out: &mut Readings) {
+        (**self).read_start(out)
+    }
+}
+
 /// Resident set size from `/proc/self/statm`, through a descriptor kept open so a reading is one `pread`.
 ///
 /// One `pread` of statm costs about 1.4 us (BENCHMARKS.md), and a request needs two readings; that alone would

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use memdrift_exporter::anomaly::{Anomaly, AnomalyKind, AnomalyState};
-use memspan::probe::{Probe, Readings};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::config::Pipeline;
@@ -150,18 +149,6 @@ fn planted() -> Vec<Planted> {
     ]
 }
 
-/// The probe of an instance, shared with the loop that sizes its requests.
-struct SharedProbe(Arc<SimProcess>);
-
-impl Probe for SharedProbe {
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-    fn read(&self, out: &mut Readings) {
-        self.0.read(out)
-    }
-}
-
 /// `m:ss` since the start of the show.
 fn clock(d: Duration) -> String {
     let s = d.as_secs();
@@ -275,7 +262,8 @@ pub async fn run(opts: &DemoOptions, out: &mut (dyn Write + Send)) -> Result<boo
         let process = Arc::new(SimProcess::new(inst.story.clone(), start, seed as u64 + 1));
         let telemetry = memspan::Builder::from_env()
             .without_default_probes()
-            .probe(SharedProbe(process.clone()))
+            // Shared with the loop that sizes the instance's requests.
+            .probe(process.clone())
             .service_name(inst.service)
             .service_version(inst.version)
             .instance_id(inst.id)

@@ -56,15 +56,19 @@ impl SimProcess {
         self.start.elapsed().as_secs_f64()
     }
 
+    /// Garbage piled up since the last GC, `t` seconds after the start.
+    fn since_gc(&self, t: f64) -> f64 {
+        self.story.sawtooth * (t / self.story.gc_period_s).fract()
+    }
+
     /// Live heap: the sawtooth alone (the leak, when there is one, is off the heap).
     fn heap(&self, t: f64) -> f64 {
-        let s = &self.story;
-        s.floor * 0.6 + s.sawtooth * (t / s.gc_period_s).fract()
+        self.story.floor * 0.6 + self.since_gc(t)
     }
 
     fn rss(&self, t: f64, noise: f64) -> f64 {
         let s = &self.story;
-        s.floor + s.leak_bytes_per_s * t + s.sawtooth * (t / s.gc_period_s).fract() + noise
+        s.floor + s.leak_bytes_per_s * t + self.since_gc(t) + noise
     }
 
     /// Bytes the next request allocates, drawn from the story's distribution at this moment.

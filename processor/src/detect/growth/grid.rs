@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::engine::{ClosedWindow, Scope};
+use crate::sample::Exemplar;
 use crate::signal::Signal;
 
 use super::config::GridSettings;
@@ -16,6 +17,9 @@ pub const HEAP_SIGNALS: [Signal; 3] = [
     Signal::HeapResident,
     Signal::HeapRetained,
 ];
+
+/// (service, instance): whom a grid belongs to.
+pub type InstanceKey = (Arc<str>, Arc<str>);
 
 /// What one closed window says about one instance.
 #[derive(Clone, Debug, Default)]
@@ -30,13 +34,22 @@ pub struct Observation {
     pub summary: Option<usize>,
 }
 
+impl Observation {
+    /// The requests at the instance's highest memory in `window`, the window this observation was read from.
+    pub fn exemplars<'w>(&self, window: &'w ClosedWindow) -> &'w [Exemplar] {
+        self.summary
+            .and_then(|i| window.summaries.get(i))
+            .map_or(&[], |s| &s.exemplars)
+    }
+}
+
 /// Per (service, instance) observations of one window, for the memory signals in `signals` (first present in the
 /// list wins) and the heap and limit signals.
 pub fn observations(
     window: &ClosedWindow,
     signals: &[Signal],
-) -> BTreeMap<(Arc<str>, Arc<str>), Observation> {
-    let mut map: BTreeMap<(Arc<str>, Arc<str>), Observation> = BTreeMap::new();
+) -> BTreeMap<InstanceKey, Observation> {
+    let mut map: BTreeMap<InstanceKey, Observation> = BTreeMap::new();
     for (i, s) in window.summaries.iter().enumerate() {
         let Scope::Instance(id) = &s.key.group.scope else {
             continue;
@@ -74,9 +87,24 @@ pub fn observations(
 /// One instance's recent history on the grid.
 /// The state of one instance, admitted only while fewer than `max` are live; a refusal is counted in
 /// `overflow`. Shared by `growth` and `leak`, which keep the same per-instance cap.
+/// Removes the instances whose grid (`track`) has seen nothing for `idle_ns` of event time before `end`, and
+/// returns them in key order, so that the resolutions they bring come out in the same order on every replay.
+pub fn expire<S>(
+    instances: &mut HashMap<InstanceKey, S>,
+    track: impl Fn(&S) -> &Track,
+    idle_ns: u64,
+    end: u64,
+) -> Vec<(InstanceKey, S)> {
+    let mut gone: Vec<_> = instances
+        .extract_if(|_, s| track(s).last_seen_ns.saturating_add(idle_ns) < end)
+        .collect();
+    gone.sort_by(|a, b| a.0.cmp(&b.0));
+    gone
+}
+
 pub fn admit<'a, S>(
-    instances: &'a mut HashMap<(Arc<str>, Arc<str>), S>,
-    key: (Arc<str>, Arc<str>),
+    instances: &'a mut HashMap<InstanceKey, S>,
+    key: InstanceKey,
     max: usize,
     overflow: &mut u64,
     make: impl FnOnce() -> S,

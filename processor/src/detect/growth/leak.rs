@@ -22,7 +22,7 @@ use memdrift_exporter::anomaly::rfc3339;
 use memdrift_exporter::{Anomaly, AnomalyKind, AnomalyState};
 
 use super::config::LeakSettings;
-use super::grid::{admit, observations, Track};
+use super::grid::{admit, expire, observations, Track};
 use super::{buckets, set_exemplars, Detector, Findings};
 use crate::engine::ClosedWindow;
 use crate::stats::{mann_kendall_sen, mann_kendall_slope, theil_sen};
@@ -326,25 +326,15 @@ impl Detector for Leak {
             }
             if let Some((state, r)) = emit {
                 let mut a = self.event(state, &key, &self.instances[&key].track, &r, end);
-                if let Some(s) = o.summary.and_then(|i| window.summaries.get(i)) {
-                    set_exemplars(&mut a, &s.exemplars);
-                }
+                set_exemplars(&mut a, o.exemplars(window));
                 out.anomalies.push(a);
             }
         }
         let idle = self.settings.grid.idle_timeout_ns;
-        let gone: Vec<_> = self
-            .instances
-            .iter()
-            .filter(|(_, s)| s.track.last_seen_ns.saturating_add(idle) < end)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in gone {
-            if let Some(st) = self.instances.remove(&k) {
-                if let (true, Some(r)) = (st.open, &st.last) {
-                    out.anomalies
-                        .push(self.event(AnomalyState::Resolved, &k, &st.track, r, end));
-                }
+        for (k, st) in expire(&mut self.instances, |s| &s.track, idle, end) {
+            if let (true, Some(r)) = (st.open, &st.last) {
+                out.anomalies
+                    .push(self.event(AnomalyState::Resolved, &k, &st.track, r, end));
             }
         }
     }

@@ -42,7 +42,7 @@ pub use leak::Leak;
 use super::{set_exemplars, Detector, Findings, Gauge};
 use crate::engine::ClosedWindow;
 use crate::stats::{median_in_place, normal_quantile, theil_sen, SenSlope};
-use grid::{admit, observations, Track};
+use grid::{admit, expire, observations, Track};
 
 /// The envelope is read every this many buckets.
 pub const STRIDE: usize = 3;
@@ -336,26 +336,16 @@ impl Detector for Growth {
             if let Some((state, f)) = emit {
                 let st = &self.instances[&key];
                 let mut a = self.event(state, &key, &st.track, &f, end);
-                if let Some(s) = o.summary.and_then(|i| window.summaries.get(i)) {
-                    set_exemplars(&mut a, &s.exemplars);
-                }
+                set_exemplars(&mut a, o.exemplars(window));
                 out.anomalies.push(a);
             }
         }
         // Forget instances gone quiet; an open warning resolves with them.
         let idle = self.settings.grid.idle_timeout_ns;
-        let gone: Vec<_> = self
-            .instances
-            .iter()
-            .filter(|(_, s)| s.track.last_seen_ns.saturating_add(idle) < end)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in gone {
-            if let Some(st) = self.instances.remove(&k) {
-                if let (true, Some(f)) = (st.open, st.last) {
-                    out.anomalies
-                        .push(self.event(AnomalyState::Resolved, &k, &st.track, &f, end));
-                }
+        for (k, st) in expire(&mut self.instances, |s| &s.track, idle, end) {
+            if let (true, Some(f)) = (st.open, st.last) {
+                out.anomalies
+                    .push(self.event(AnomalyState::Resolved, &k, &st.track, &f, end));
             }
         }
         let mut keys: Vec<_> = self.instances.keys().cloned().collect();
