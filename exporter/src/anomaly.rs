@@ -1,63 +1,21 @@
-//! The anomaly event: one JSON object per line in the JSON lines output, one log record and one span in OTLP.
+//! The anomaly event as a JSON lines record: one object per line, the contract of DESIGN.md. The same record,
+//! flattened, is the evidence of the OTLP log records and spans.
 //!
 //! Fields every event has: `kind`, `state`, `service`, `detected_at` (RFC 3339 UTC, event time) and `signal`;
-//! `instance` for per-instance kinds; then the evidence, each field present only when the detector produced it.
+//! `instance` for per-instance kinds; then the evidence, each field present only when the finding has it.
+//! [`AnomalyRecord::from`] renders a core [`Anomaly`]; consumers (and tests) read lines back with serde.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AnomalyKind {
-    SpreadDrift,
-    Growth,
-    Leak,
-}
-
-impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 3] = [
-        AnomalyKind::SpreadDrift,
-        AnomalyKind::Growth,
-        AnomalyKind::Leak,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            AnomalyKind::SpreadDrift => "spread_drift",
-            AnomalyKind::Growth => "growth",
-            AnomalyKind::Leak => "leak",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AnomalyState {
-    Open,
-    Update,
-    Resolved,
-}
-
-/// An estimate with its confidence interval.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Interval {
-    pub value: f64,
-    pub low: f64,
-    pub high: f64,
-}
-
-/// The two cohorts a spread comparison names, so that a wrong baseline guess is visible.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Cohorts {
-    pub baseline: String,
-    pub canary: String,
-    pub baseline_samples: u64,
-    pub canary_samples: u64,
-}
+pub use memdrift_anomaly::{
+    id128, id64, Anomaly, AnomalyKind, AnomalyState, Cohorts, Episode, Evidence, Exemplar,
+    Identity, Interval, LeakClass,
+};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Anomaly {
+pub struct AnomalyRecord {
     pub kind: AnomalyKind,
     pub state: AnomalyState,
     pub service: String,
@@ -107,25 +65,19 @@ pub struct Anomaly {
     pub exemplar_span_ids: Vec<String>,
 }
 
-impl Anomaly {
-    /// An event with the fields every event has and no evidence yet.
-    pub fn new(
-        kind: AnomalyKind,
-        state: AnomalyState,
-        service: &str,
-        signal: &str,
-        detected_at_unix_nano: u64,
-    ) -> Anomaly {
-        Anomaly {
-            kind,
-            state,
-            service: service.to_string(),
-            detected_at: rfc3339(detected_at_unix_nano),
-            signal: signal.to_string(),
-            instance: None,
-            window_start: None,
-            window_end: None,
-            method: None,
+impl AnomalyRecord {
+    /// A record with the fields every event has and no evidence.
+    fn bare(a: &Anomaly) -> AnomalyRecord {
+        AnomalyRecord {
+            kind: a.kind(),
+            state: a.state,
+            service: a.service.clone(),
+            detected_at: rfc3339(a.detected_unix_nano),
+            signal: a.signal.clone(),
+            instance: a.instance.clone(),
+            window_start: a.window.map(|(s, _)| rfc3339(s)),
+            window_end: a.window.map(|(_, e)| rfc3339(e)),
+            method: Some(a.method.to_string()),
             statistic: None,
             p_value: None,
             window_p_value: None,
@@ -137,9 +89,80 @@ impl Anomaly {
             growth_bytes_per_s: None,
             limit_bytes: None,
             classification: None,
-            exemplar_trace_ids: Vec::new(),
-            exemplar_span_ids: Vec::new(),
+            exemplar_trace_ids: a
+                .exemplars
+                .iter()
+                .map(|e| hex::encode(e.trace_id))
+                .collect(),
+            // Left out when no exemplar has a span id; "" for the ones without.
+            exemplar_span_ids: if a.exemplars.iter().any(|e| e.span_id.is_some()) {
+                a.exemplars
+                    .iter()
+                    .map(|e| e.span_id.map(hex::encode).unwrap_or_default())
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
+    }
+}
+
+impl From<&Anomaly> for AnomalyRecord {
+    fn from(a: &Anomaly) -> AnomalyRecord {
+        let mut r = AnomalyRecord::bare(a);
+        match &a.evidence {
+            Evidence::Spread {
+                statistic,
+                p_value,
+                window_p_value,
+                autocorrelation,
+                sd_ratio,
+                mad_ratio,
+                cohorts,
+            } => {
+                r.statistic = Some(*statistic);
+                r.p_value = Some(*p_value);
+                r.window_p_value = Some(*window_p_value);
+                r.autocorrelation = *autocorrelation;
+                r.sd_ratio = Some(*sd_ratio);
+                r.mad_ratio = *mad_ratio;
+                r.cohorts = Some(cohorts.clone());
+            }
+            Evidence::SpreadChange {
+                statistic,
+                ratio,
+                cohorts,
+            } => {
+                r.statistic = Some(*statistic);
+                r.mad_ratio = Some(*ratio);
+                r.cohorts = Some(cohorts.clone());
+            }
+            Evidence::Growth {
+                envelope_bytes,
+                growth_bytes_per_s,
+                limit_bytes,
+                time_to_limit_s,
+            } => {
+                r.growth_bytes_per_s = Some(*growth_bytes_per_s);
+                r.limit_bytes = *limit_bytes;
+                r.statistic = Some(*envelope_bytes);
+                r.time_to_limit_s = *time_to_limit_s;
+            }
+            Evidence::Leak {
+                statistic,
+                p_value,
+                growth_bytes_per_s,
+                classification,
+                limit_bytes,
+            } => {
+                r.statistic = Some(*statistic);
+                r.p_value = Some(*p_value);
+                r.growth_bytes_per_s = Some(*growth_bytes_per_s);
+                r.classification = Some(classification.name().to_string());
+                r.limit_bytes = *limit_bytes;
+            }
+        }
+        r
     }
 }
 
@@ -159,28 +182,60 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn serializes_contract_fields_and_omits_absent_evidence() {
+    fn growth() -> Anomaly {
         let mut a = Anomaly::new(
-            AnomalyKind::Growth,
             AnomalyState::Open,
             "checkout-llm",
             "memspan.rss.end",
             1_700_000_000_123_000_000,
+            "theil_sen_envelope",
+            Evidence::Growth {
+                envelope_bytes: 3e9,
+                growth_bytes_per_s: 1e6,
+                limit_bytes: None,
+                time_to_limit_s: None,
+            },
         );
         a.instance = Some("pod-1".into());
-        let json: serde_json::Value = serde_json::to_value(&a).expect("serializes");
+        a
+    }
+
+    #[test]
+    fn serializes_contract_fields_and_omits_absent_evidence() {
+        let a = growth();
+        let record = AnomalyRecord::from(&a);
+        let json: serde_json::Value = serde_json::to_value(&record).expect("serializes");
         assert_eq!(json["kind"], "growth");
         assert_eq!(json["state"], "open");
         assert_eq!(json["detected_at"], "2023-11-14T22:13:20.123Z");
         assert_eq!(json["instance"], "pod-1");
         assert!(json.get("p_value").is_none());
+        assert!(json.get("limit_bytes").is_none());
         assert_eq!(json["exemplar_trace_ids"], serde_json::json!([]));
-        let back: Anomaly = serde_json::from_value(json).expect("reads back");
-        assert_eq!(back, a);
+        assert!(json.get("exemplar_span_ids").is_none());
+        let back: AnomalyRecord = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back, record);
         assert_eq!(
-            parse_rfc3339(&a.detected_at),
+            parse_rfc3339(&record.detected_at),
             Some(1_700_000_000_123_000_000)
         );
+    }
+
+    #[test]
+    fn span_ids_follow_the_trace_ids_and_are_left_out_when_none_is_known() {
+        let mut a = growth();
+        a.exemplars = vec![
+            Exemplar {
+                trace_id: [1; 16],
+                span_id: None,
+            },
+            Exemplar {
+                trace_id: [2; 16],
+                span_id: Some([3; 8]),
+            },
+        ];
+        let r = AnomalyRecord::from(&a);
+        assert_eq!(r.exemplar_trace_ids, vec!["01".repeat(16), "02".repeat(16)]);
+        assert_eq!(r.exemplar_span_ids, vec![String::new(), "03".repeat(8)]);
     }
 }

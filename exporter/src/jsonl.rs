@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::anomaly::{Anomaly, AnomalyRecord};
+use crate::output::Output;
+
 /// Where JSON lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destination {
@@ -55,6 +58,18 @@ impl JsonLinesWriter {
 
     pub fn written(&self) -> u64 {
         self.written
+    }
+}
+
+impl Output for JsonLinesWriter {
+    fn name(&self) -> &'static str {
+        "jsonl"
+    }
+
+    /// One [`AnomalyRecord`] per line.
+    fn write(&mut self, events: &[Anomaly]) -> io::Result<()> {
+        let records: Vec<AnomalyRecord> = events.iter().map(AnomalyRecord::from).collect();
+        self.write_all(&records)
     }
 }
 

@@ -20,8 +20,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use memdrift::detect::growth::grid::{Observation, Track};
-use memdrift::detect::growth::{forecast, leak, GrowthSettings, LeakSettings};
+use memdrift::detect::grid::{Observation, Track};
+use memdrift::detect::growth::{forecast, GrowthSettings};
+use memdrift::detect::leak::{self, LeakSettings};
 use memdrift::signal::Signal;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;

@@ -1,6 +1,6 @@
 //! The pure heart shared by `run` and `replay`: samples in; closed windows and anomaly events out.
 
-use memdrift_exporter::Anomaly;
+use memdrift_anomaly::Anomaly;
 
 use crate::detect::{Detector, Findings, Gauge};
 use crate::engine::{ClosedWindow, Engine, EngineConfig};

@@ -8,8 +8,10 @@ pub mod config;
 pub mod core;
 pub mod demo;
 pub mod detect;
+pub mod duration;
 pub mod engine;
 pub mod extract;
+pub mod outputs;
 pub mod receivers;
 pub mod replay;
 pub mod sample;
@@ -18,4 +20,4 @@ pub mod stats;
 pub mod telemetry;
 pub mod topology;
 
-pub use memdrift_exporter::{Anomaly, AnomalyKind, AnomalyState};
+pub use memdrift_anomaly::{Anomaly, AnomalyKind, AnomalyState};

@@ -18,8 +18,8 @@ use crate::config::Pipeline;
 use crate::core::{Core, Output};
 use crate::engine::{ClosedWindow, Scope};
 use crate::extract::{extract_metrics, extract_spans, ExtractStats};
+use crate::outputs::Outputs;
 use crate::receivers::otlp::json::JsonDocument;
-use crate::topology::build_detectors;
 
 pub struct ReplayOptions {
     pub inputs: Vec<PathBuf>,
@@ -112,7 +112,7 @@ fn open_output(path: &Path) -> Result<JsonLinesWriter> {
 }
 
 struct Sinks {
-    anomalies: JsonLinesWriter,
+    anomalies: Outputs,
     summaries: Option<JsonLinesWriter>,
 }
 
@@ -122,10 +122,10 @@ impl Sinks {
         for a in &out.anomalies {
             *summary
                 .anomalies
-                .entry(a.kind.name().to_string())
+                .entry(a.kind().name().to_string())
                 .or_default() += 1;
         }
-        self.anomalies.write_all(&out.anomalies)?;
+        self.anomalies.write(&out.anomalies)?;
         if let Some(s) = &mut self.summaries {
             for w in &out.windows {
                 s.write_all(&summary_lines(w))?;
@@ -140,7 +140,7 @@ impl Sinks {
 pub fn replay(pipeline: &Pipeline, opts: &ReplayOptions) -> Result<ReplaySummary> {
     let started = Instant::now();
     let mut sinks = Sinks {
-        anomalies: open_output(&opts.output)?,
+        anomalies: Outputs::new(vec![Box::new(open_output(&opts.output)?)]),
         summaries: opts.summaries.as_deref().map(open_output).transpose()?,
     };
     let total: u64 = opts
@@ -166,7 +166,7 @@ pub fn replay(pipeline: &Pipeline, opts: &ReplayOptions) -> Result<ReplaySummary
         ProgressBar::hidden()
     };
 
-    let mut core = Core::new(pipeline.engine.clone(), build_detectors(pipeline));
+    let mut core = Core::new(pipeline.engine.clone(), pipeline.build_detectors());
     let mut summary = ReplaySummary {
         files: opts.inputs.len(),
         ..Default::default()

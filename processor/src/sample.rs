@@ -10,11 +10,7 @@ pub type TraceId = [u8; 16];
 pub type SpanId = [u8; 8];
 
 /// A request an anomaly points at: its trace, and its span when the sender gave a valid one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Exemplar {
-    pub trace_id: TraceId,
-    pub span_id: Option<SpanId>,
-}
+pub use memdrift_anomaly::Exemplar;
 
 /// What one span (one request) or one metric point said about memory.
 #[derive(Clone, Debug, PartialEq)]

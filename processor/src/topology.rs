@@ -9,18 +9,16 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use memdrift_exporter::anomaly::Anomaly;
-use memdrift_exporter::jsonl::{Destination, JsonLinesWriter};
-use memdrift_exporter::otlp::{OtlpExporter, OtlpSender};
+use memdrift_anomaly::Anomaly;
+use memdrift_exporter::otlp::OtlpExporter;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Pipeline;
 use crate::core::{Core, Output};
-use crate::detect::growth::{Growth, Leak};
-use crate::detect::spread_drift::SpreadDrift;
 use crate::detect::Detector;
+use crate::outputs::Outputs;
 use crate::receivers::otlp::{grpc, http, Ingest, SampleBatch};
 use crate::telemetry::Telemetry;
 
@@ -29,27 +27,6 @@ const QUEUE_BATCHES: usize = 1024;
 const DEFAULT_MAX_CLOCK_SKEW_NS: u64 = 300_000_000_000;
 /// Events a slow [`Service::events`] subscriber may fall behind by before it misses some (it is told how many).
 const EVENT_TAP_CAPACITY: usize = 1024;
-
-/// The detectors a pipeline enables.
-pub fn build_detectors(pipeline: &Pipeline) -> Vec<Box<dyn Detector>> {
-    let mut detectors: Vec<Box<dyn Detector>> = Vec::new();
-    if let Some(settings) = &pipeline.spread_drift {
-        detectors.push(Box::new(SpreadDrift::new(
-            settings.clone(),
-            pipeline.engine.window_ns,
-        )));
-    }
-    let step = pipeline.engine.step_ns;
-    if let Some(settings) = &pipeline.growth {
-        // The pipeline runs behind event time by the allowed lateness and up to a step.
-        let lag = pipeline.engine.allowed_lateness_ns + step;
-        detectors.push(Box::new(Growth::new(settings.clone(), step, lag)));
-    }
-    if let Some(settings) = &pipeline.leak {
-        detectors.push(Box::new(Leak::new(settings.clone(), step)));
-    }
-    detectors
-}
 
 /// A running service: its bound addresses (useful when the pipeline asked for port 0) and its telemetry.
 pub struct Service {
@@ -73,7 +50,7 @@ async fn bind(what: &str, endpoint: &str) -> Result<TcpListener> {
 impl Service {
     /// Binds every listener, then starts the servers and the engine thread.
     pub async fn start(pipeline: Pipeline) -> Result<Service> {
-        let detectors = build_detectors(&pipeline);
+        let detectors = pipeline.build_detectors();
         Service::start_with_detectors(pipeline, detectors).await
     }
 
@@ -150,18 +127,6 @@ impl Service {
             ));
         }
 
-        let jsonl = match file
-            .exporters
-            .jsonl
-            .as_ref()
-            .filter(|_| file.exporter_enabled("jsonl"))
-        {
-            Some(j) => Some(
-                JsonLinesWriter::open(&Destination::parse(&j.path))
-                    .with_context(|| format!("jsonl exporter: cannot open {}", j.path))?,
-            ),
-            None => None,
-        };
         let otlp = match &pipeline.otlp {
             Some(config) => Some(OtlpExporter::start(
                 config.clone(),
@@ -176,11 +141,7 @@ impl Service {
             }
         };
         let (events, _) = broadcast::channel(EVENT_TAP_CAPACITY);
-        let sinks = Sinks {
-            jsonl,
-            otlp: otlp.as_ref().map(OtlpExporter::sender),
-            tap: events.clone(),
-        };
+        let sinks = Outputs::of_pipeline(&pipeline, otlp.as_ref(), events.clone())?;
         let core = Core::new(pipeline.engine.clone(), detectors);
         let engine_telemetry = telemetry.clone();
         let engine = std::thread::Builder::new()
@@ -292,14 +253,12 @@ fn now_unix_nano() -> u64 {
         .unwrap_or(0)
 }
 
-/// Where the engine thread hands anomaly events.
-struct Sinks {
-    jsonl: Option<JsonLinesWriter>,
-    otlp: Option<OtlpSender>,
-    tap: broadcast::Sender<Anomaly>,
-}
-
-fn engine_loop(mut core: Core, rx: Receiver<SampleBatch>, telemetry: Telemetry, mut sinks: Sinks) {
+fn engine_loop(
+    mut core: Core,
+    rx: Receiver<SampleBatch>,
+    telemetry: Telemetry,
+    mut sinks: Outputs,
+) {
     let cfg = core.engine().config().clone();
     let tick = Duration::from_nanos(cfg.step_ns);
     // When traffic stops, windows still close once the wall clock has passed them by the allowed lateness
@@ -323,7 +282,7 @@ fn engine_loop(mut core: Core, rx: Receiver<SampleBatch>, telemetry: Telemetry, 
     telemetry.record_keys(core.engine());
 }
 
-fn emit(out: &Output, telemetry: &Telemetry, sinks: &mut Sinks) {
+fn emit(out: &Output, telemetry: &Telemetry, sinks: &mut Outputs) {
     telemetry.record_engine_drops(&out.dropped);
     for w in &out.windows {
         telemetry.publish_window(w);
@@ -334,25 +293,11 @@ fn emit(out: &Output, telemetry: &Telemetry, sinks: &mut Sinks) {
     for a in &out.anomalies {
         telemetry
             .anomalies
-            .with_label_values(&[a.kind.name()])
+            .with_label_values(&[a.kind().name()])
             .inc();
     }
-    if out.anomalies.is_empty() {
-        return;
-    }
-    if let Some(w) = sinks.jsonl.as_mut() {
-        if let Err(e) = w.write_all(&out.anomalies) {
-            tracing::error!(error = %e, "writing anomaly events failed");
-        }
-    }
-    if let Some(otlp) = &sinks.otlp {
-        otlp.export(&out.anomalies);
-    }
-    if sinks.tap.receiver_count() > 0 {
-        for a in &out.anomalies {
-            // An error only says that nobody is listening any more.
-            let _ = sinks.tap.send(a.clone());
-        }
+    if let Err(e) = sinks.write(&out.anomalies) {
+        tracing::error!(error = %e, "writing anomaly events failed");
     }
 }
 

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use memdrift::config::Pipeline;
-use memdrift_exporter::anomaly::{Cohorts, Interval};
-use memdrift_exporter::{Anomaly, AnomalyKind, AnomalyState};
+use memdrift_exporter::anomaly::{Cohorts, Evidence, Exemplar, Interval};
+use memdrift_exporter::{Anomaly, AnomalyState};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -169,28 +169,41 @@ pub const EXEMPLARS: [&str; 2] = [
 pub fn test_anomaly(service: &str) -> Anomaly {
     let at = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
     let mut a = Anomaly::new(
-        AnomalyKind::SpreadDrift,
         AnomalyState::Open,
         service,
         "memspan.rss.end",
         at,
+        "brown_forsythe+msprt",
+        Evidence::Spread {
+            statistic: 24.5,
+            p_value: 3e-6,
+            window_p_value: 1e-5,
+            autocorrelation: None,
+            sd_ratio: Interval {
+                value: 2.6,
+                low: 1.9,
+                high: 3.4,
+            },
+            mad_ratio: None,
+            cohorts: Cohorts {
+                baseline: "1.4.2".into(),
+                canary: "1.5.0".into(),
+                baseline_samples: 600,
+                canary_samples: 60,
+            },
+        },
     );
-    a.window_start = Some(memdrift_exporter::anomaly::rfc3339(at - 60_000_000_000));
-    a.window_end = Some(memdrift_exporter::anomaly::rfc3339(at));
-    a.statistic = Some(24.5);
-    a.p_value = Some(3e-6);
-    a.sd_ratio = Some(Interval {
-        value: 2.6,
-        low: 1.9,
-        high: 3.4,
-    });
-    a.cohorts = Some(Cohorts {
-        baseline: "1.4.2".into(),
-        canary: "1.5.0".into(),
-        baseline_samples: 600,
-        canary_samples: 60,
-    });
-    a.exemplar_trace_ids = EXEMPLARS.iter().map(|s| s.to_string()).collect();
+    a.window = Some((at - 60_000_000_000, at));
+    a.exemplars = EXEMPLARS
+        .iter()
+        .map(|s| Exemplar {
+            trace_id: hex::decode(s)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .expect("a 16-byte hex id"),
+            span_id: None,
+        })
+        .collect();
     a
 }
 

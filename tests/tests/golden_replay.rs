@@ -54,13 +54,13 @@ fn check(name: &str, pipeline: &Pipeline, inputs: Vec<PathBuf>, summaries: bool)
             continue;
         }
         let want = std::fs::read(&golden).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}; record it with MEMDRIFT_BLESS=1",
-                golden.display()
-            )
+            panic!("{}: {e}; record it with MEMDRIFT_BLESS=1", golden.display())
         });
         if got != want {
-            let (got, want) = (String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+            let (got, want) = (
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&want),
+            );
             let first = got
                 .lines()
                 .zip(want.lines())
@@ -159,11 +159,20 @@ fn a_cohort_whose_spread_changes_late_replays_as_recorded() {
 #[derive(Clone, Copy)]
 enum Shape {
     /// Live heap grows by this many bytes per second from `from_minute`, and RSS with it.
-    HeapLeak { from_minute: f64, bytes_per_s: f64 },
+    HeapLeak {
+        from_minute: f64,
+        bytes_per_s: f64,
+    },
     /// RSS grows from `from_minute`; the live heap stays flat.
-    OffHeapLeak { from_minute: f64, bytes_per_s: f64 },
+    OffHeapLeak {
+        from_minute: f64,
+        bytes_per_s: f64,
+    },
     /// A one-time rise of `bytes` at `at_minute`, flat before and after.
-    Step { at_minute: f64, bytes: f64 },
+    Step {
+        at_minute: f64,
+        bytes: f64,
+    },
     Calm,
 }
 
@@ -171,12 +180,40 @@ enum Shape {
 /// every 5 s, and a restart when the sawtooth's top crosses the limit. One line per instance and 30 s.
 fn write_instances(path: &Path) -> std::io::Result<()> {
     let instances = [
-        ("rag-api", "pod-heap", Shape::HeapLeak { from_minute: 20.0, bytes_per_s: 1.5e6 }),
+        (
+            "rag-api",
+            "pod-heap",
+            Shape::HeapLeak {
+                from_minute: 20.0,
+                bytes_per_s: 1.5e6,
+            },
+        ),
         ("rag-api", "pod-calm", Shape::Calm),
-        ("rerank-api", "pod-offheap", Shape::OffHeapLeak { from_minute: 15.0, bytes_per_s: 1e6 }),
-        ("rerank-api", "pod-step", Shape::Step { at_minute: 30.0, bytes: 5e8 }),
+        (
+            "rerank-api",
+            "pod-offheap",
+            Shape::OffHeapLeak {
+                from_minute: 15.0,
+                bytes_per_s: 1e6,
+            },
+        ),
+        (
+            "rerank-api",
+            "pod-step",
+            Shape::Step {
+                at_minute: 30.0,
+                bytes: 5e8,
+            },
+        ),
         // Leaks fast and goes quiet at minute 40 while warned about: its findings resolve when it expires.
-        ("rerank-api", "pod-gone", Shape::HeapLeak { from_minute: 10.0, bytes_per_s: 2.5e6 }),
+        (
+            "rerank-api",
+            "pod-gone",
+            Shape::HeapLeak {
+                from_minute: 10.0,
+                bytes_per_s: 2.5e6,
+            },
+        ),
     ];
     let limit: i64 = 4 << 30;
     let mut rng = StdRng::seed_from_u64(11);
@@ -198,13 +235,17 @@ fn write_instances(path: &Path) -> std::io::Result<()> {
                 let minute = t_s / 60.0;
                 let leak_from = |from: f64| ((minute - from).max(0.0) * 60.0).min(up);
                 let (heap_extra, rss_extra) = match *shape {
-                    Shape::HeapLeak { from_minute, bytes_per_s } => {
+                    Shape::HeapLeak {
+                        from_minute,
+                        bytes_per_s,
+                    } => {
                         let b = leak_from(from_minute) * bytes_per_s;
                         (b, b)
                     }
-                    Shape::OffHeapLeak { from_minute, bytes_per_s } => {
-                        (0.0, leak_from(from_minute) * bytes_per_s)
-                    }
+                    Shape::OffHeapLeak {
+                        from_minute,
+                        bytes_per_s,
+                    } => (0.0, leak_from(from_minute) * bytes_per_s),
                     Shape::Step { at_minute, bytes } => {
                         (0.0, if minute >= at_minute { bytes } else { 0.0 })
                     }
@@ -225,7 +266,10 @@ fn write_instances(path: &Path) -> std::io::Result<()> {
                         int("memspan.rss.start", (rss - 2e6) as i64),
                         int("memspan.rss.end", rss as i64),
                         int("memspan.heap.allocated", heap as i64),
-                        int("memspan.request.allocated", (4e6 + 5e5 * allocated).max(0.0) as i64),
+                        int(
+                            "memspan.request.allocated",
+                            (4e6 + 5e5 * allocated).max(0.0) as i64,
+                        ),
                         int("memspan.limit", limit),
                     ],
                 ));

@@ -19,9 +19,9 @@ use memdrift_e2e::{
     external_tool, int, metric_value, now_unix_nano, otlp_pipeline, otlp_settings, request,
     resource, span, test_anomaly, EXEMPLARS,
 };
-use memdrift_exporter::anomaly::{parse_rfc3339, rfc3339, Interval};
+use memdrift_exporter::anomaly::{Cohorts, Evidence, Interval};
 use memdrift_exporter::otlp::{ExporterMetrics, OtlpExporter};
-use memdrift_exporter::{Anomaly, AnomalyKind, AnomalyState};
+use memdrift_exporter::{Anomaly, AnomalyState};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prometheus::{GaugeVec, Opts, Registry};
 use serde_json::{json, Value};
@@ -104,20 +104,23 @@ fn close(a: &Value, b: f64) -> bool {
 
 fn growth_event() -> Anomaly {
     let mut g = Anomaly::new(
-        AnomalyKind::Growth,
         AnomalyState::Open,
         "checkout-llm",
         "memspan.rss.end",
         1_767_225_600_000_000_000,
+        "theil_sen_envelope",
+        Evidence::Growth {
+            envelope_bytes: 1_610_612_736.0,
+            growth_bytes_per_s: 1_048_576.0,
+            limit_bytes: Some(2_147_483_648.0),
+            time_to_limit_s: Some(Interval {
+                value: 840.0,
+                low: 600.0,
+                high: 1500.0,
+            }),
+        },
     );
     g.instance = Some("pod-3".into());
-    g.growth_bytes_per_s = Some(1_048_576.0);
-    g.limit_bytes = Some(2_147_483_648.0);
-    g.time_to_limit_s = Some(Interval {
-        value: 840.0,
-        low: 600.0,
-        high: 1500.0,
-    });
     g
 }
 
@@ -155,7 +158,7 @@ fn events_and_metrics_arrive_decoded_over_grpc_and_http() {
         let dump = sink.dump();
 
         // Logs: the event, its evidence and its trace.
-        let detected = parse_rfc3339(&test_anomaly("x").detected_at).expect("time");
+        let detected = test_anomaly("x").detected_unix_nano;
         let log = &items(&dump, "logs")[0];
         let attr = &log["attributes"];
         assert_eq!(log["event_name"], "memdrift.anomaly", "{protocol}: {log:#}");
@@ -282,25 +285,34 @@ impl Detector for FirstWindow {
         else {
             return;
         };
+        let evidence = Evidence::Spread {
+            statistic: 20.0,
+            p_value: 1e-4,
+            window_p_value: 1e-4,
+            autocorrelation: None,
+            sd_ratio: Interval {
+                value: 2.0,
+                low: 1.5,
+                high: 2.5,
+            },
+            mad_ratio: None,
+            cohorts: Cohorts {
+                baseline: "baseline".into(),
+                canary: "canary".into(),
+                baseline_samples: s.count,
+                canary_samples: s.count,
+            },
+        };
         let mut a = Anomaly::new(
-            AnomalyKind::SpreadDrift,
             AnomalyState::Open,
             &s.key.group.service,
             s.key.signal.name(),
             window.end_unix_nano,
+            "brown_forsythe+msprt",
+            evidence,
         );
-        a.window_start = Some(rfc3339(window.start_unix_nano));
-        a.window_end = Some(rfc3339(window.end_unix_nano));
-        a.exemplar_trace_ids = s
-            .exemplars
-            .iter()
-            .map(|e| hex::encode(e.trace_id))
-            .collect();
-        a.exemplar_span_ids = s
-            .exemplars
-            .iter()
-            .map(|e| e.span_id.map(hex::encode).unwrap_or_default())
-            .collect();
+        a.window = Some((window.start_unix_nano, window.end_unix_nano));
+        a.exemplars = s.exemplars.clone();
         out.anomalies.push(a);
         self.fired = true;
     }

@@ -5,7 +5,7 @@ use memdrift::config::Pipeline;
 use memdrift::replay::{replay, ReplayOptions};
 use memdrift_e2e::scenario::{Cohort, Scenario, Service, SpreadChange};
 use memdrift_exporter::anomaly::parse_rfc3339;
-use memdrift_exporter::{Anomaly, AnomalyState};
+use memdrift_exporter::{AnomalyRecord as Anomaly, AnomalyState};
 
 const T0: u64 = 1_800_000_000_000_000_000;
 

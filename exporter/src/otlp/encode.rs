@@ -8,8 +8,6 @@
 //! requests. The evidence goes out as attributes under `memdrift.anomaly.`, flattened from the JSON event, so a
 //! field a detector adds reaches OTLP without a change here.
 
-use std::collections::HashMap;
-
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{
@@ -22,15 +20,12 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use serde_json::Value;
 
-use crate::anomaly::{parse_rfc3339, Anomaly, AnomalyState};
+use crate::anomaly::{id64, Anomaly, AnomalyRecord, AnomalyState, Evidence};
 
 /// The `event.name` of anomaly log records.
 pub const EVENT_NAME: &str = "memdrift.anomaly";
 /// Prefix of the evidence attributes.
 pub const ATTRIBUTE_PREFIX: &str = "memdrift.anomaly";
-/// Open anomalies remembered for their trace; beyond this the oldest is forgotten (its later events start a
-/// new trace), so a detector that never resolves cannot grow this without bound.
-const MAX_OPEN_EPISODES: usize = 10_000;
 const SCOPE_NAME: &str = "memdrift";
 
 pub(crate) fn kv(key: &str, value: any_value::Value) -> KeyValue {
@@ -53,37 +48,6 @@ pub(crate) fn scope() -> InstrumentationScope {
     }
 }
 
-/// The anomaly's identity across its events: kind, service, instance, signal and canary cohort.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct EpisodeKey(String);
-
-impl EpisodeKey {
-    fn of(a: &Anomaly) -> EpisodeKey {
-        let canary = a.cohorts.as_ref().map_or("", |c| c.canary.as_str());
-        EpisodeKey(format!(
-            "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
-            a.kind.name(),
-            a.service,
-            a.instance.as_deref().unwrap_or(""),
-            a.signal,
-            canary
-        ))
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Episode {
-    trace_id: [u8; 16],
-    root_span_id: [u8; 8],
-    onset_ns: u64,
-}
-
-/// Open anomalies and their traces, so later events join the open event's trace.
-#[derive(Debug, Default)]
-pub struct Episodes {
-    open: HashMap<EpisodeKey, Episode>,
-}
-
 /// Where one event's span sits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpanIds {
@@ -94,113 +58,35 @@ pub struct SpanIds {
     pub detected_ns: u64,
 }
 
-impl Episodes {
-    pub fn len(&self) -> usize {
-        self.open.len()
+/// The ids of `a`'s span, from its episode alone: the open event's span is the trace's root, later events are
+/// its children. Nothing is remembered, so a restart or a replay yields the same traces.
+pub fn span_ids(a: &Anomaly) -> SpanIds {
+    let e = &a.episode;
+    let root = id64(&[&e.id, &e.opened_unix_nano.to_be_bytes(), b"root"]);
+    let is_root = a.state == AnomalyState::Open;
+    let span_id = if is_root {
+        root
+    } else {
+        id64(&[
+            &e.id,
+            &a.detected_unix_nano.to_be_bytes(),
+            a.state.name().as_bytes(),
+        ])
+    };
+    SpanIds {
+        trace_id: e.id,
+        span_id,
+        parent_span_id: (!is_root).then_some(root),
+        onset_ns: e.onset_unix_nano,
+        detected_ns: a.detected_unix_nano.max(e.onset_unix_nano),
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.open.is_empty()
-    }
-
-    /// The ids of `a`'s span; remembers an open anomaly and forgets a resolved one. Ids are hashes of the
-    /// anomaly's identity and times, so a replay of the same events yields the same traces.
-    pub fn place(&mut self, a: &Anomaly, now_ns: u64) -> SpanIds {
-        let key = EpisodeKey::of(a);
-        let detected_ns = parse_rfc3339(&a.detected_at).unwrap_or(now_ns);
-        let known = match a.state {
-            AnomalyState::Resolved => self.open.remove(&key),
-            AnomalyState::Update => self.open.get(&key).copied(),
-            AnomalyState::Open => None,
-        };
-        let episode = known.unwrap_or_else(|| {
-            let onset_ns = a
-                .window_start
-                .as_deref()
-                .and_then(parse_rfc3339)
-                .unwrap_or(detected_ns)
-                .min(detected_ns);
-            let onset = onset_ns.to_be_bytes();
-            let trace_id = id128(&[key.0.as_bytes(), &onset]);
-            Episode {
-                trace_id,
-                root_span_id: id64(&[&trace_id, &detected_ns.to_be_bytes(), b"root"]),
-                onset_ns,
-            }
-        });
-        let is_root = known.is_none();
-        if is_root && a.state != AnomalyState::Resolved {
-            if self.open.len() >= MAX_OPEN_EPISODES {
-                if let Some(oldest) = self
-                    .open
-                    .iter()
-                    .min_by_key(|(_, e)| e.onset_ns)
-                    .map(|(k, _)| k.clone())
-                {
-                    self.open.remove(&oldest);
-                }
-            }
-            self.open.insert(key, episode);
-        }
-        let span_id = if is_root {
-            episode.root_span_id
-        } else {
-            id64(&[
-                &episode.trace_id,
-                &detected_ns.to_be_bytes(),
-                state_name(a.state).as_bytes(),
-            ])
-        };
-        SpanIds {
-            trace_id: episode.trace_id,
-            span_id,
-            parent_span_id: (!is_root).then_some(episode.root_span_id),
-            onset_ns: episode.onset_ns,
-            detected_ns: detected_ns.max(episode.onset_ns),
-        }
-    }
-}
-
-fn state_name(s: AnomalyState) -> &'static str {
-    match s {
-        AnomalyState::Open => "open",
-        AnomalyState::Update => "update",
-        AnomalyState::Resolved => "resolved",
-    }
-}
-
-/// FNV-1a over the parts, from a given offset basis.
-fn fnv1a(basis: u64, parts: &[&[u8]]) -> u64 {
-    let mut h = basis;
-    for part in parts {
-        for b in part.iter().chain(std::iter::once(&0xffu8)) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
-}
-
-fn id128(parts: &[&[u8]]) -> [u8; 16] {
-    let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&fnv1a(0xcbf2_9ce4_8422_2325, parts).to_be_bytes());
-    id[8..].copy_from_slice(&fnv1a(0x6c62_272e_07bb_0142, parts).to_be_bytes());
-    if id == [0; 16] {
-        id[15] = 1;
-    }
-    id
-}
-
-fn id64(parts: &[&[u8]]) -> [u8; 8] {
-    let id = fnv1a(0x84222325_cbf29ce4, parts).max(1);
-    id.to_be_bytes()
 }
 
 /// The evidence as attributes: the JSON event flattened under `memdrift.anomaly.`; an interval's `value` takes
 /// the interval's own name (`memdrift.anomaly.sd_ratio`, `.sd_ratio.low`, `.sd_ratio.high`).
 pub fn evidence_attributes(a: &Anomaly) -> Vec<KeyValue> {
     let mut out = Vec::new();
-    match serde_json::to_value(a) {
+    match serde_json::to_value(AnomalyRecord::from(a)) {
         Ok(v) => flatten(ATTRIBUTE_PREFIX, &v, &mut out),
         Err(e) => tracing::warn!(error = %e, "anomaly event does not serialize"),
     }
@@ -276,13 +162,12 @@ fn by_resource<T>(anomalies: &[Anomaly], items: Vec<T>) -> Vec<(Resource, Vec<T>
 /// Anomaly events as one logs request and one traces request.
 pub fn encode(
     anomalies: &[Anomaly],
-    episodes: &mut Episodes,
     now_ns: u64,
 ) -> (ExportLogsServiceRequest, ExportTraceServiceRequest) {
     let mut logs = Vec::with_capacity(anomalies.len());
     let mut spans = Vec::with_capacity(anomalies.len());
     for a in anomalies {
-        let ids = episodes.place(a, now_ns);
+        let ids = span_ids(a);
         let attributes = evidence_attributes(a);
         let text = summary(a);
         logs.push(log_record(a, &ids, attributes.clone(), &text, now_ns));
@@ -353,28 +238,22 @@ fn span(a: &Anomaly, ids: &SpanIds, attributes: Vec<KeyValue>, text: &str) -> Sp
     // Each link names the exemplar request's span. Where the sender gave no valid span id the link keeps the
     // trace with an all-zero span id: Jaeger and Tempo still open the linked trace from it.
     let links = a
-        .exemplar_trace_ids
+        .exemplars
         .iter()
         .enumerate()
-        .filter_map(|(rank, hex_id)| {
-            let id = hex::decode(hex_id)
-                .ok()
-                .filter(|b| b.len() == 16 && b.iter().any(|x| *x != 0))?;
-            let span_id = a
-                .exemplar_span_ids
-                .get(rank)
-                .and_then(|s| hex::decode(s).ok())
-                .filter(|b| b.len() == 8 && b.iter().any(|x| *x != 0))
-                .unwrap_or_else(|| vec![0; 8]);
-            Some(span::Link {
-                trace_id: id,
-                span_id,
-                attributes: vec![kv(
-                    "memdrift.exemplar.rank",
-                    any_value::Value::IntValue(rank as i64),
-                )],
-                ..Default::default()
-            })
+        .filter(|(_, e)| e.trace_id != [0; 16])
+        .map(|(rank, e)| span::Link {
+            trace_id: e.trace_id.to_vec(),
+            span_id: e
+                .span_id
+                .filter(|s| *s != [0; 8])
+                .unwrap_or([0; 8])
+                .to_vec(),
+            attributes: vec![kv(
+                "memdrift.exemplar.rank",
+                any_value::Value::IntValue(rank as i64),
+            )],
+            ..Default::default()
         })
         .collect();
     let status = match a.state {
@@ -389,7 +268,7 @@ fn span(a: &Anomaly, ids: &SpanIds, attributes: Vec<KeyValue>, text: &str) -> Sp
         span_id: ids.span_id.to_vec(),
         parent_span_id: ids.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
         flags: 1,
-        name: format!("anomaly {}", a.kind.name()),
+        name: format!("anomaly {}", a.kind().name()),
         kind: span::SpanKind::Internal as i32,
         start_time_unix_nano: ids.onset_ns,
         end_time_unix_nano: ids.detected_ns,
@@ -403,9 +282,8 @@ fn span(a: &Anomaly, ids: &SpanIds, attributes: Vec<KeyValue>, text: &str) -> Sp
 /// What a person reads in a log line or a span's status, e.g.
 /// "canary 1.5.0 of checkout-llm: RSS spread 2.6x baseline (p=3e-6) over 60 s".
 pub fn summary(a: &Anomaly) -> String {
-    use crate::anomaly::AnomalyKind;
     let what = signal_label(&a.signal);
-    let who = match (&a.instance, &a.cohorts) {
+    let who = match (&a.instance, a.cohorts()) {
         (Some(i), _) => format!("{i} of {}", a.service),
         (None, Some(c)) => format!("canary {} of {}", c.canary, a.service),
         (None, None) => a.service.clone(),
@@ -416,26 +294,35 @@ pub fn summary(a: &Anomaly) -> String {
     }
     s.push_str(&who);
     s.push_str(": ");
-    match a.kind {
-        AnomalyKind::SpreadDrift => {
-            s.push_str(&format!("{what} spread"));
-            if let Some(r) = a.sd_ratio {
-                s.push_str(&format!(" {:.1}x", r.value));
-            } else {
-                s.push_str(" changed vs");
-            }
-            match &a.cohorts {
-                Some(c) => s.push_str(&format!(" baseline {}", c.baseline)),
-                None => s.push_str(" baseline"),
-            }
+    let mut p = None;
+    match &a.evidence {
+        Evidence::Spread {
+            sd_ratio,
+            cohorts,
+            p_value,
+            ..
+        } => {
+            s.push_str(&format!(
+                "{what} spread {:.1}x baseline {}",
+                sd_ratio.value, cohorts.baseline
+            ));
+            p = Some(*p_value);
         }
-        AnomalyKind::Growth => {
-            s.push_str(&format!("{what} grows"));
-            if let Some(rate) = a.growth_bytes_per_s {
-                s.push_str(&format!(" {}/s", bytes(rate)));
-            }
-            if let Some(t) = a.time_to_limit_s {
-                let limit = a.limit_bytes.map(|l| format!(" {}", bytes(l)));
+        Evidence::SpreadChange { cohorts, .. } => {
+            s.push_str(&format!(
+                "{what} spread changed vs baseline {}",
+                cohorts.baseline
+            ));
+        }
+        Evidence::Growth {
+            growth_bytes_per_s,
+            limit_bytes,
+            time_to_limit_s,
+            ..
+        } => {
+            s.push_str(&format!("{what} grows {}/s", bytes(*growth_bytes_per_s)));
+            if let Some(t) = time_to_limit_s {
+                let limit = limit_bytes.map(|l| format!(" {}", bytes(l)));
                 s.push_str(&format!(
                     ", reaches the{} limit in {} (at the earliest {})",
                     limit.unwrap_or_default(),
@@ -444,24 +331,24 @@ pub fn summary(a: &Anomaly) -> String {
                 ));
             }
         }
-        AnomalyKind::Leak => {
-            let class = a.classification.as_deref().unwrap_or("memory");
-            s.push_str(&format!("{class} leak, {what} floor rising"));
-            if let Some(rate) = a.growth_bytes_per_s {
-                s.push_str(&format!(" {}/s", bytes(rate)));
-            }
+        Evidence::Leak {
+            classification,
+            growth_bytes_per_s,
+            p_value,
+            ..
+        } => {
+            s.push_str(&format!(
+                "{} leak, {what} floor rising {}/s",
+                classification.name(),
+                bytes(*growth_bytes_per_s)
+            ));
+            p = Some(*p_value);
         }
     }
-    if let Some(p) = a.p_value {
+    if let Some(p) = p {
         s.push_str(&format!(" (p={})", p_value(p)));
     }
-    let window = a
-        .window_start
-        .as_deref()
-        .and_then(parse_rfc3339)
-        .zip(a.window_end.as_deref().and_then(parse_rfc3339))
-        .and_then(|(start, end)| end.checked_sub(start));
-    if let Some(ns) = window {
+    if let Some(ns) = a.window.and_then(|(start, end)| end.checked_sub(start)) {
         s.push_str(&format!(" over {}", seconds(ns as f64 / 1e9)));
     }
     s
@@ -522,43 +409,64 @@ fn seconds(s: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::anomaly::{Cohorts, Interval};
-    use crate::AnomalyKind;
+    use crate::anomaly::{AnomalyKind, Cohorts, Episode, Exemplar, Identity, Interval};
 
     const T0: u64 = 1_700_000_000_000_000_000;
 
     fn spread(state: AnomalyState, at: u64) -> Anomaly {
-        let mut a = Anomaly::new(
-            AnomalyKind::SpreadDrift,
-            state,
-            "checkout-llm",
-            "memspan.rss.end",
-            at,
-        );
-        a.window_start = Some(crate::anomaly::rfc3339(at - 60_000_000_000));
-        a.window_end = Some(crate::anomaly::rfc3339(at));
-        a.p_value = Some(3e-6);
-        a.statistic = Some(21.5);
-        a.sd_ratio = Some(Interval {
-            value: 2.6,
-            low: 1.9,
-            high: 3.4,
-        });
-        a.cohorts = Some(Cohorts {
+        let cohorts = Cohorts {
             baseline: "1.4.2".into(),
             canary: "1.5.0".into(),
             baseline_samples: 600,
             canary_samples: 60,
-        });
-        a.exemplar_trace_ids = vec![
-            "0102030405060708090a0b0c0d0e0f10".into(),
-            "not hex".into(),
-            "00000000000000000000000000000000".into(),
-            "a1a2a3a4a5a6a7a8a9aaabacadaeafb0".into(),
-        ];
-        // The first exemplar's span is known, the last one's is not.
-        a.exemplar_span_ids = vec!["1112131415161718".into(), "".into(), "".into(), "".into()];
-        a
+        };
+        let identity = Identity {
+            kind: AnomalyKind::SpreadDrift,
+            service: "checkout-llm",
+            instance: None,
+            signal: "memspan.rss.end",
+            cohort: Some("1.5.0"),
+        };
+        let exemplar = |trace_id, span_id| Exemplar { trace_id, span_id };
+        Anomaly {
+            state,
+            // Every event of the finding carries the episode of its opening at T0.
+            episode: Episode::new(identity, T0 - 60_000_000_000, T0),
+            service: "checkout-llm".into(),
+            instance: None,
+            signal: "memspan.rss.end".into(),
+            detected_unix_nano: at,
+            window: Some((at - 60_000_000_000, at)),
+            method: "brown_forsythe+msprt",
+            evidence: Evidence::Spread {
+                statistic: 21.5,
+                p_value: 3e-6,
+                window_p_value: 1e-4,
+                autocorrelation: None,
+                sd_ratio: Interval {
+                    value: 2.6,
+                    low: 1.9,
+                    high: 3.4,
+                },
+                mad_ratio: None,
+                cohorts,
+            },
+            exemplars: vec![
+                // The first exemplar's span is known, the last one's is not.
+                exemplar(
+                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+                    Some([0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]),
+                ),
+                exemplar([0; 16], None),
+                exemplar(
+                    [
+                        0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xab, 0xac,
+                        0xad, 0xae, 0xaf, 0xb0,
+                    ],
+                    None,
+                ),
+            ],
+        }
     }
 
     fn attr<'a>(kvs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
@@ -576,20 +484,23 @@ mod tests {
             "canary 1.5.0 of checkout-llm: RSS spread 2.6x baseline 1.4.2 (p=3e-6) over 60 s"
         );
         let mut g = Anomaly::new(
-            AnomalyKind::Growth,
             AnomalyState::Resolved,
             "checkout-llm",
             "memspan.rss.end",
             T0,
+            "theil_sen_envelope",
+            Evidence::Growth {
+                envelope_bytes: 1e9,
+                growth_bytes_per_s: 1.5 * 1024.0 * 1024.0,
+                limit_bytes: Some(2.0 * 1024.0 * 1024.0 * 1024.0),
+                time_to_limit_s: Some(Interval {
+                    value: 840.0,
+                    low: 600.0,
+                    high: 1200.0,
+                }),
+            },
         );
         g.instance = Some("pod-7".into());
-        g.growth_bytes_per_s = Some(1.5 * 1024.0 * 1024.0);
-        g.limit_bytes = Some(2.0 * 1024.0 * 1024.0 * 1024.0);
-        g.time_to_limit_s = Some(Interval {
-            value: 840.0,
-            low: 600.0,
-            high: 1200.0,
-        });
         assert_eq!(
             summary(&g),
             "resolved: pod-7 of checkout-llm: RSS grows 1.5 MiB/s, reaches the 2.0 GiB limit in 14 min (at the earliest 10 min)"
@@ -598,9 +509,8 @@ mod tests {
 
     #[test]
     fn log_and_span_carry_event_name_evidence_and_links() {
-        let mut episodes = Episodes::default();
         let a = spread(AnomalyState::Open, T0);
-        let (logs, traces) = encode(std::slice::from_ref(&a), &mut episodes, T0 + 5);
+        let (logs, traces) = encode(std::slice::from_ref(&a), T0 + 5);
         let rl = &logs.resource_logs[0];
         let res = &rl.resource.as_ref().expect("resource").attributes;
         assert_eq!(
@@ -655,7 +565,7 @@ mod tests {
             .iter()
             .map(|l| hex::encode(&l.trace_id))
             .collect();
-        // The unreadable and the all-zero id are left out.
+        // The all-zero id is left out.
         assert_eq!(
             linked,
             [
@@ -673,26 +583,30 @@ mod tests {
     }
 
     #[test]
-    fn events_of_one_anomaly_share_a_trace_and_resolution_forgets_it() {
-        let mut episodes = Episodes::default();
-        let open = episodes.place(&spread(AnomalyState::Open, T0), T0);
-        let update = episodes.place(&spread(AnomalyState::Update, T0 + 10_000_000_000), T0);
-        let resolved = episodes.place(&spread(AnomalyState::Resolved, T0 + 70_000_000_000), T0);
+    fn events_of_one_anomaly_share_a_trace() {
+        let open = span_ids(&spread(AnomalyState::Open, T0));
+        let update = span_ids(&spread(AnomalyState::Update, T0 + 10_000_000_000));
+        let resolved = span_ids(&spread(AnomalyState::Resolved, T0 + 70_000_000_000));
         assert_eq!(update.trace_id, open.trace_id);
         assert_eq!(resolved.trace_id, open.trace_id);
         assert_eq!(update.parent_span_id, Some(open.span_id));
         assert_eq!(resolved.onset_ns, open.onset_ns);
         assert_eq!(resolved.detected_ns, T0 + 70_000_000_000);
         assert_ne!(update.span_id, resolved.span_id);
-        assert!(episodes.is_empty());
-        // The same events give the same ids: replays produce the same traces.
-        let mut again = Episodes::default();
-        assert_eq!(again.place(&spread(AnomalyState::Open, T0), T0), open);
+        // The same events give the same ids: replays and restarts produce the same traces.
+        assert_eq!(span_ids(&spread(AnomalyState::Open, T0)), open);
         // Another service's anomaly is another trace.
         let mut other = spread(AnomalyState::Open, T0);
         other.service = "search".into();
-        assert_ne!(again.place(&other, T0).trace_id, open.trace_id);
-        assert_eq!(again.len(), 2);
+        other.episode = Episode::new(
+            Identity {
+                service: "search",
+                ..other.identity()
+            },
+            T0 - 60_000_000_000,
+            T0,
+        );
+        assert_ne!(span_ids(&other).trace_id, open.trace_id);
     }
 
     #[test]
@@ -700,7 +614,7 @@ mod tests {
         let mut b = spread(AnomalyState::Open, T0);
         b.instance = Some("pod-2".into());
         let events = [spread(AnomalyState::Open, T0), b.clone(), b];
-        let (logs, traces) = encode(&events, &mut Episodes::default(), T0);
+        let (logs, traces) = encode(&events, T0);
         assert_eq!(logs.resource_logs.len(), 2);
         assert_eq!(logs.resource_logs[1].scope_logs[0].log_records.len(), 2);
         let res = &traces.resource_spans[1]

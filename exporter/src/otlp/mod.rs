@@ -29,7 +29,7 @@ pub mod transport;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -47,7 +47,6 @@ pub use retry::{Backoff, RetryConfig, Verdict};
 pub use transport::{Attempt, Compression, Headers, Protocol, Target};
 
 use crate::Anomaly;
-use encode::Episodes;
 use queue::{Batch, Queue};
 
 /// The label value of this exporter in `memdrift_exporter_*{exporter}`.
@@ -165,7 +164,6 @@ pub enum StartError {
 /// State shared by the producers and the sender tasks.
 struct Shared {
     queues: [Option<Arc<Queue>>; 3],
-    episodes: Mutex<Episodes>,
     metrics: ExporterMetrics,
     registry: Registry,
     resource: Vec<KeyValue>,
@@ -220,10 +218,7 @@ impl Shared {
             return;
         }
         for chunk in anomalies.chunks(MAX_EVENTS_PER_REQUEST) {
-            let (logs, traces) = {
-                let mut episodes = self.episodes.lock().unwrap_or_else(|p| p.into_inner());
-                encode::encode(chunk, &mut episodes, now_ns())
-            };
+            let (logs, traces) = encode::encode(chunk, now_ns());
             self.enqueue(Signal::Logs, chunk.len(), logs.encode_to_vec());
             self.enqueue(Signal::Traces, chunk.len(), traces.encode_to_vec());
         }
@@ -261,6 +256,18 @@ impl OtlpSender {
     /// Queues a snapshot of the metrics registry now (the timer does this every `metrics_interval`).
     pub fn export_metrics(&self) {
         self.shared.export_metrics();
+    }
+}
+
+impl crate::output::Output for OtlpSender {
+    fn name(&self) -> &'static str {
+        EXPORTER_NAME
+    }
+
+    /// Queues the events; what cannot be queued is counted as dropped, never an error here.
+    fn write(&mut self, events: &[Anomaly]) -> std::io::Result<()> {
+        self.export(events);
+        Ok(())
     }
 }
 
@@ -335,7 +342,6 @@ impl OtlpExporter {
         }
         let shared = Arc::new(Shared {
             queues,
-            episodes: Mutex::new(Episodes::default()),
             metrics,
             registry,
             resource: config
@@ -602,7 +608,7 @@ async fn until<F: Future>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AnomalyKind, AnomalyState};
+    use crate::anomaly::{AnomalyState, Evidence, LeakClass};
 
     fn unreachable_target() -> Target {
         Target {
@@ -637,11 +643,18 @@ mod tests {
         let burst: Vec<Anomaly> = (0..1200)
             .map(|i| {
                 Anomaly::new(
-                    AnomalyKind::Leak,
                     AnomalyState::Open,
                     &format!("svc-{i}"),
                     "memspan.rss.end",
                     1,
+                    "mann_kendall_hamed_rao+theil_sen_floor",
+                    Evidence::Leak {
+                        statistic: 3.0,
+                        p_value: 0.001,
+                        growth_bytes_per_s: 1e5,
+                        classification: LeakClass::Heap,
+                        limit_bytes: None,
+                    },
                 )
             })
             .collect();

@@ -73,6 +73,21 @@ impl ConfigError {
         }
     }
 
+    /// A detector's complaint about its section `processors.<section>`, placed at the key it names.
+    pub fn from_section(
+        file: &str,
+        text: &str,
+        section: &str,
+        e: crate::detect::SectionError,
+    ) -> ConfigError {
+        let mut path = vec!["processors", section];
+        path.extend(e.path.iter().map(String::as_str));
+        let hint = unknown_field_hint(&e.message)
+            .or_else(|| type_hint(&e.message))
+            .unwrap_or_else(|| "see pipelines/default.yaml and the README".into());
+        ConfigError::at_path(file, text, &path, e.message, Some(hint))
+    }
+
     pub fn from_yaml(file: &str, e: &serde_norway::Error) -> ConfigError {
         let location = e.location();
         // serde_norway appends " at line L column C" to its message; the location is printed separately.

@@ -16,12 +16,12 @@ mod otlp;
 mod schema;
 
 use std::path::Path;
+use std::sync::Arc;
 
 pub use error::ConfigError;
 pub use schema::*;
 
-use crate::detect::growth::{GrowthSettings, LeakSettings};
-use crate::detect::spread_drift::SpreadDriftSettings;
+use crate::detect::{Configured, Detector, DETECTORS};
 use crate::engine::EngineConfig;
 use crate::extract::ExtractConfig;
 use crate::signal::Signal;
@@ -35,12 +35,8 @@ pub struct Pipeline {
     pub file: PipelineFile,
     pub extract: ExtractConfig,
     pub engine: EngineConfig,
-    /// The spread-drift detector's settings, when a pipeline enables it.
-    pub spread_drift: Option<SpreadDriftSettings>,
-    /// The growth-forecast detector's settings, when a pipeline enables it.
-    pub growth: Option<GrowthSettings>,
-    /// The leak detector's settings, when a pipeline enables it.
-    pub leak: Option<LeakSettings>,
+    /// The detectors a pipeline enables, with their settings, in the order of [`DETECTORS`].
+    pub detectors: Vec<(&'static str, Arc<dyn Configured>)>,
     /// The OTLP exporter with every setting resolved; `None` when unused or without an endpoint.
     pub otlp: Option<memdrift_exporter::otlp::OtlpConfig>,
     /// Notes that are not errors (unused components, unset variables).
@@ -79,50 +75,47 @@ impl Pipeline {
         warnings.extend(file.check(name, &text)?);
         let extract = build_extract(name, &text, &file)?;
         let engine = build_engine(name, &text, &file)?;
-        // A detector's settings, when its section is present and a pipeline uses it; errors name the key's line.
-        let detector = |name_in_pipeline: &str| file.processor_enabled(name_in_pipeline);
-        let at = |(key, message): (&'static str, String)| {
-            ConfigError::at(
-                name,
-                &text,
-                key,
-                message,
-                Some("see pipelines/default.yaml and the README".into()),
-            )
-        };
-        let p = &file.processors;
-        let spread_drift = p
-            .spread_drift
-            .as_ref()
-            .filter(|_| detector("spread_drift"))
-            .map(SpreadDriftSettings::from_section)
-            .transpose()
-            .map_err(at)?;
-        let growth = p
-            .growth
-            .as_ref()
-            .filter(|_| detector("growth"))
-            .map(|s| GrowthSettings::from_section(s, engine.step_ns))
-            .transpose()
-            .map_err(at)?;
-        let leak = p
-            .leak
-            .as_ref()
-            .filter(|_| detector("leak"))
-            .map(|s| LeakSettings::from_section(s, engine.step_ns))
-            .transpose()
-            .map_err(at)?;
+        // Each enabled detector reads its own section; an error names the key's own line.
+        let mut detectors = Vec::new();
+        for d in DETECTORS {
+            let Some(section) = file
+                .processors
+                .detectors
+                .get(d.name)
+                .filter(|_| file.processor_enabled(d.name))
+            else {
+                continue;
+            };
+            let settings = (d.configure)(section, &engine)
+                .map_err(|e| ConfigError::from_section(name, &text, d.name, e))?;
+            detectors.push((d.name, settings));
+        }
         let otlp = otlp::build(name, &text, &file, env)?;
         Ok(Pipeline {
             file,
             extract,
             engine,
-            spread_drift,
-            growth,
-            leak,
+            detectors,
             otlp,
             warnings,
         })
+    }
+}
+
+impl Pipeline {
+    /// The settings of the enabled detector whose settings are of type `T`.
+    pub fn settings<T: 'static>(&self) -> Option<&T> {
+        self.detectors
+            .iter()
+            .find_map(|(_, d)| d.as_any().downcast_ref::<T>())
+    }
+
+    /// A fresh instance of every detector the pipeline enables.
+    pub fn build_detectors(&self) -> Vec<Box<dyn Detector>> {
+        self.detectors
+            .iter()
+            .map(|(_, d)| d.build(&self.engine))
+            .collect()
     }
 }
 

@@ -1,45 +1,15 @@
 //! The pipeline file's structure. Every section rejects unknown keys.
 
 use std::collections::BTreeMap;
-use std::fmt;
+use std::sync::OnceLock;
 
+use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+
+pub use crate::duration::Duration;
 
 use super::error::did_you_mean;
 use super::ConfigError;
-
-/// A duration written with a unit ("500ms", "10s", "5m"), held in nanoseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Duration(pub u64);
-
-impl Duration {
-    pub fn as_nanos(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for Duration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}",
-            humantime::format_duration(std::time::Duration::from_nanos(self.0))
-        )
-    }
-}
-
-impl<'de> Deserialize<'de> for Duration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
-            .and_then(|d| {
-                u64::try_from(d.as_nanos())
-                    .map(Duration)
-                    .map_err(|_| serde::de::Error::custom(format!("duration {s:?} is too long")))
-            })
-    }
-}
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,19 +62,62 @@ pub struct Endpoint {
     pub endpoint: String,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `processors:`. The two stages every pipeline has are typed here; every other section belongs to a detector
+/// and is kept as YAML for the detector to read (`detect::DETECTORS`), so this file names no detector.
+#[derive(Clone, Debug, Default)]
 pub struct Processors {
     /// How samples are read from spans and metrics.
     pub extract: Option<ExtractSection>,
     /// Event-time windows and state bounds.
     pub windows: Option<WindowsSection>,
-    /// Canary against baseline spread, and spread over time (detect/spread_drift).
-    pub spread_drift: Option<crate::detect::spread_drift::SpreadDriftSection>,
-    /// Per-instance forecast of time to the memory limit (detect/growth).
-    pub growth: Option<crate::detect::growth::GrowthSection>,
-    /// Per-instance trend of the post-GC floor, classified (detect/growth/leak.rs).
-    pub leak: Option<crate::detect::growth::LeakSection>,
+    /// Detector sections by name, as written.
+    pub detectors: BTreeMap<String, serde_norway::Value>,
+}
+
+/// Every name `processors:` accepts: the two stages, then the detectors in table order.
+pub fn processor_names() -> &'static [&'static str] {
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        ["extract", "windows"]
+            .into_iter()
+            .chain(crate::detect::DETECTORS.iter().map(|d| d.name))
+            .collect()
+    })
+}
+
+impl<'de> Deserialize<'de> for Processors {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Sections;
+        impl<'de> Visitor<'de> for Sections {
+            type Value = Processors;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of processor sections")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Processors, A::Error> {
+                let mut p = Processors::default();
+                while let Some(name) = map.next_key::<String>()? {
+                    match name.as_str() {
+                        // Typed here, so their errors keep the parser's own position.
+                        "extract" => p.extract = Some(map.next_value()?),
+                        "windows" => p.windows = Some(map.next_value()?),
+                        n if processor_names().contains(&n) => {
+                            // An empty section (`leak:`) means all defaults.
+                            let v: Option<serde_norway::Value> = map.next_value()?;
+                            let v = v.unwrap_or_else(|| {
+                                serde_norway::Value::Mapping(serde_norway::Mapping::new())
+                            });
+                            p.detectors.insert(name, v);
+                        }
+                        _ => return Err(de::Error::unknown_field(&name, processor_names())),
+                    }
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_map(Sections)
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -262,7 +275,6 @@ pub struct PipelineDef {
 }
 
 const RECEIVERS: [&str; 1] = ["otlp"];
-const PROCESSORS: [&str; 5] = ["extract", "windows", "spread_drift", "growth", "leak"];
 const EXPORTERS: [&str; 3] = ["jsonl", "prometheus", "otlp"];
 
 impl PipelineFile {
@@ -303,19 +315,16 @@ impl PipelineFile {
             ));
         }
         let defined_receivers: Vec<&str> = self.receivers.otlp.iter().map(|_| "otlp").collect();
-        let defined_processors: Vec<&str> = [
-            self.processors.extract.as_ref().map(|_| "extract"),
-            self.processors.windows.as_ref().map(|_| "windows"),
-            self.processors
-                .spread_drift
-                .as_ref()
-                .map(|_| "spread_drift"),
-            self.processors.growth.as_ref().map(|_| "growth"),
-            self.processors.leak.as_ref().map(|_| "leak"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let p = &self.processors;
+        let defined_processors: Vec<&str> = processor_names()
+            .iter()
+            .copied()
+            .filter(|n| match *n {
+                "extract" => p.extract.is_some(),
+                "windows" => p.windows.is_some(),
+                n => p.detectors.contains_key(n),
+            })
+            .collect();
         let defined_exporters: Vec<&str> = [
             self.exporters.jsonl.as_ref().map(|_| "jsonl"),
             self.exporters.prometheus.as_ref().map(|_| "prometheus"),
@@ -334,7 +343,7 @@ impl PipelineFile {
             ),
             (
                 "processors",
-                &PROCESSORS[..],
+                processor_names(),
                 &defined_processors,
                 self.referenced(|p| &p.processors),
             ),

@@ -1,4 +1,6 @@
 use super::*;
+use crate::detect::growth::GrowthSettings;
+use crate::detect::leak::LeakSettings;
 
 const GOOD: &str = "receivers:\n  otlp:\n    protocols:\n      grpc:\n        endpoint: 127.0.0.1:4317\n\
 processors:\n  windows:\n    size: 30s\n    step: 5s\n\
@@ -112,12 +114,14 @@ fn unknown_signal_in_metric_table_is_rejected() {
 #[test]
 fn growth_and_leak_are_enabled_by_default_and_take_their_settings() {
     let p = Pipeline::default_pipeline().expect("valid");
-    let g = p.growth.expect("growth enabled");
+    let g = p.settings::<GrowthSettings>().expect("growth enabled");
     assert_eq!(g.horizon_ns, 900_000_000_000);
     assert_eq!(g.lookback_ns, 1_800_000_000_000);
-    let l = p.leak.expect("leak enabled");
+    let l = p.settings::<LeakSettings>().expect("leak enabled");
     assert_eq!(l.min_slope, 50_000.0);
-    let names: Vec<_> = crate::topology::build_detectors(&Pipeline::default_pipeline().unwrap())
+    let names: Vec<_> = Pipeline::default_pipeline()
+        .unwrap()
+        .build_detectors()
         .iter()
         .map(|d| d.name())
         .collect();
@@ -130,10 +134,10 @@ fn growth_and_leak_are_enabled_by_default_and_take_their_settings() {
         )
         .replace("processors: [windows]", "processors: [windows, growth, leak]");
     let p = Pipeline::parse("t.yaml", &text).expect("valid");
-    let g = p.growth.expect("growth");
+    let g = p.settings::<GrowthSettings>().expect("growth");
     assert_eq!(g.horizon_ns, 1_200_000_000_000);
     assert_eq!(g.limit_bytes, Some(4294967296.0));
-    assert_eq!(p.leak.expect("leak").alpha, 0.05);
+    assert_eq!(p.settings::<LeakSettings>().expect("leak").alpha, 0.05);
 }
 
 #[test]

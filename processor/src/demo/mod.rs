@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use memdrift_exporter::anomaly::{Anomaly, AnomalyKind, AnomalyState};
+use memdrift_exporter::anomaly::{AnomalyKind, AnomalyRecord, AnomalyState};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::config::Pipeline;
@@ -177,7 +177,7 @@ fn seconds(v: f64) -> String {
 }
 
 /// One line saying what an event means.
-fn describe(a: &Anomaly) -> String {
+fn describe(a: &AnomalyRecord) -> String {
     let who = match &a.instance {
         Some(i) => format!("{}/{}", a.service, i),
         None => a.service.clone(),
@@ -220,7 +220,7 @@ fn describe(a: &Anomaly) -> String {
     format!("{who}  {}  {evidence}", a.signal)
 }
 
-fn matches(p: &Planted, a: &Anomaly) -> bool {
+fn matches(p: &Planted, a: &AnomalyRecord) -> bool {
     a.kind == p.kind
         && a.service == p.service
         && p.instance.is_none_or(|i| a.instance.as_deref() == Some(i))
@@ -296,6 +296,8 @@ pub async fn run(opts: &DemoOptions, out: &mut (dyn Write + Send)) -> Result<boo
         tokio::select! {
             ev = events.recv() => match ev {
                 Ok(a) => {
+                    // What is printed is the event as JSON lines carry it.
+                    let a = AnomalyRecord::from(&a);
                     let at = start.elapsed();
                     let key = (a.kind, a.service.clone(), a.instance.clone(), a.signal.clone());
                     let label = match a.state {

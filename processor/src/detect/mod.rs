@@ -3,15 +3,113 @@
 //!
 //! The engine hands every detector each closed window in event-time order. A detector keeps whatever state it
 //! needs between windows, bounded per key, and forgets keys it has not seen for a while (it can tell from the
-//! window end times, which are event time).
+//! window end times, which are event time). Every finding opens, updates and resolves through one lifecycle,
+//! [`alarm::Alarm`].
+//!
+//! **Adding a detector** is one folder and one row of [`DETECTORS`]: the folder holds the detector, its section
+//! of the pipeline file (a serde struct whose doc comments are the user docs and whose defaults are on the
+//! fields), and a [`Registration`] that reads the section and builds the detector. Nothing else names it: the
+//! pipeline file accepts `processors.<name>`, `service.pipelines.*.processors` may list it, and `run`, `replay`
+//! and `demo` run it.
 
+pub mod alarm;
+pub mod grid;
 pub mod growth;
+pub mod leak;
 pub mod spread_drift;
 
-use memdrift_exporter::Anomaly;
+use std::any::Any;
+use std::fmt::Debug;
+use std::sync::Arc;
 
-use crate::engine::ClosedWindow;
-use crate::sample::Exemplar;
+use serde::de::DeserializeOwned;
+
+use crate::engine::{ClosedWindow, EngineConfig};
+
+/// The detectors, in the order they see each window (which is the order of their events within it).
+pub const DETECTORS: &[Registration] = &[
+    spread_drift::REGISTRATION,
+    growth::REGISTRATION,
+    leak::REGISTRATION,
+];
+
+/// One row of [`DETECTORS`].
+pub struct Registration {
+    /// The detector's name: its section under `processors:` and its name in `service.pipelines`.
+    pub name: &'static str,
+    /// Reads the section (defaults filled, values checked) into the settings that build the detector.
+    pub configure:
+        fn(&serde_norway::Value, &EngineConfig) -> Result<Arc<dyn Configured>, SectionError>,
+}
+
+/// A detector's settings, checked: what [`Configured::build`] turns into a running detector. The settings type
+/// itself is reachable through `as_any`, for tests and tools that read a setting back.
+pub trait Configured: Debug + Send + Sync {
+    fn build(&self, engine: &EngineConfig) -> Box<dyn Detector>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// What is wrong with a section: the path of the offending key inside it (empty for the section itself) and
+/// what to do about it. The pipeline loader adds the file, the line and a hint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SectionError {
+    pub path: Vec<String>,
+    pub message: String,
+}
+
+impl SectionError {
+    pub fn at(key: &str, message: String) -> SectionError {
+        SectionError {
+            path: vec![key.to_string()],
+            message,
+        }
+    }
+}
+
+impl From<(&'static str, String)> for SectionError {
+    fn from((key, message): (&'static str, String)) -> SectionError {
+        SectionError::at(key, message)
+    }
+}
+
+/// Reads a section into its serde type; an error names the key it is about, `processors.<name>.<key>: ...`.
+pub fn read_section<T: DeserializeOwned>(
+    name: &str,
+    section: &serde_norway::Value,
+) -> Result<T, SectionError> {
+    serde_path_to_error::deserialize(section.clone()).map_err(|e| {
+        let mut path: Vec<String> = e
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                _ => None,
+            })
+            .collect();
+        let message = e.into_inner().to_string();
+        // An unknown key is not on the path yet; it is what the message is about.
+        if let Some(key) = message
+            .split("unknown field `")
+            .nth(1)
+            .and_then(|r| r.split('`').next())
+        {
+            path.push(key.to_string());
+        }
+        let at = std::iter::once(name.to_string())
+            .chain(
+                path.iter()
+                    .filter(|k| !message.contains(&format!("`{k}`")))
+                    .cloned(),
+            )
+            .collect::<Vec<_>>()
+            .join(".");
+        SectionError {
+            path,
+            message: format!("processors.{at}: {message}"),
+        }
+    })
+}
 
 /// One value of a derived metric, e.g. the sd ratio of a canary against its baseline.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,7 +125,7 @@ pub struct Gauge {
 /// What detectors produce for one window.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Findings {
-    pub anomalies: Vec<Anomaly>,
+    pub anomalies: Vec<memdrift_anomaly::Anomaly>,
     /// The current value of every derived gauge the detector keeps; a gauge absent here is gone.
     pub gauges: Vec<Gauge>,
 }
@@ -41,18 +139,4 @@ pub trait Detector: Send {
 
     /// How many keys the detector holds state for, so tests and self-telemetry can show it stays bounded.
     fn live_keys(&self) -> usize;
-}
-
-/// Puts a window's exemplars on an event: the trace ids, and the span ids in the same order ("" where unknown;
-/// left out when none is known), so the OTLP span of the event links to the requests' own spans.
-pub fn set_exemplars(a: &mut Anomaly, exemplars: &[Exemplar]) {
-    a.exemplar_trace_ids = exemplars.iter().map(|e| hex::encode(e.trace_id)).collect();
-    a.exemplar_span_ids = if exemplars.iter().any(|e| e.span_id.is_some()) {
-        exemplars
-            .iter()
-            .map(|e| e.span_id.map(hex::encode).unwrap_or_default())
-            .collect()
-    } else {
-        Vec::new()
-    };
 }

@@ -43,21 +43,6 @@ impl Moments {
     }
 }
 
-/// The quantile of sorted data by linear interpolation between order statistics (Hyndman-Fan type 7, the
-/// default of R and numpy).
-pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
-    match sorted.len() {
-        0 => f64::NAN,
-        1 => sorted[0],
-        n => {
-            let h = (n - 1) as f64 * q.clamp(0.0, 1.0);
-            let lo = h.floor() as usize;
-            let hi = (lo + 1).min(n - 1);
-            sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
-        }
-    }
-}
-
 /// Median, raw median absolute deviation (unscaled: multiply by 1.4826 for a normal-consistent sd estimate) and
 /// p95 of `values`, which it sorts in place.
 pub fn robust_summary(values: &mut [f64]) -> (f64, f64, f64) {
@@ -68,6 +53,8 @@ pub fn robust_summary(values: &mut [f64]) -> (f64, f64, f64) {
     dev.sort_unstable_by(f64::total_cmp);
     (median, quantile_sorted(&dev, 0.5), p95)
 }
+
+pub use crate::stats::quantile_sorted;
 
 #[cfg(test)]
 mod tests {

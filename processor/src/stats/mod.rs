@@ -66,6 +66,21 @@ pub fn cusum_threshold(k: f64, arl: f64) -> f64 {
     0.5 * (lo + hi)
 }
 
+/// The quantile of sorted data by linear interpolation between order statistics (Hyndman-Fan type 7, the
+/// default of R and numpy).
+pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        1 => sorted[0],
+        n => {
+            let h = (n - 1) as f64 * q.clamp(0.0, 1.0);
+            let lo = h.floor() as usize;
+            let hi = (lo + 1).min(n - 1);
+            sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

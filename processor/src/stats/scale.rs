@@ -3,7 +3,7 @@
 
 use statrs::distribution::{ContinuousCDF, FisherSnedecor};
 
-use crate::engine::quantile_sorted;
+use super::quantile_sorted;
 
 /// A test's outcome.
 #[derive(Clone, Copy, Debug, PartialEq)]

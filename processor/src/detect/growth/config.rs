@@ -1,21 +1,12 @@
-//! The `growth` and `leak` processors' sections of the pipeline file, and their settings with defaults filled in.
+//! The `growth` processor's section of the pipeline file, and its settings with defaults filled in.
 
 use serde::Deserialize;
 
-use crate::config::Duration;
-use crate::signal::Signal;
+use crate::detect::grid::{fraction, grid, steps, GridSettings, SettingsError, S};
+use crate::duration::Duration;
 
-const S: u64 = 1_000_000_000;
 /// The recent fit needs this many buckets (2m on the default 10 s grid).
 const MIN_RECENT_STEPS: u64 = 12;
-/// The leak test needs this much floor history, in buckets (10m on the default 10 s grid).
-const MIN_SPAN_STEPS: u64 = 60;
-
-/// `n` steps as a duration a person reads, e.g. "2m".
-fn steps(n: u64, step_ns: u64) -> String {
-    humantime::format_duration(std::time::Duration::from_nanos(n.saturating_mul(step_ns)))
-        .to_string()
-}
 
 /// `processors.growth` in the pipeline file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -51,61 +42,6 @@ pub struct GrowthSection {
     pub max_instances: Option<usize>,
 }
 
-/// `processors.leak` in the pipeline file.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeakSection {
-    /// Memory signals watched per instance, first present wins (same default as `growth`).
-    pub signals: Option<Vec<String>>,
-    /// Level of the Mann-Kendall test. Default 0.01.
-    pub alpha: Option<f64>,
-    /// Smallest floor slope worth a finding, bytes per second. Default 50000 (about 4 GB a day).
-    pub min_slope_bytes_per_s: Option<f64>,
-    /// Longest stretch of floor history tested. Default 60m.
-    pub lookback: Option<Duration>,
-    /// Shortest stretch of floor history tested. Default 20m.
-    pub min_span: Option<Duration>,
-    /// The post-GC floor is the running minimum over this span: at least one GC cycle. Default 5m.
-    pub floor_window: Option<Duration>,
-    /// Nothing is tested for this long after an instance starts or restarts. Default 5m.
-    pub warmup: Option<Duration>,
-    /// A drop below (1 - this) times the recent floor is a restart. Default 0.3.
-    pub restart_drop: Option<f64>,
-    /// Evaluations (one per minute) without a finding before an open one resolves. Default 3.
-    pub resolve_after: Option<u32>,
-    /// Instances not seen for this long (event time) are forgotten. Default 10m.
-    pub idle_timeout: Option<Duration>,
-    /// Most instances tracked; more are ignored. Default 10000.
-    pub max_instances: Option<usize>,
-}
-
-/// What both detectors need to keep a per-instance grid.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GridSettings {
-    pub signals: Vec<Signal>,
-    pub warmup_ns: u64,
-    pub restart_drop: f64,
-    pub idle_timeout_ns: u64,
-    pub max_instances: usize,
-}
-
-impl Default for GridSettings {
-    fn default() -> Self {
-        GridSettings {
-            signals: vec![
-                Signal::ContainerWorkingSet,
-                Signal::ProcessMemoryUsage,
-                Signal::RssEnd,
-                Signal::ContainerUsage,
-            ],
-            warmup_ns: 300 * S,
-            restart_drop: 0.3,
-            idle_timeout_ns: 600 * S,
-            max_instances: 10_000,
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct GrowthSettings {
     pub grid: GridSettings,
@@ -133,83 +69,6 @@ impl Default for GrowthSettings {
             resolve_after: 30,
         }
     }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct LeakSettings {
-    pub grid: GridSettings,
-    pub alpha: f64,
-    pub min_slope: f64,
-    pub lookback_ns: u64,
-    pub min_span_ns: u64,
-    pub floor_window_ns: u64,
-    pub resolve_after: u32,
-}
-
-impl Default for LeakSettings {
-    fn default() -> Self {
-        LeakSettings {
-            grid: GridSettings::default(),
-            alpha: 0.01,
-            min_slope: 50_000.0,
-            lookback_ns: 3600 * S,
-            min_span_ns: 1200 * S,
-            floor_window_ns: 300 * S,
-            resolve_after: 3,
-        }
-    }
-}
-
-type SettingsError = (&'static str, String);
-
-fn signals(kind: &str, names: &Option<Vec<String>>) -> Result<Vec<Signal>, SettingsError> {
-    match names {
-        None => Ok(GridSettings::default().signals),
-        Some(names) if names.is_empty() => Err((
-            "signals",
-            format!("processors.{kind}.signals must name at least one signal"),
-        )),
-        Some(names) => names
-            .iter()
-            .map(|n| {
-                Signal::from_name(n).ok_or_else(|| {
-                    (
-                        "signals",
-                        format!("processors.{kind}.signals: unknown signal `{n}`"),
-                    )
-                })
-            })
-            .collect(),
-    }
-}
-
-fn fraction(kind: &str, key: &'static str, v: f64) -> Result<f64, SettingsError> {
-    if v > 0.0 && v < 1.0 {
-        Ok(v)
-    } else {
-        Err((
-            key,
-            format!("processors.{kind}.{key} must be in (0, 1), got {v}"),
-        ))
-    }
-}
-
-fn grid(
-    kind: &str,
-    names: &Option<Vec<String>>,
-    warmup: Option<Duration>,
-    restart_drop: Option<f64>,
-    idle: Option<Duration>,
-    max_instances: Option<usize>,
-) -> Result<GridSettings, SettingsError> {
-    let d = GridSettings::default();
-    Ok(GridSettings {
-        signals: signals(kind, names)?,
-        warmup_ns: warmup.map_or(d.warmup_ns, |x| x.as_nanos()),
-        restart_drop: fraction(kind, "restart_drop", restart_drop.unwrap_or(d.restart_drop))?,
-        idle_timeout_ns: idle.map_or(d.idle_timeout_ns, |x| x.as_nanos()),
-        max_instances: max_instances.unwrap_or(d.max_instances).max(1),
-    })
 }
 
 impl GrowthSettings {
@@ -254,57 +113,6 @@ impl GrowthSettings {
             envelope_ns: s.envelope.map_or(d.envelope_ns, |x| x.as_nanos()),
             max_headroom: fraction(k, "max_headroom", s.max_headroom.unwrap_or(d.max_headroom))?,
             level: fraction(k, "level", s.level.unwrap_or(d.level))?,
-            resolve_after: s.resolve_after.unwrap_or(d.resolve_after).max(1),
-        })
-    }
-}
-
-impl LeakSettings {
-    /// Fills defaults; an error names the key and says what is allowed (shortest stretches in engine steps, as
-    /// for growth).
-    pub fn from_section(s: &LeakSection, step_ns: u64) -> Result<LeakSettings, SettingsError> {
-        let d = LeakSettings::default();
-        let k = "leak";
-        let g = grid(
-            k,
-            &s.signals,
-            s.warmup,
-            s.restart_drop,
-            s.idle_timeout,
-            s.max_instances,
-        )?;
-        let alpha = s.alpha.unwrap_or(d.alpha);
-        if !(alpha > 0.0 && alpha < 0.5) {
-            return Err((
-                "alpha",
-                format!("processors.leak.alpha must be in (0, 0.5), got {alpha}"),
-            ));
-        }
-        let min_slope = s.min_slope_bytes_per_s.unwrap_or(d.min_slope);
-        if !(min_slope > 0.0 && min_slope.is_finite()) {
-            return Err((
-                "min_slope_bytes_per_s",
-                format!("processors.leak.min_slope_bytes_per_s must be positive, got {min_slope}"),
-            ));
-        }
-        let lookback_ns = s.lookback.map_or(d.lookback_ns, |x| x.as_nanos());
-        let min_span_ns = s.min_span.map_or(d.min_span_ns, |x| x.as_nanos());
-        if min_span_ns < MIN_SPAN_STEPS * step_ns || min_span_ns > lookback_ns {
-            return Err((
-                "min_span",
-                format!(
-                    "processors.leak.min_span must be at least {MIN_SPAN_STEPS} steps ({}) and at most the lookback",
-                    steps(MIN_SPAN_STEPS, step_ns)
-                ),
-            ));
-        }
-        Ok(LeakSettings {
-            grid: g,
-            alpha,
-            min_slope,
-            lookback_ns,
-            min_span_ns,
-            floor_window_ns: s.floor_window.map_or(d.floor_window_ns, |x| x.as_nanos()),
             resolve_after: s.resolve_after.unwrap_or(d.resolve_after).max(1),
         })
     }

@@ -25,24 +25,49 @@
 //! silence longer than the ring); a restart resolves an open warning.
 
 pub mod config;
-pub mod grid;
-pub mod leak;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use memdrift_exporter::anomaly::{rfc3339, Interval as EventInterval};
-use memdrift_exporter::{Anomaly, AnomalyKind, AnomalyState};
+use memdrift_anomaly::{
+    Anomaly, AnomalyKind, AnomalyState, Episode, Evidence, Identity, Interval as EventInterval,
+};
 
-pub use config::{GrowthSection, GrowthSettings, LeakSection, LeakSettings};
-pub use leak::Leak;
+pub use config::{GrowthSection, GrowthSettings};
 
-use super::{set_exemplars, Detector, Findings, Gauge};
-use crate::engine::ClosedWindow;
+use super::alarm::{Alarm, Look, Rules};
+use super::grid::{admit, buckets, expire, observations, InstanceKey, Observation, Track};
+use super::{Configured, Detector, Findings, Gauge, Registration, SectionError};
+use crate::engine::{ClosedWindow, EngineConfig};
 use crate::stats::{median_in_place, normal_quantile, theil_sen, SenSlope};
-use grid::{admit, expire, observations, Track};
+
+/// `growth`'s row in the detector table.
+pub const REGISTRATION: Registration = Registration {
+    name: "growth",
+    configure,
+};
+
+fn configure(
+    section: &serde_norway::Value,
+    engine: &EngineConfig,
+) -> Result<Arc<dyn Configured>, SectionError> {
+    let s: GrowthSection = super::read_section("growth", section)?;
+    Ok(Arc::new(GrowthSettings::from_section(&s, engine.step_ns)?))
+}
+
+impl Configured for GrowthSettings {
+    fn build(&self, engine: &EngineConfig) -> Box<dyn Detector> {
+        // The pipeline runs behind event time by the allowed lateness and up to a step.
+        let lag = engine.allowed_lateness_ns + engine.step_ns;
+        Box::new(Growth::new(self.clone(), engine.step_ns, lag))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
 
 /// The envelope is read every this many buckets.
 pub const STRIDE: usize = 3;
@@ -71,9 +96,7 @@ pub struct Forecast {
 
 struct InstanceState {
     track: Track,
-    open: bool,
-    clean: u32,
-    since_update: u32,
+    alarm: Alarm,
     last: Option<Forecast>,
 }
 
@@ -84,10 +107,6 @@ pub struct Growth {
     instances: HashMap<(Arc<str>, Arc<str>), InstanceState>,
     /// Instances ignored because the cap was reached.
     pub overflow: u64,
-}
-
-fn buckets(ns: u64, step_ns: u64) -> usize {
-    (ns / step_ns.max(1)).max(1) as usize
 }
 
 fn ttl(headroom: f64, slope: f64) -> f64 {
@@ -223,137 +242,119 @@ impl Growth {
         ) + 1
     }
 
+    fn rules(&self) -> Rules {
+        Rules {
+            confirm: 1,
+            resolve_after: self.settings.resolve_after,
+            // An update a minute at the default step.
+            update_every: 6,
+        }
+    }
+
     fn event(
         &self,
-        state: AnomalyState,
-        key: &(Arc<str>, Arc<str>),
+        (state, episode): (AnomalyState, Episode),
+        key: &InstanceKey,
         t: &Track,
         f: &Forecast,
         end: u64,
     ) -> Anomaly {
-        let mut a = Anomaly::new(AnomalyKind::Growth, state, &key.0, t.signal.name(), end);
-        a.instance = Some(key.1.to_string());
-        a.method = Some("theil_sen_envelope".into());
-        a.window_start = Some(rfc3339((f.from.max(0) as u64).saturating_mul(self.step_ns)));
-        a.window_end = Some(rfc3339(end));
-        a.growth_bytes_per_s = Some(f.slope);
-        a.limit_bytes = f.limit;
-        a.statistic = Some(f.envelope);
-        a.time_to_limit_s = f.ttl.map(|(v, low, high)| EventInterval {
-            value: v,
-            low,
-            high,
-        });
-        a
-    }
-}
-
-impl Detector for Growth {
-    fn name(&self) -> &'static str {
-        "growth"
-    }
-
-    fn live_keys(&self) -> usize {
-        self.instances.len()
+        Anomaly {
+            state,
+            episode,
+            service: key.0.to_string(),
+            instance: Some(key.1.to_string()),
+            signal: t.signal.name().to_string(),
+            detected_unix_nano: end,
+            window: Some((self.onset(f), end)),
+            method: "theil_sen_envelope",
+            evidence: Evidence::Growth {
+                envelope_bytes: f.envelope,
+                growth_bytes_per_s: f.slope,
+                limit_bytes: f.limit,
+                time_to_limit_s: f
+                    .ttl
+                    .map(|(value, low, high)| EventInterval { value, low, high }),
+            },
+            exemplars: Vec::new(),
+        }
     }
 
-    fn on_window(&mut self, window: &ClosedWindow, out: &mut Findings) {
-        let end = window.end_unix_nano;
-        let index = (end / self.step_ns.max(1)) as i64;
+    /// Start of the stretch a forecast was fitted on.
+    fn onset(&self, f: &Forecast) -> u64 {
+        (f.from.max(0) as u64).saturating_mul(self.step_ns)
+    }
+
+    /// One instance's step: push the observation, forecast, and take one look; returns the event due.
+    fn step(
+        &mut self,
+        key: &InstanceKey,
+        o: &Observation,
+        index: i64,
+        end: u64,
+        out: &mut Findings,
+    ) -> Option<Anomaly> {
         let cap = self.capacity();
-        for (key, o) in observations(window, &self.settings.grid.signals) {
-            let Some((signal, _)) = o.memory else {
-                continue;
-            };
-            let Some(st) = admit(
-                &mut self.instances,
-                key.clone(),
-                self.settings.grid.max_instances,
-                &mut self.overflow,
-                || InstanceState {
-                    track: Track::new(signal, index, cap),
-                    open: false,
-                    clean: 0,
-                    since_update: 0,
-                    last: None,
-                },
-            ) else {
-                continue;
-            };
-            let restarted = st.track.push(index, &o, &self.settings.grid, end);
-            if restarted {
-                let resolved = st.last.filter(|_| st.open);
-                st.open = false;
-                st.last = None;
-                if let Some(f) = resolved {
-                    let a = self.event(
-                        AnomalyState::Resolved,
-                        &key,
-                        &self.instances[&key].track,
-                        &f,
-                        end,
-                    );
-                    out.anomalies.push(a);
-                }
-            }
-            let st = self.instances.get_mut(&key).expect("present");
-            let f = forecast(&st.track, &self.settings, self.step_ns, self.lag_ns);
-            let mut emit = None;
-            match (f, st.open) {
-                (Some(f), false) if f.warn => {
-                    st.open = true;
-                    st.clean = 0;
-                    st.since_update = 0;
-                    emit = Some((AnomalyState::Open, f));
-                }
-                (Some(f), true) if f.warn || f.hold => {
-                    st.clean = 0;
-                    st.since_update += 1;
-                    if st.since_update >= 6 {
-                        st.since_update = 0;
-                        emit = Some((AnomalyState::Update, f));
-                    }
-                }
-                (_, true) => {
-                    // Only an evaluation with a fresh sample is evidence that the danger has passed: on minute
-                    // metrics a warning needs as many clean minutes as dense input needs clean steps.
-                    let fresh = st.track.max.back().is_some_and(|v| v.is_finite());
-                    if fresh {
-                        st.clean += 1;
-                    }
-                    if st.clean >= self.settings.resolve_after {
-                        st.open = false;
-                        if let Some(f) = f.or(st.last) {
-                            emit = Some((AnomalyState::Resolved, f));
-                        }
-                    }
-                }
-                _ => {}
-            }
-            if f.is_some() {
-                st.last = f;
-            }
-            if let Some((state, f)) = emit {
-                let st = &self.instances[&key];
-                let mut a = self.event(state, &key, &st.track, &f, end);
-                set_exemplars(&mut a, o.exemplars(window));
+        let signal = o.memory?.0;
+        let st = admit(
+            &mut self.instances,
+            key.clone(),
+            self.settings.grid.max_instances,
+            &mut self.overflow,
+            || InstanceState {
+                track: Track::new(signal, index, cap),
+                alarm: Alarm::default(),
+                last: None,
+            },
+        )?;
+        if st.track.push(index, o, &self.settings.grid, end) {
+            // A restart ends the warning: what it warned of has happened or been undone.
+            let open = st.alarm.reset();
+            if let (Some(episode), Some(f)) = (open, st.last.take()) {
+                let st = &self.instances[key];
+                let a = self.event((AnomalyState::Resolved, episode), key, &st.track, &f, end);
                 out.anomalies.push(a);
             }
         }
-        // Forget instances gone quiet; an open warning resolves with them.
-        let idle = self.settings.grid.idle_timeout_ns;
-        for (k, st) in expire(&mut self.instances, |s| &s.track, idle, end) {
-            if let (true, Some(f)) = (st.open, st.last) {
-                out.anomalies
-                    .push(self.event(AnomalyState::Resolved, &k, &st.track, &f, end));
-            }
+        let (rules, step_ns, lag_ns) = (self.rules(), self.step_ns, self.lag_ns);
+        let st = self.instances.get_mut(key)?;
+        let f = forecast(&st.track, &self.settings, step_ns, lag_ns);
+        let look = match f {
+            Some(f) if f.warn => Look::Alarm,
+            Some(f) if f.hold => Look::Hold,
+            // Only an evaluation with a fresh sample is evidence that the danger has passed: on minute metrics a
+            // warning needs as many clean minutes as dense input needs clean steps.
+            _ if st.track.max.back().is_some_and(|v| v.is_finite()) => Look::Clear,
+            _ => Look::Stale,
+        };
+        let onset = f.map(|f| (f.from.max(0) as u64).saturating_mul(step_ns));
+        let identity = Identity {
+            kind: AnomalyKind::Growth,
+            service: &key.0,
+            instance: Some(&key.1),
+            signal: st.track.signal.name(),
+            cohort: None,
+        };
+        let due = st.alarm.look(look, &rules, || {
+            Episode::new(identity, onset.unwrap_or(end), end)
+        });
+        let shown = match due {
+            Some((AnomalyState::Resolved, _)) => f.or(st.last),
+            _ => f,
+        };
+        if f.is_some() {
+            st.last = f;
         }
+        let (due, shown) = (due?, shown?);
+        Some(self.event(due, key, &self.instances[key].track, &shown, end))
+    }
+
+    /// Every live instance's latest forecast, in key order, until it expires or restarts.
+    fn gauges(&self, out: &mut Findings) {
         let mut keys: Vec<_> = self.instances.keys().cloned().collect();
         keys.sort();
         for k in keys {
-            let st = &self.instances[&k];
-            // Every live instance's latest forecast, until it expires or restarts.
-            let Some(f) = st.last else {
+            let Some(f) = self.instances[&k].last else {
                 continue;
             };
             let labels = vec![("service", k.0.to_string()), ("instance", k.1.to_string())];
@@ -372,5 +373,40 @@ impl Detector for Growth {
                 });
             }
         }
+    }
+}
+
+impl Detector for Growth {
+    fn name(&self) -> &'static str {
+        "growth"
+    }
+
+    fn live_keys(&self) -> usize {
+        self.instances.len()
+    }
+
+    fn on_window(&mut self, window: &ClosedWindow, out: &mut Findings) {
+        let end = window.end_unix_nano;
+        let index = (end / self.step_ns.max(1)) as i64;
+        for (key, o) in observations(window, &self.settings.grid.signals) {
+            if let Some(mut a) = self.step(&key, &o, index, end, out) {
+                a.exemplars = o.exemplars(window).to_vec();
+                out.anomalies.push(a);
+            }
+        }
+        // Forget instances gone quiet; an open warning resolves with them.
+        let idle = self.settings.grid.idle_timeout_ns;
+        for (k, mut st) in expire(&mut self.instances, |s| &s.track, idle, end) {
+            if let (Some(episode), Some(f)) = (st.alarm.reset(), st.last) {
+                out.anomalies.push(self.event(
+                    (AnomalyState::Resolved, episode),
+                    &k,
+                    &st.track,
+                    &f,
+                    end,
+                ));
+            }
+        }
+        self.gauges(out);
     }
 }

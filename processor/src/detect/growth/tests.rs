@@ -8,9 +8,12 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
 use super::*;
+use crate::detect::grid::GridSettings;
+use crate::detect::leak::{Leak, LeakSettings};
 use crate::engine::{GroupKey, PaneSummary, Scope, SeriesKey, WindowSummary};
 use crate::sample::Exemplar;
 use crate::signal::Signal;
+use memdrift_exporter::AnomalyRecord;
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 const MB: f64 = 1e6;
@@ -228,7 +231,7 @@ pub struct Outcome {
     pub naive_open: Vec<f64>,
 }
 
-fn secs(a: &Anomaly) -> f64 {
+fn secs(a: &AnomalyRecord) -> f64 {
     let t = memdrift_exporter::anomaly::parse_rfc3339(&a.detected_at).expect("rfc3339");
     (t - T0) as f64 / 1e9
 }
@@ -290,8 +293,8 @@ pub fn run(s: &Scenario) -> Outcome {
         let mut f = Findings::default();
         growth.on_window(&w, &mut f);
         leak.on_window(&w, &mut f);
-        for a in &f.anomalies {
-            let t = secs(a);
+        for a in f.anomalies.iter().map(AnomalyRecord::from) {
+            let t = secs(&a);
             match (a.kind, a.state) {
                 (AnomalyKind::Growth, AnomalyState::Open) => {
                     o.growth_open.push(t);
@@ -534,10 +537,10 @@ fn run_metrics(s: &Scenario) -> Outcome {
         ..Outcome::default()
     };
     let mut record = |anomalies: &[Anomaly]| {
-        for a in anomalies {
+        for a in anomalies.iter().map(AnomalyRecord::from) {
             assert_eq!(a.signal, "container.memory.working_set");
             assert_eq!(a.instance.as_deref(), Some("pod-7"));
-            let t = secs(a);
+            let t = secs(&a);
             match (a.kind, a.state) {
                 (AnomalyKind::Growth, AnomalyState::Open) => o.growth_open.push(t),
                 (AnomalyKind::Growth, AnomalyState::Resolved) => o.growth_resolved.push(t),
@@ -604,7 +607,7 @@ fn the_same_detectors_work_on_60_s_metrics() {
 #[test]
 fn state_is_bounded_and_idle_instances_expire() {
     let settings = GrowthSettings {
-        grid: config::GridSettings {
+        grid: GridSettings {
             max_instances: 3,
             ..Default::default()
         },
@@ -676,7 +679,7 @@ fn events_and_gauges_carry_the_forecast() {
         w.summaries[1].exemplars = vec![heap_top];
         growth.on_window(&w, &mut f);
         leak.on_window(&w, &mut f);
-        events.extend(f.anomalies);
+        events.extend(f.anomalies.iter().map(AnomalyRecord::from));
         gauges = f.gauges;
     }
     let g = events

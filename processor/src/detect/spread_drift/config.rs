@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::config::Duration;
+use crate::duration::Duration;
 use crate::signal::Signal;
 
 /// Which way a spread change must go to matter.

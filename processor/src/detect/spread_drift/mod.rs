@@ -22,24 +22,51 @@ mod baseline;
 mod change;
 pub mod config;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use memdrift_exporter::anomaly::{rfc3339, Cohorts, Interval as EventInterval};
-use memdrift_exporter::{Anomaly, AnomalyKind, AnomalyState};
+use memdrift_anomaly::{
+    Anomaly, AnomalyKind, AnomalyState, Cohorts, Episode, Evidence, Identity,
+    Interval as EventInterval,
+};
 
 pub use baseline::{choose_baseline, CohortInfo};
 pub use config::{Direction, SpreadDriftSection, SpreadDriftSettings};
 
-use super::{set_exemplars, Detector, Findings, Gauge};
-use crate::engine::{ClosedWindow, Scope, WindowSummary};
+use super::alarm::{Alarm, Look, Rules};
+use super::{Configured, Detector, Findings, Gauge, Registration, SectionError};
+use crate::engine::{ClosedWindow, EngineConfig, Scope, WindowSummary};
 use crate::sample::Exemplar;
 use crate::signal::Signal;
 use crate::stats::{
     benjamini_hochberg, bonett_sd_ratio_from, brown_forsythe_from, cusum_threshold,
     lag_autocorrelations, median_in_place, variance_inflation, Interval, Msprt, SpreadSummary,
 };
-use change::SpreadChange;
+use change::{ChangeReading, SpreadChange};
+
+/// `spread_drift`'s row in the detector table.
+pub const REGISTRATION: Registration = Registration {
+    name: "spread_drift",
+    configure,
+};
+
+fn configure(
+    section: &serde_norway::Value,
+    _engine: &EngineConfig,
+) -> Result<Arc<dyn Configured>, SectionError> {
+    let s: SpreadDriftSection = super::read_section("spread_drift", section)?;
+    Ok(Arc::new(SpreadDriftSettings::from_section(&s)?))
+}
+
+impl Configured for SpreadDriftSettings {
+    fn build(&self, engine: &EngineConfig) -> Box<dyn Detector> {
+        Box::new(SpreadDrift::new(self.clone(), engine.window_ns))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
 
 /// The mSPRT mixing scale on ln(sd ratio): tuned to ratios around 1.35, the middle of what matters.
 const MSPRT_TAU: f64 = 0.3;
@@ -48,8 +75,7 @@ const MAX_COHORTS: usize = 16;
 
 struct PairState {
     msprt: Msprt,
-    open: bool,
-    clean: u32,
+    alarm: Alarm,
     last_seen: u64,
 }
 
@@ -57,8 +83,7 @@ struct CohortState {
     first_seen: u64,
     last_seen: u64,
     change: SpreadChange,
-    change_open: bool,
-    change_clean: u32,
+    change_alarm: Alarm,
 }
 
 #[derive(Default)]
@@ -216,26 +241,29 @@ pub fn compare(canary: &CohortSpread, baseline: &CohortSpread) -> Option<PairRes
     })
 }
 
-impl Detector for SpreadDrift {
-    fn name(&self) -> &'static str {
-        "spread_drift"
+/// The usable cohorts of one (service, signal) in a window, with their spreads.
+struct Group<'a> {
+    service: Arc<str>,
+    signal: Signal,
+    cohorts: Vec<&'a CohortWindow<'a>>,
+    spreads: Vec<Option<CohortSpread>>,
+}
+
+impl SpreadDrift {
+    fn rules(&self) -> Rules {
+        Rules {
+            confirm: 1,
+            resolve_after: self.settings.resolve_after,
+            update_every: 1,
+        }
     }
 
-    fn live_keys(&self) -> usize {
-        self.series
-            .values()
-            .map(|s| s.cohorts.len() + s.pairs.len())
-            .sum()
-    }
-
-    fn on_window(&mut self, window: &ClosedWindow, out: &mut Findings) {
-        let end = window.end_unix_nano;
-        let window_ns = end - window.start_unix_nano;
-        // Sequential evidence and decisions use non-overlapping windows only, so their estimates are independent.
-        let evaluate = window_ns > 0 && end.is_multiple_of(window_ns);
-
-        // Cohort summaries of the configured signals, grouped by (service, signal).
-        let mut groups: BTreeMap<(Arc<str>, Signal), Vec<CohortWindow<'_>>> = BTreeMap::new();
+    /// The configured signals' cohort summaries, grouped by (service, signal).
+    fn groups<'w>(
+        &self,
+        window: &'w ClosedWindow,
+    ) -> BTreeMap<(Arc<str>, Signal), Vec<CohortWindow<'w>>> {
+        let mut groups: BTreeMap<(Arc<str>, Signal), Vec<CohortWindow<'w>>> = BTreeMap::new();
         for s in &window.summaries {
             let Scope::Cohort(Some(cohort)) = &s.key.group.scope else {
                 continue;
@@ -248,213 +276,200 @@ impl Detector for SpreadDrift {
                 .or_default()
                 .push((cohort.clone(), s));
         }
+        groups
+    }
 
-        let mut comparisons = Vec::new();
-        for ((service, signal), cohorts) in groups {
-            let state = self.series.entry((service.clone(), signal)).or_default();
-            state.last_seen = end;
-            for (label, _) in &cohorts {
-                if !state.cohorts.contains_key(label) && state.cohorts.len() >= MAX_COHORTS {
-                    continue;
-                }
-                let c = state
-                    .cohorts
-                    .entry(label.clone())
-                    .or_insert_with(|| CohortState {
-                        first_seen: end,
-                        last_seen: end,
-                        change: SpreadChange::new(),
-                        change_open: false,
-                        change_clean: 0,
-                    });
-                c.last_seen = end;
+    /// Registers the group's cohorts (up to [`MAX_COHORTS`]) and keeps those with enough samples.
+    fn usable<'a>(
+        &mut self,
+        (service, signal): (Arc<str>, Signal),
+        cohorts: &'a [CohortWindow<'a>],
+        end: u64,
+    ) -> Group<'a> {
+        let state = self.series.entry((service.clone(), signal)).or_default();
+        state.last_seen = end;
+        for (label, _) in cohorts {
+            if !state.cohorts.contains_key(label) && state.cohorts.len() >= MAX_COHORTS {
+                continue;
             }
-            let usable: Vec<&CohortWindow<'_>> = cohorts
-                .iter()
-                .filter(|(label, s)| {
-                    state.cohorts.contains_key(label) && s.values.len() >= self.settings.min_samples
-                })
-                .collect();
-            let spreads: Vec<Option<CohortSpread>> =
-                usable.iter().map(|(_, s)| CohortSpread::of(s)).collect();
+            let c = state
+                .cohorts
+                .entry(label.clone())
+                .or_insert_with(|| CohortState {
+                    first_seen: end,
+                    last_seen: end,
+                    change: SpreadChange::new(),
+                    change_alarm: Alarm::default(),
+                });
+            c.last_seen = end;
+        }
+        let min_samples = self.settings.min_samples;
+        let usable: Vec<&CohortWindow<'_>> = cohorts
+            .iter()
+            .filter(|(label, s)| state.cohorts.contains_key(label) && s.values.len() >= min_samples)
+            .collect();
+        let spreads = usable.iter().map(|(_, s)| CohortSpread::of(s)).collect();
+        Group {
+            service,
+            signal,
+            cohorts: usable,
+            spreads,
+        }
+    }
 
-            if self.settings.change_over_time && evaluate {
-                for ((label, s), spread) in usable.iter().zip(&spreads) {
-                    let (Some(spread), Some(c)) = (spread, state.cohorts.get_mut(label)) else {
-                        continue;
-                    };
-                    let Some(reading) =
-                        c.change
-                            .update(spread.summary.mad, s.values.len(), self.cusum_h)
-                    else {
-                        continue;
-                    };
-                    let r = self.settings.min_ratio;
-                    let up = reading.up > self.cusum_h && reading.ratio >= r;
-                    let down = reading.down > self.cusum_h && reading.ratio <= 1.0 / r;
-                    let alarm = match self.settings.direction {
-                        Direction::Wider => up,
-                        Direction::Narrower => down,
-                        Direction::Both => up || down,
-                    };
-                    let state_now = match (c.change_open, alarm) {
-                        (false, true) => Some(AnomalyState::Open),
-                        (true, true) => Some(AnomalyState::Update),
-                        (true, false) => {
-                            c.change_clean += 1;
-                            (c.change_clean >= self.settings.resolve_after)
-                                .then_some(AnomalyState::Resolved)
-                        }
-                        (false, false) => None,
-                    };
-                    if alarm {
-                        c.change_clean = 0;
-                    }
-                    if let Some(st) = state_now {
-                        c.change_open = st != AnomalyState::Resolved;
-                        if st == AnomalyState::Resolved {
-                            c.change_clean = 0;
-                        }
-                        let mut a = Anomaly::new(
-                            AnomalyKind::SpreadDrift,
-                            st,
-                            &service,
-                            signal.name(),
-                            end,
-                        );
-                        a.method = Some("cusum".into());
-                        a.window_start = Some(rfc3339(window.start_unix_nano));
-                        a.window_end = Some(rfc3339(end));
-                        a.statistic = Some(reading.up.max(reading.down));
-                        a.mad_ratio = Some(reading.ratio);
-                        a.cohorts = Some(Cohorts {
-                            baseline: format!("{label} (before)"),
-                            canary: label.to_string(),
-                            baseline_samples: 0,
-                            canary_samples: s.count,
-                        });
-                        set_exemplars(&mut a, &s.exemplars);
-                        out.anomalies.push(a);
-                    }
-                }
+    /// Each cohort's spread against its own past (CUSUM), one look per non-overlapping window.
+    fn watch_changes(&mut self, g: &Group<'_>, window: &ClosedWindow, out: &mut Findings) {
+        let (end, rules, h) = (window.end_unix_nano, self.rules(), self.cusum_h);
+        let (m, direction) = (self.settings.min_ratio, self.settings.direction);
+        // An alarm needs the CUSUM over its threshold and the spread past `min_ratio`, in the configured direction.
+        let alarm = |r: &ChangeReading| {
+            let up = r.up > h && r.ratio >= m;
+            let down = r.down > h && r.ratio <= 1.0 / m;
+            match direction {
+                Direction::Wider => up,
+                Direction::Narrower => down,
+                Direction::Both => up || down,
             }
-
-            let infos: Vec<CohortInfo<'_>> = usable
-                .iter()
-                .map(|(label, s)| CohortInfo {
-                    label,
-                    first_seen: state.cohorts.get(label).map_or(end, |c| c.first_seen),
-                    instances: s
-                        .instance_tags
-                        .iter()
-                        .collect::<std::collections::BTreeSet<_>>()
-                        .len(),
-                })
-                .collect();
-            let Some(b) = choose_baseline(&infos, self.settings.baseline.as_deref()) else {
+        };
+        let Some(state) = self.series.get_mut(&(g.service.clone(), g.signal)) else {
+            return;
+        };
+        for ((label, s), spread) in g.cohorts.iter().zip(&g.spreads) {
+            let (Some(spread), Some(c)) = (spread, state.cohorts.get_mut(label)) else {
                 continue;
             };
-            let Some(base) = &spreads[b] else { continue };
-            for (i, (label, s)) in usable.iter().enumerate() {
-                if i == b {
-                    continue;
-                }
-                let Some(spread) = &spreads[i] else { continue };
-                let Some(r) = compare(spread, base) else {
-                    continue;
-                };
-                let baseline = usable[b].0.clone();
-                let p = state
-                    .pairs
-                    .entry((baseline.clone(), (*label).clone()))
-                    .or_insert_with(|| PairState {
-                        msprt: Msprt::new(MSPRT_TAU),
-                        open: false,
-                        clean: 0,
-                        last_seen: end,
-                    });
-                p.last_seen = end;
-                if evaluate {
-                    p.msprt.update(r.sd_ratio.value.ln(), r.se_log_ratio);
-                }
-                comparisons.push(Comparison {
-                    service: service.clone(),
-                    signal,
-                    baseline,
-                    canary: (*label).clone(),
-                    test_statistic: r.statistic,
-                    window_p: r.p_value,
-                    sd_ratio: r.sd_ratio,
-                    mad_ratio: r.mad_ratio,
-                    rho: r.rho,
-                    counts: (usable[b].1.count, s.count),
-                    exemplars: s.exemplars.clone(),
-                });
-            }
+            let Some(reading) = c.change.update(spread.summary.mad, s.values.len(), h) else {
+                continue;
+            };
+            let identity = Identity {
+                kind: AnomalyKind::SpreadDrift,
+                service: &g.service,
+                instance: None,
+                signal: g.signal.name(),
+                cohort: Some(label),
+            };
+            let look = if alarm(&reading) {
+                Look::Alarm
+            } else {
+                Look::Clear
+            };
+            let Some(due) = c.change_alarm.look(look, &rules, || {
+                Episode::new(identity, window.start_unix_nano, end)
+            }) else {
+                continue;
+            };
+            let evidence = Evidence::SpreadChange {
+                statistic: reading.up.max(reading.down),
+                ratio: reading.ratio,
+                cohorts: Cohorts {
+                    baseline: format!("{label} (before)"),
+                    canary: label.to_string(),
+                    baseline_samples: 0,
+                    canary_samples: s.count,
+                },
+            };
+            out.anomalies
+                .push(event(due, g, window, "cusum", evidence, &s.exemplars));
         }
+    }
 
-        // Decisions: BH across every pair evaluated in this window, on the always-valid p-values.
-        if evaluate && !comparisons.is_empty() {
-            let p_seq: Vec<f64> = comparisons
-                .iter()
-                .map(|c| self.pair(c).map_or(1.0, |p| p.msprt.p_value()))
-                .collect();
-            let discoveries = benjamini_hochberg(&p_seq, self.settings.alpha);
-            for (i, c) in comparisons.iter().enumerate() {
-                let evidence = discoveries[i] && self.passes(&c.sd_ratio);
-                let resolve_after = self.settings.resolve_after;
-                let Some(p) = self.pair_mut(c) else { continue };
-                let state = match (p.open, evidence) {
-                    (false, true) => Some(AnomalyState::Open),
-                    (true, true) => Some(AnomalyState::Update),
-                    (true, false) => {
-                        p.clean += 1;
-                        (p.clean >= resolve_after).then_some(AnomalyState::Resolved)
-                    }
-                    (false, false) => None,
-                };
-                if evidence {
-                    p.clean = 0;
-                }
-                let Some(st) = state else { continue };
-                p.open = st != AnomalyState::Resolved;
-                if st == AnomalyState::Resolved {
-                    // Evidence starts afresh: what was found is closed.
-                    p.msprt = Msprt::new(MSPRT_TAU);
-                    p.clean = 0;
-                }
-                let mut a = Anomaly::new(
-                    AnomalyKind::SpreadDrift,
-                    st,
-                    &c.service,
-                    c.signal.name(),
-                    end,
-                );
-                a.method = Some("brown_forsythe+msprt".into());
-                a.window_start = Some(rfc3339(window.start_unix_nano));
-                a.window_end = Some(rfc3339(end));
-                a.statistic = Some(c.test_statistic);
-                a.p_value = Some(p_seq[i]);
-                a.window_p_value = Some(c.window_p);
-                a.autocorrelation = c.rho;
-                a.sd_ratio = Some(EventInterval {
-                    value: c.sd_ratio.value,
-                    low: c.sd_ratio.low,
-                    high: c.sd_ratio.high,
+    /// Compares each canary of the group with the baseline, feeding each pair's sequential test.
+    fn compare_pairs(
+        &mut self,
+        g: &Group<'_>,
+        end: u64,
+        evaluate: bool,
+        into: &mut Vec<Comparison>,
+    ) {
+        let Some(state) = self.series.get_mut(&(g.service.clone(), g.signal)) else {
+            return;
+        };
+        let infos: Vec<CohortInfo<'_>> = g
+            .cohorts
+            .iter()
+            .map(|(label, s)| CohortInfo {
+                label,
+                first_seen: state.cohorts.get(label).map_or(end, |c| c.first_seen),
+                instances: s.instance_tags.iter().collect::<BTreeSet<_>>().len(),
+            })
+            .collect();
+        let Some(b) = choose_baseline(&infos, self.settings.baseline.as_deref()) else {
+            return;
+        };
+        let Some(base) = &g.spreads[b] else { return };
+        let baseline = g.cohorts[b].0.clone();
+        for (i, (label, s)) in g.cohorts.iter().enumerate() {
+            let Some(r) = g.spreads[i]
+                .as_ref()
+                .filter(|_| i != b)
+                .and_then(|c| compare(c, base))
+            else {
+                continue;
+            };
+            let p = state
+                .pairs
+                .entry((baseline.clone(), label.clone()))
+                .or_insert_with(|| PairState {
+                    msprt: Msprt::new(MSPRT_TAU),
+                    alarm: Alarm::default(),
+                    last_seen: end,
                 });
-                a.mad_ratio = c.mad_ratio.is_finite().then_some(c.mad_ratio);
-                a.cohorts = Some(Cohorts {
-                    baseline: c.baseline.to_string(),
-                    canary: c.canary.to_string(),
-                    baseline_samples: c.counts.0,
-                    canary_samples: c.counts.1,
-                });
-                set_exemplars(&mut a, &c.exemplars);
-                out.anomalies.push(a);
+            p.last_seen = end;
+            if evaluate {
+                p.msprt.update(r.sd_ratio.value.ln(), r.se_log_ratio);
             }
+            into.push(Comparison {
+                service: g.service.clone(),
+                signal: g.signal,
+                baseline: baseline.clone(),
+                canary: label.clone(),
+                test_statistic: r.statistic,
+                window_p: r.p_value,
+                sd_ratio: r.sd_ratio,
+                mad_ratio: r.mad_ratio,
+                rho: r.rho,
+                counts: (g.cohorts[b].1.count, s.count),
+                exemplars: s.exemplars.clone(),
+            });
         }
+    }
 
-        for c in &comparisons {
+    /// Decisions: Benjamini-Hochberg across every pair evaluated in this window, on the always-valid p-values,
+    /// and the practical effect; one look per pair.
+    fn decide(&mut self, comparisons: &[Comparison], window: &ClosedWindow, out: &mut Findings) {
+        let p_seq: Vec<f64> = comparisons
+            .iter()
+            .map(|c| self.pair(c).map_or(1.0, |p| p.msprt.p_value()))
+            .collect();
+        let discoveries = benjamini_hochberg(&p_seq, self.settings.alpha);
+        let rules = self.rules();
+        for (i, c) in comparisons.iter().enumerate() {
+            let evidence = discoveries[i] && self.passes(&c.sd_ratio);
+            let Some(p) = self.pair_mut(c) else { continue };
+            let identity = Identity {
+                kind: AnomalyKind::SpreadDrift,
+                service: &c.service,
+                instance: None,
+                signal: c.signal.name(),
+                cohort: Some(&c.canary),
+            };
+            let look = if evidence { Look::Alarm } else { Look::Clear };
+            let Some(due) = p.alarm.look(look, &rules, || {
+                Episode::new(identity, window.start_unix_nano, window.end_unix_nano)
+            }) else {
+                continue;
+            };
+            if due.0 == AnomalyState::Resolved {
+                // Evidence starts afresh: what was found is closed.
+                p.msprt = Msprt::new(MSPRT_TAU);
+            }
+            out.anomalies.push(c.event(due, p_seq[i], window));
+        }
+    }
+
+    /// The latest comparison of every pair as gauges.
+    fn gauges(&self, comparisons: &[Comparison], out: &mut Findings) {
+        for c in comparisons {
             let labels = vec![
                 ("service", c.service.to_string()),
                 ("signal", c.signal.name().to_string()),
@@ -487,8 +502,10 @@ impl Detector for SpreadDrift {
                 });
             }
         }
+    }
 
-        // Forget what has been idle.
+    /// Forgets what has been idle for `idle_timeout` of event time.
+    fn expire(&mut self, end: u64) {
         let horizon = end.saturating_sub(self.settings.idle_timeout_ns);
         self.series.retain(|_, s| {
             s.cohorts.retain(|_, c| c.last_seen >= horizon);
@@ -496,9 +513,7 @@ impl Detector for SpreadDrift {
             s.last_seen >= horizon
         });
     }
-}
 
-impl SpreadDrift {
     fn pair(&self, c: &Comparison) -> Option<&PairState> {
         self.series
             .get(&(c.service.clone(), c.signal))?
@@ -511,6 +526,102 @@ impl SpreadDrift {
             .get_mut(&(c.service.clone(), c.signal))?
             .pairs
             .get_mut(&(c.baseline.clone(), c.canary.clone()))
+    }
+}
+
+/// A spread event of `g` in `window`.
+fn event(
+    (state, episode): (AnomalyState, Episode),
+    g: &Group<'_>,
+    window: &ClosedWindow,
+    method: &'static str,
+    evidence: Evidence,
+    exemplars: &[Exemplar],
+) -> Anomaly {
+    Anomaly {
+        state,
+        episode,
+        service: g.service.to_string(),
+        instance: None,
+        signal: g.signal.name().to_string(),
+        detected_unix_nano: window.end_unix_nano,
+        window: Some((window.start_unix_nano, window.end_unix_nano)),
+        method,
+        evidence,
+        exemplars: exemplars.to_vec(),
+    }
+}
+
+impl Comparison {
+    /// This comparison as an event; `p_value` is the sequential test's.
+    fn event(
+        &self,
+        (state, episode): (AnomalyState, Episode),
+        p_value: f64,
+        window: &ClosedWindow,
+    ) -> Anomaly {
+        Anomaly {
+            state,
+            episode,
+            service: self.service.to_string(),
+            instance: None,
+            signal: self.signal.name().to_string(),
+            detected_unix_nano: window.end_unix_nano,
+            window: Some((window.start_unix_nano, window.end_unix_nano)),
+            method: "brown_forsythe+msprt",
+            evidence: Evidence::Spread {
+                statistic: self.test_statistic,
+                p_value,
+                window_p_value: self.window_p,
+                autocorrelation: self.rho,
+                sd_ratio: EventInterval {
+                    value: self.sd_ratio.value,
+                    low: self.sd_ratio.low,
+                    high: self.sd_ratio.high,
+                },
+                mad_ratio: self.mad_ratio.is_finite().then_some(self.mad_ratio),
+                cohorts: Cohorts {
+                    baseline: self.baseline.to_string(),
+                    canary: self.canary.to_string(),
+                    baseline_samples: self.counts.0,
+                    canary_samples: self.counts.1,
+                },
+            },
+            exemplars: self.exemplars.clone(),
+        }
+    }
+}
+
+impl Detector for SpreadDrift {
+    fn name(&self) -> &'static str {
+        "spread_drift"
+    }
+
+    fn live_keys(&self) -> usize {
+        self.series
+            .values()
+            .map(|s| s.cohorts.len() + s.pairs.len())
+            .sum()
+    }
+
+    fn on_window(&mut self, window: &ClosedWindow, out: &mut Findings) {
+        let end = window.end_unix_nano;
+        let window_ns = end - window.start_unix_nano;
+        // Sequential evidence and decisions use non-overlapping windows only, so their estimates are independent.
+        let evaluate = window_ns > 0 && end.is_multiple_of(window_ns);
+        let mut comparisons = Vec::new();
+        for (key, cohorts) in self.groups(window) {
+            let group = self.usable(key, &cohorts, end);
+            if self.settings.change_over_time && evaluate {
+                self.watch_changes(&group, window, out);
+            }
+            self.compare_pairs(&group, end, evaluate, &mut comparisons);
+        }
+        if evaluate && !comparisons.is_empty() {
+            self.decide(&comparisons, window, out);
+        }
+        self.gauges(&comparisons, out);
+        self.expire(end);
     }
 }
 

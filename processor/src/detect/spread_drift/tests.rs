@@ -6,6 +6,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{LogNormal, StandardNormal, StudentT};
 
+use memdrift_exporter::AnomalyRecord as Anomaly;
+
 use super::*;
 use crate::core::Core;
 use crate::engine::EngineConfig;
@@ -183,9 +185,9 @@ fn run(samples: &[MemorySample], settings: SpreadDriftSettings) -> Vec<Anomaly> 
     let mut core = Core::new(engine, vec![Box::new(detector)]);
     let mut events = Vec::new();
     for chunk in samples.chunks(500) {
-        events.extend(core.ingest(chunk).anomalies);
+        events.extend(core.ingest(chunk).anomalies.iter().map(Anomaly::from));
     }
-    events.extend(core.finish().anomalies);
+    events.extend(core.finish().anomalies.iter().map(Anomaly::from));
     events
 }
 

@@ -15,17 +15,46 @@
 //!
 //! A leak calls for a rollback or a restart, not more replicas.
 
+pub mod config;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use memdrift_exporter::anomaly::rfc3339;
-use memdrift_exporter::{Anomaly, AnomalyKind, AnomalyState};
+use memdrift_anomaly::{
+    Anomaly, AnomalyKind, AnomalyState, Episode, Evidence, Identity, LeakClass,
+};
 
-use super::config::LeakSettings;
-use super::grid::{admit, expire, observations, Track};
-use super::{buckets, set_exemplars, Detector, Findings};
-use crate::engine::ClosedWindow;
+pub use config::{LeakSection, LeakSettings};
+
+use super::alarm::{Alarm, Look, Rules};
+use super::grid::{admit, buckets, expire, observations, InstanceKey, Observation, Track};
+use super::{Configured, Detector, Findings, Registration, SectionError};
+use crate::engine::{ClosedWindow, EngineConfig};
 use crate::stats::{mann_kendall_sen, mann_kendall_slope, theil_sen};
+
+/// `leak`'s row in the detector table.
+pub const REGISTRATION: Registration = Registration {
+    name: "leak",
+    configure,
+};
+
+fn configure(
+    section: &serde_norway::Value,
+    engine: &EngineConfig,
+) -> Result<Arc<dyn Configured>, SectionError> {
+    let s: LeakSection = super::read_section("leak", section)?;
+    Ok(Arc::new(LeakSettings::from_section(&s, engine.step_ns)?))
+}
+
+impl Configured for LeakSettings {
+    fn build(&self, engine: &EngineConfig) -> Box<dyn Detector> {
+        Box::new(Leak::new(self.clone(), engine.step_ns))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
 
 /// The floor is read every this many buckets (a minute at the default 10 s step).
 const FLOOR_STRIDE: usize = 6;
@@ -40,8 +69,8 @@ pub struct LeakTest {
     pub z: f64,
     pub p_value: f64,
     pub leaking: bool,
-    /// heap, off_heap, fragmentation or unknown when leaking; none otherwise.
-    pub classification: &'static str,
+    /// The kind of leak, when leaking.
+    pub classification: Option<LeakClass>,
     /// Grid index of the first floor point.
     pub from: i64,
 }
@@ -176,15 +205,15 @@ pub fn test(track: &Track, s: &LeakSettings, step_ns: u64) -> Option<LeakTest> {
         }
     }
     let classification = if !leaking {
-        "none"
+        None
     } else if heap_rising[0] {
-        "heap"
+        Some(LeakClass::Heap)
     } else if heap_rising[1] || heap_rising[2] {
-        "fragmentation"
+        Some(LeakClass::Fragmentation)
     } else if heap_seen[0] {
-        "off_heap"
+        Some(LeakClass::OffHeap)
     } else {
-        "unknown"
+        Some(LeakClass::Unknown)
     };
     Some(LeakTest {
         slope: t.slope,
@@ -198,16 +227,15 @@ pub fn test(track: &Track, s: &LeakSettings, step_ns: u64) -> Option<LeakTest> {
 
 struct InstanceState {
     track: Track,
-    streak: u32,
-    open: bool,
-    clean: u32,
+    alarm: Alarm,
+    /// The latest test while closed; the evidence last reported while open.
     last: Option<LeakTest>,
 }
 
 pub struct Leak {
     settings: LeakSettings,
     step_ns: u64,
-    instances: HashMap<(Arc<str>, Arc<str>), InstanceState>,
+    instances: HashMap<InstanceKey, InstanceState>,
     /// Instances ignored because the cap was reached.
     pub overflow: u64,
 }
@@ -227,25 +255,112 @@ impl Leak {
         self.instances.values().map(|s| &s.track)
     }
 
+    fn rules(&self) -> Rules {
+        Rules {
+            // One noisy minute is not a leak.
+            confirm: CONFIRM,
+            resolve_after: self.settings.resolve_after,
+            update_every: 1,
+        }
+    }
+
     fn event(
         &self,
-        state: AnomalyState,
-        key: &(Arc<str>, Arc<str>),
+        (state, episode): (AnomalyState, Episode),
+        key: &InstanceKey,
         t: &Track,
         r: &LeakTest,
         end: u64,
     ) -> Anomaly {
-        let mut a = Anomaly::new(AnomalyKind::Leak, state, &key.0, t.signal.name(), end);
-        a.instance = Some(key.1.to_string());
-        a.method = Some("mann_kendall_hamed_rao+theil_sen_floor".into());
-        a.window_start = Some(rfc3339((r.from.max(0) as u64).saturating_mul(self.step_ns)));
-        a.window_end = Some(rfc3339(end));
-        a.statistic = Some(r.z);
-        a.p_value = Some(r.p_value);
-        a.growth_bytes_per_s = Some(r.slope);
-        a.classification = Some(r.classification.to_string());
-        a.limit_bytes = t.limit;
-        a
+        Anomaly {
+            state,
+            episode,
+            service: key.0.to_string(),
+            instance: Some(key.1.to_string()),
+            signal: t.signal.name().to_string(),
+            detected_unix_nano: end,
+            window: Some(((r.from.max(0) as u64).saturating_mul(self.step_ns), end)),
+            method: "mann_kendall_hamed_rao+theil_sen_floor",
+            evidence: Evidence::Leak {
+                statistic: r.z,
+                p_value: r.p_value,
+                growth_bytes_per_s: r.slope,
+                classification: r.classification.unwrap_or(LeakClass::Unknown),
+                limit_bytes: t.limit,
+            },
+            exemplars: Vec::new(),
+        }
+    }
+
+    /// One instance's step: push the observation and, once a floor stride, test and take one look.
+    fn step(
+        &mut self,
+        key: &InstanceKey,
+        o: &Observation,
+        index: i64,
+        end: u64,
+    ) -> Option<Anomaly> {
+        let cap = buckets(
+            self.settings.lookback_ns + self.settings.floor_window_ns,
+            self.step_ns,
+        ) + 1;
+        let signal = o.memory?.0;
+        let (rules, step_ns) = (self.rules(), self.step_ns);
+        let st = admit(
+            &mut self.instances,
+            key.clone(),
+            self.settings.grid.max_instances,
+            &mut self.overflow,
+            || InstanceState {
+                track: Track::new(signal, index, cap),
+                alarm: Alarm::default(),
+                last: None,
+            },
+        )?;
+        let due = if st.track.push(index, o, &self.settings.grid, end) {
+            // A restart ends the finding, resolved with the evidence it last reported.
+            let open = st.alarm.reset();
+            open.zip(st.last.take())
+                .map(|(e, r)| ((AnomalyState::Resolved, e), r))
+        } else if index.rem_euclid(FLOOR_STRIDE as i64) == 0 {
+            let r = test(&st.track, &self.settings, step_ns);
+            let look = if r.as_ref().is_some_and(|r| r.leaking) {
+                Look::Alarm
+            } else {
+                Look::Clear
+            };
+            let identity = Identity {
+                kind: AnomalyKind::Leak,
+                service: &key.0,
+                instance: Some(&key.1),
+                signal: st.track.signal.name(),
+                cohort: None,
+            };
+            let onset = r
+                .as_ref()
+                .map(|r| (r.from.max(0) as u64).saturating_mul(step_ns));
+            let was_open = st.alarm.is_open();
+            let due = st.alarm.look(look, &rules, || {
+                Episode::new(identity, onset.unwrap_or(end), end)
+            });
+            match due {
+                // Resolved with the evidence and class of the finding's last update.
+                Some(due @ (AnomalyState::Resolved, _)) => st.last.clone().map(|r| (due, r)),
+                Some(due) => {
+                    st.last = r.clone();
+                    r.map(|r| (due, r))
+                }
+                None if !was_open => {
+                    st.last = r;
+                    None
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        let (due, r) = due?;
+        Some(self.event(due, key, &self.instances[key].track, &r, end))
     }
 }
 
@@ -261,80 +376,22 @@ impl Detector for Leak {
     fn on_window(&mut self, window: &ClosedWindow, out: &mut Findings) {
         let end = window.end_unix_nano;
         let index = (end / self.step_ns.max(1)) as i64;
-        let cap = buckets(
-            self.settings.lookback_ns + self.settings.floor_window_ns,
-            self.step_ns,
-        ) + 1;
         for (key, o) in observations(window, &self.settings.grid.signals) {
-            let Some((signal, _)) = o.memory else {
-                continue;
-            };
-            let Some(st) = admit(
-                &mut self.instances,
-                key.clone(),
-                self.settings.grid.max_instances,
-                &mut self.overflow,
-                || InstanceState {
-                    track: Track::new(signal, index, cap),
-                    streak: 0,
-                    open: false,
-                    clean: 0,
-                    last: None,
-                },
-            ) else {
-                continue;
-            };
-            let restarted = st.track.push(index, &o, &self.settings.grid, end);
-            let mut emit = None;
-            if restarted {
-                if let (true, Some(r)) = (st.open, st.last.take()) {
-                    emit = Some((AnomalyState::Resolved, r));
-                }
-                st.open = false;
-                st.streak = 0;
-            } else if index.rem_euclid(FLOOR_STRIDE as i64) == 0 {
-                let r = test(&st.track, &self.settings, self.step_ns);
-                // A finding opens after CONFIRM consecutive positive tests: one noisy minute is not a leak.
-                let positive = r.as_ref().is_some_and(|r| r.leaking);
-                st.streak = if positive { st.streak + 1 } else { 0 };
-                let warn = positive && (st.open || st.streak >= CONFIRM);
-                match (r, st.open) {
-                    (Some(r), false) if warn => {
-                        st.open = true;
-                        st.clean = 0;
-                        emit = Some((AnomalyState::Open, r));
-                    }
-                    (Some(r), true) if warn => {
-                        st.clean = 0;
-                        emit = Some((AnomalyState::Update, r));
-                    }
-                    (_, true) => {
-                        st.clean += 1;
-                        if st.clean >= self.settings.resolve_after {
-                            st.open = false;
-                            // Resolved with the evidence and class of the finding's last update.
-                            if let Some(r) = st.last.clone() {
-                                emit = Some((AnomalyState::Resolved, r));
-                            }
-                        }
-                    }
-                    (r, false) => st.last = r,
-                }
-                if let Some((_, r)) = &emit {
-                    st.last = Some(r.clone());
-                }
-            }
-            if let Some((state, r)) = emit {
-                let mut a = self.event(state, &key, &self.instances[&key].track, &r, end);
-                set_exemplars(&mut a, o.exemplars(window));
+            if let Some(mut a) = self.step(&key, &o, index, end) {
+                a.exemplars = o.exemplars(window).to_vec();
                 out.anomalies.push(a);
             }
         }
         let idle = self.settings.grid.idle_timeout_ns;
-        for (k, st) in expire(&mut self.instances, |s| &s.track, idle, end) {
-            if let (true, Some(r)) = (st.open, &st.last) {
-                out.anomalies
-                    .push(self.event(AnomalyState::Resolved, &k, &st.track, r, end));
+        for (k, mut st) in expire(&mut self.instances, |s| &s.track, idle, end) {
+            if let (Some(episode), Some(r)) = (st.alarm.reset(), &st.last) {
+                out.anomalies.push(self.event(
+                    (AnomalyState::Resolved, episode),
+                    &k,
+                    &st.track,
+                    r,
+                    end,
+                ));
             }
         }
     }

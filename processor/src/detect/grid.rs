@@ -1,15 +1,108 @@
 //! The per-instance grid both `growth` and `leak` work on: one bucket per engine step (the newest pane of each
-//! closed window: max, min), gaps kept as gaps (`NaN`), in a bounded ring; restarts detected on the way in.
+//! closed window: max, min), gaps kept as gaps (`NaN`), in a bounded ring; restarts detected on the way in. Also
+//! the settings both share (`GridSettings`) and the helpers that read them.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
+use crate::duration::Duration;
 use crate::engine::{ClosedWindow, Scope};
 use crate::sample::Exemplar;
 use crate::signal::Signal;
 
-use super::config::GridSettings;
+/// One second in nanoseconds.
+pub const S: u64 = 1_000_000_000;
+
+/// What both detectors need to keep a per-instance grid.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GridSettings {
+    pub signals: Vec<Signal>,
+    pub warmup_ns: u64,
+    pub restart_drop: f64,
+    pub idle_timeout_ns: u64,
+    pub max_instances: usize,
+}
+
+impl Default for GridSettings {
+    fn default() -> Self {
+        GridSettings {
+            signals: vec![
+                Signal::ContainerWorkingSet,
+                Signal::ProcessMemoryUsage,
+                Signal::RssEnd,
+                Signal::ContainerUsage,
+            ],
+            warmup_ns: 300 * S,
+            restart_drop: 0.3,
+            idle_timeout_ns: 600 * S,
+            max_instances: 10_000,
+        }
+    }
+}
+
+/// Whole buckets (engine steps) in `ns`, at least one.
+pub fn buckets(ns: u64, step_ns: u64) -> usize {
+    (ns / step_ns.max(1)).max(1) as usize
+}
+
+/// `n` steps as a duration a person reads, e.g. "2m".
+pub fn steps(n: u64, step_ns: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_nanos(n.saturating_mul(step_ns)))
+        .to_string()
+}
+
+pub type SettingsError = (&'static str, String);
+
+fn signals(kind: &str, names: &Option<Vec<String>>) -> Result<Vec<Signal>, SettingsError> {
+    match names {
+        None => Ok(GridSettings::default().signals),
+        Some(names) if names.is_empty() => Err((
+            "signals",
+            format!("processors.{kind}.signals must name at least one signal"),
+        )),
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                Signal::from_name(n).ok_or_else(|| {
+                    (
+                        "signals",
+                        format!("processors.{kind}.signals: unknown signal `{n}`"),
+                    )
+                })
+            })
+            .collect(),
+    }
+}
+
+pub fn fraction(kind: &str, key: &'static str, v: f64) -> Result<f64, SettingsError> {
+    if v > 0.0 && v < 1.0 {
+        Ok(v)
+    } else {
+        Err((
+            key,
+            format!("processors.{kind}.{key} must be in (0, 1), got {v}"),
+        ))
+    }
+}
+
+pub fn grid(
+    kind: &str,
+    names: &Option<Vec<String>>,
+    warmup: Option<Duration>,
+    restart_drop: Option<f64>,
+    idle: Option<Duration>,
+    max_instances: Option<usize>,
+) -> Result<GridSettings, SettingsError> {
+    let d = GridSettings::default();
+    Ok(GridSettings {
+        signals: signals(kind, names)?,
+        warmup_ns: warmup.map_or(d.warmup_ns, |x| x.as_nanos()),
+        restart_drop: fraction(kind, "restart_drop", restart_drop.unwrap_or(d.restart_drop))?,
+        idle_timeout_ns: idle.map_or(d.idle_timeout_ns, |x| x.as_nanos()),
+        max_instances: max_instances.unwrap_or(d.max_instances).max(1),
+    })
+}
 
 /// The heap signals used to classify a leak, in the order of [`Track::heap`].
 pub const HEAP_SIGNALS: [Signal; 3] = [
@@ -84,9 +177,6 @@ pub fn observations(
     map
 }
 
-/// One instance's recent history on the grid.
-/// The state of one instance, admitted only while fewer than `max` are live; a refusal is counted in
-/// `overflow`. Shared by `growth` and `leak`, which keep the same per-instance cap.
 /// Removes the instances whose grid (`track`) has seen nothing for `idle_ns` of event time before `end`, and
 /// returns them in key order, so that the resolutions they bring come out in the same order on every replay.
 pub fn expire<S>(
@@ -102,6 +192,8 @@ pub fn expire<S>(
     gone
 }
 
+/// The state of one instance, admitted only while fewer than `max` are live; a refusal is counted in
+/// `overflow`. Shared by `growth` and `leak`, which keep the same per-instance cap.
 pub fn admit<'a, S>(
     instances: &'a mut HashMap<InstanceKey, S>,
     key: InstanceKey,
@@ -120,6 +212,7 @@ pub fn admit<'a, S>(
     }
 }
 
+/// One instance's recent history on the grid.
 pub struct Track {
     /// The memory signal this instance is watched on (the first one seen).
     pub signal: Signal,
