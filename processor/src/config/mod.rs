@@ -12,6 +12,7 @@
 
 mod env;
 mod error;
+mod locate;
 mod otlp;
 mod schema;
 
