@@ -82,11 +82,11 @@ impl Pipeline {
         let engine = build_engine(name, &text, &file)?;
         // A detector's settings, when its section is present and a pipeline uses it; errors name the key's line.
         let detector = |name_in_pipeline: &str| file.processor_enabled(name_in_pipeline);
-        let at = |(key, message): (&'static str, String)| {
-            ConfigError::at(
+        let at = |section: &str, (key, message): (&'static str, String)| {
+            ConfigError::at_path(
                 name,
                 &text,
-                key,
+                &["processors", section, key],
                 message,
                 Some("see pipelines/default.yaml and the README".into()),
             )
@@ -98,21 +98,21 @@ impl Pipeline {
             .filter(|_| detector("spread_drift"))
             .map(SpreadDriftSettings::from_section)
             .transpose()
-            .map_err(at)?;
+            .map_err(|e| at("spread_drift", e))?;
         let growth = p
             .growth
             .as_ref()
             .filter(|_| detector("growth"))
             .map(|s| GrowthSettings::from_section(s, engine.step_ns))
             .transpose()
-            .map_err(at)?;
+            .map_err(|e| at("growth", e))?;
         let leak = p
             .leak
             .as_ref()
             .filter(|_| detector("leak"))
             .map(|s| LeakSettings::from_section(s, engine.step_ns))
             .transpose()
-            .map_err(at)?;
+            .map_err(|e| at("leak", e))?;
         let otlp = otlp::build(name, &text, &file, env)?;
         Ok(Pipeline {
             file,
@@ -143,10 +143,10 @@ fn build_extract(
     };
     if let Some(attrs) = &section.cohort_attributes {
         if attrs.is_empty() {
-            return Err(ConfigError::at(
+            return Err(ConfigError::at_path(
                 name,
                 text,
-                "cohort_attributes",
+                &["processors", "extract", "cohort_attributes"],
                 "processors.extract.cohort_attributes is empty".into(),
                 Some(
                     "name at least one attribute, or remove the key to use the default order"
@@ -159,10 +159,10 @@ fn build_extract(
     for (metric, signal) in &section.metrics {
         let Some(s) = Signal::from_name(signal) else {
             let names: Vec<&str> = Signal::ALL.iter().map(|s| s.name()).collect();
-            return Err(ConfigError::at(
+            return Err(ConfigError::at_path(
                 name,
                 text,
-                metric,
+                &["processors", "extract", "metrics", metric],
                 format!("processors.extract.metrics.{metric}: unknown signal `{signal}`"),
                 Some(
                     error::did_you_mean(signal, &names)
@@ -204,10 +204,10 @@ fn build_engine(name: &str, text: &str, file: &PipelineFile) -> Result<EngineCon
         cfg.exemplars = n;
     }
     let bad = |key: &str, message: String, hint: &str| {
-        Err(ConfigError::at(
+        Err(ConfigError::at_path(
             name,
             text,
-            key,
+            &["processors", "windows", key],
             message,
             Some(hint.to_string()),
         ))
