@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use super::locate;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: String,
@@ -30,7 +32,8 @@ impl ConfigError {
         }
     }
 
-    /// An error about `key`, placed at the first line of `text` where `key` appears as a word.
+    /// An error about `key`, placed at the mapping key of that name when the file holds exactly one, else at the
+    /// first line where `key` appears as a word. Prefer [`ConfigError::at_path`], which cannot pick the wrong one.
     pub fn at(
         file: &str,
         text: &str,
@@ -38,15 +41,21 @@ impl ConfigError {
         message: String,
         hint: Option<String>,
     ) -> ConfigError {
+        let (line, column) = match locate::keys_named(text, key)[..] {
+            [only] => (Some(only.line), Some(only.column)),
+            _ => (find_line(text, key), None),
+        };
         ConfigError {
-            line: find_line(text, key),
+            line,
+            column,
             hint,
             ..ConfigError::plain(file, message)
         }
     }
 
-    /// An error about the last of `path`, placed at its line: each key is looked for after the line of the one
-    /// before, so `["exporters", "otlp", "endpoint"]` finds the exporter's endpoint, not a receiver's.
+    /// An error about the node at `path` (mapping keys, or sequence indexes such as `"2"`), placed at that key or
+    /// item in the YAML; when the path is not all there (a missing key), at the deepest part that is, e.g. the
+    /// section. `["exporters", "otlp", "endpoint"]` is the exporter's endpoint, never a receiver's.
     pub fn at_path(
         file: &str,
         text: &str,
@@ -54,20 +63,10 @@ impl ConfigError {
         message: String,
         hint: Option<String>,
     ) -> ConfigError {
-        let mut from = 0;
-        let mut line = None;
-        for key in path {
-            let rest: String = text.split_inclusive('\n').skip(from).collect();
-            match find_line(&rest, key) {
-                Some(l) => {
-                    from += l;
-                    line = Some(from);
-                }
-                None => break,
-            }
-        }
+        let at = locate::locate(text, path);
         ConfigError {
-            line,
+            line: at.map(|p| p.line),
+            column: at.map(|p| p.column),
             hint,
             ..ConfigError::plain(file, message)
         }

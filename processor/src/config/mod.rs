@@ -12,6 +12,7 @@
 
 mod env;
 mod error;
+mod locate;
 mod otlp;
 mod schema;
 
@@ -135,10 +136,10 @@ fn build_extract(
     };
     if let Some(attrs) = &section.cohort_attributes {
         if attrs.is_empty() {
-            return Err(ConfigError::at(
+            return Err(ConfigError::at_path(
                 name,
                 text,
-                "cohort_attributes",
+                &["processors", "extract", "cohort_attributes"],
                 "processors.extract.cohort_attributes is empty".into(),
                 Some(
                     "name at least one attribute, or remove the key to use the default order"
@@ -151,10 +152,10 @@ fn build_extract(
     for (metric, signal) in &section.metrics {
         let Some(s) = Signal::from_name(signal) else {
             let names: Vec<&str> = Signal::ALL.iter().map(|s| s.name()).collect();
-            return Err(ConfigError::at(
+            return Err(ConfigError::at_path(
                 name,
                 text,
-                metric,
+                &["processors", "extract", "metrics", metric],
                 format!("processors.extract.metrics.{metric}: unknown signal `{signal}`"),
                 Some(
                     error::did_you_mean(signal, &names)
@@ -196,10 +197,10 @@ fn build_engine(name: &str, text: &str, file: &PipelineFile) -> Result<EngineCon
         cfg.exemplars = n;
     }
     let bad = |key: &str, message: String, hint: &str| {
-        Err(ConfigError::at(
+        Err(ConfigError::at_path(
             name,
             text,
-            key,
+            &["processors", "windows", key],
             message,
             Some(hint.to_string()),
         ))

@@ -68,11 +68,16 @@ impl Resolver<'_> {
         )
     }
 
+    /// An error about `key` of the section (dotted below it, e.g. `queue.size`).
     fn file_error(&self, key: &str, message: String, hint: &str) -> ConfigError {
+        let path: Vec<&str> = ["exporters", "otlp"]
+            .into_iter()
+            .chain(key.split('.'))
+            .collect();
         ConfigError::at_path(
             self.name,
             self.text,
-            &["exporters", "otlp", key],
+            &path,
             format!("exporters.otlp.{key}: {message}"),
             Some(hint.to_string()),
         )
@@ -335,11 +340,11 @@ fn queue(r: &Resolver<'_>, s: &OtlpExporter) -> Result<QueueConfig, ConfigError>
         max_disk_bytes: s.queue.max_disk_bytes.unwrap_or(d.max_disk_bytes),
     };
     if q.size == 0 {
-        return Err(r.file_error("size", "must be at least 1".into(), "e.g. size: 1000"));
+        return Err(r.file_error("queue.size", "must be at least 1".into(), "e.g. size: 1000"));
     }
     if q.max_disk_bytes < MIN_DISK_BYTES {
         return Err(r.file_error(
-            "max_disk_bytes",
+            "queue.max_disk_bytes",
             format!(
                 "{} bytes is too small for the on-disk queue",
                 q.max_disk_bytes

@@ -302,14 +302,32 @@ impl PipelineFile {
         self.referenced(|p| &p.processors).contains(&name)
     }
 
+    /// Where a pipeline lists component `name` under `section` (`receivers`, `processors`, `exporters`):
+    /// `service.pipelines.<pipeline>.<section>.<index>` for the first pipeline that does.
+    fn use_path(&self, section: &str, name: &str) -> Vec<String> {
+        let mut path = vec!["service".to_string(), "pipelines".to_string()];
+        for (pipeline, def) in &self.service.pipelines {
+            let list = match section {
+                "receivers" => &def.receivers,
+                "processors" => &def.processors,
+                _ => &def.exporters,
+            };
+            if let Some(i) = list.iter().position(|n| n == name) {
+                path.extend([pipeline.clone(), section.to_string(), i.to_string()]);
+                break;
+            }
+        }
+        path
+    }
+
     /// Cross-references: every component a pipeline names is known and configured. Returns warnings for
     /// components configured but unused.
     pub fn check(&self, file: &str, text: &str) -> Result<Vec<String>, ConfigError> {
         if self.service.pipelines.is_empty() {
-            return Err(ConfigError::at(
+            return Err(ConfigError::at_path(
                 file,
                 text,
-                "pipelines",
+                &["service", "pipelines"],
                 "service.pipelines is empty".into(),
                 Some("add e.g. `memory: { receivers: [otlp], processors: [extract, windows], exporters: [jsonl] }`".into()),
             ));
@@ -355,11 +373,13 @@ impl PipelineFile {
             ),
         ] {
             for name in &used {
+                let path = self.use_path(section, name);
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
                 if !known.contains(name) {
-                    return Err(ConfigError::at(
+                    return Err(ConfigError::at_path(
                         file,
                         text,
-                        name,
+                        &path,
                         format!("service.pipelines: unknown {section} component `{name}`"),
                         Some(
                             did_you_mean(name, known).unwrap_or_else(|| {
@@ -369,10 +389,10 @@ impl PipelineFile {
                     ));
                 }
                 if !defined.contains(name) {
-                    return Err(ConfigError::at(
+                    return Err(ConfigError::at_path(
                         file,
                         text,
-                        name,
+                        &path,
                         format!("service.pipelines uses `{name}` but the top-level `{section}:` section does not configure it"),
                         Some(format!("add `{name}:` under `{section}:` (see pipelines/default.yaml)")),
                     ));
@@ -386,10 +406,10 @@ impl PipelineFile {
         }
         for (name, p) in &self.service.pipelines {
             if p.receivers.is_empty() || p.exporters.is_empty() {
-                return Err(ConfigError::at(
+                return Err(ConfigError::at_path(
                     file,
                     text,
-                    name,
+                    &["service", "pipelines", name],
                     format!(
                         "service.pipelines.{name} needs at least one receiver and one exporter"
                     ),

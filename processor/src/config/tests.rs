@@ -376,3 +376,73 @@ fn otlp_section_errors_name_the_line_and_the_fix() {
     let e = Pipeline::parse_with_env("t.yaml", &bad, &env_of(&[])).expect_err("rejected");
     assert!(e.message.contains("header name"), "{e}");
 }
+
+#[test]
+fn an_error_in_a_later_section_is_placed_at_its_own_key() {
+    // `alpha` and `lookback` are in both detector sections; the error is about leak's.
+    let text = GOOD
+        .replace(
+            "    step: 5s\n",
+            "    step: 5s\n  spread_drift:\n    alpha: 0.01\n  growth:\n    lookback: 30m\n  leak: { lookback: 60m, alpha: 2 }\n",
+        )
+        .replace(
+            "processors: [windows]",
+            "processors: [windows, spread_drift, growth, leak]",
+        );
+    let e = Pipeline::parse("t.yaml", &text).expect_err("rejected");
+    assert!(e.message.contains("processors.leak.alpha"), "{e}");
+    let leak = text.lines().position(|l| l.starts_with("  leak:"));
+    assert_eq!(e.line, leak.map(|i| i + 1), "{e}");
+    let column = text
+        .lines()
+        .find(|l| l.starts_with("  leak:"))
+        .and_then(|l| l.find("alpha"));
+    assert_eq!(e.column, column.map(|c| c + 1), "{e}");
+
+    // Block style.
+    let text = GOOD
+        .replace(
+            "    step: 5s\n",
+            "    step: 5s\n  spread_drift:\n    alpha: 0.01\n  leak:\n    lookback: 60m\n    alpha: 0.7\n",
+        )
+        .replace("processors: [windows]", "processors: [windows, spread_drift, leak]");
+    let e = Pipeline::parse("t.yaml", &text).expect_err("rejected");
+    assert!(e.message.contains("processors.leak.alpha"), "{e}");
+    assert_eq!((e.line, e.column), (Some(14), Some(5)), "{e}");
+
+    let text = GOOD
+        .replace(
+            "    step: 5s\n",
+            "    step: 5s\n  extract:\n    cohort_attributes: []\n",
+        )
+        .replace("processors: [windows]", "processors: [windows, extract]");
+    let e = Pipeline::parse("t.yaml", &text).expect_err("rejected");
+    assert_eq!((e.line, e.column), (Some(11), Some(5)), "{e}");
+
+    // A key left to its default: the error is placed at its section.
+    let text = GOOD
+        .replace("    size: 30s\n", "")
+        .replace("step: 5s", "step: 7s");
+    let e = Pipeline::parse("t.yaml", &text).expect_err("rejected");
+    assert!(e.message.contains("whole number of steps"), "{e}");
+    assert_eq!((e.line, e.column), (Some(7), Some(3)), "{e}");
+
+    // A component a pipeline names: placed at the item in the pipeline's list.
+    let text = GOOD.replace("exporters: [jsonl]", "exporters: [jsonl, otlp]");
+    let e = Pipeline::parse("t.yaml", &text).expect_err("rejected");
+    assert!(e.message.contains("does not configure it"), "{e}");
+    let column = text.lines().nth(17).and_then(|l| l.find("otlp"));
+    assert_eq!((e.line, e.column), (Some(18), column.map(|c| c + 1)), "{e}");
+}
+
+#[test]
+fn at_uses_the_key_when_only_one_is_named_so() {
+    // `leak` is a value (in the pipeline's list) before it is a key: the key is the one placed.
+    let text = "service: { pipelines: { m: { processors: [leak] } } }\nprocessors:\n  leak:\n    alpha: 2\n";
+    let e = ConfigError::at("t.yaml", text, "leak", "bad".into(), None);
+    assert_eq!((e.line, e.column), (Some(3), Some(3)), "{e}");
+    // Two keys of the name: the first line that names it, as before.
+    let text = "a:\n  alpha: 1\nb:\n  alpha: 2\n";
+    let e = ConfigError::at("t.yaml", text, "alpha", "bad".into(), None);
+    assert_eq!((e.line, e.column), (Some(2), None), "{e}");
+}
