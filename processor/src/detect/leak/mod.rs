@@ -141,6 +141,39 @@ fn trend(points: &[f64], per_s: f64, recent: usize, full: bool) -> Option<Trend>
     })
 }
 
+/// The kind of a leak whose RSS floor trend is `rss`, from the floors of the heap signals (in the order of
+/// [`super::grid::HEAP_SIGNALS`]) over the same stretch: `heap` when allocator live bytes rise with a fair share of
+/// the growth; else `fragmentation` when resident or retained bytes do; else `off_heap` when live heap data is
+/// there and flat; `unknown` without heap data.
+fn classify(
+    heap_floors: impl Iterator<Item = Vec<f64>>,
+    rss: &Trend,
+    alpha: f64,
+    per_s: f64,
+    recent: usize,
+) -> LeakClass {
+    let mut seen = [false; 3];
+    let mut rising = [false; 3];
+    for (k, pts) in heap_floors.enumerate().take(3) {
+        if pts.iter().filter(|v| v.is_finite()).count() >= 10 {
+            seen[k] = true;
+            if let Some(h) = trend(&pts, per_s, recent, false) {
+                // Rising, and carrying a fair share of the RSS floor's growth.
+                rising[k] = h.p < alpha && h.z > 0.0 && h.slope >= 0.25 * rss.slope.max(0.0);
+            }
+        }
+    }
+    if rising[0] {
+        LeakClass::Heap
+    } else if rising[1] || rising[2] {
+        LeakClass::Fragmentation
+    } else if seen[0] {
+        LeakClass::OffHeap
+    } else {
+        LeakClass::Unknown
+    }
+}
+
 /// Tests one instance's floor: pure, for the simulations and the benchmark.
 pub fn test(track: &Track, s: &LeakSettings, step_ns: u64) -> Option<LeakTest> {
     let warm = buckets(s.grid.warmup_ns, step_ns) as i64;
@@ -190,31 +223,14 @@ pub fn test(track: &Track, s: &LeakSettings, step_ns: u64) -> Option<LeakTest> {
         }
     };
     let first = first + (skip * FLOOR_STRIDE) as i64;
-    let mut heap_seen = [false; 3];
-    let mut heap_rising = [false; 3];
     // Classified only when leaking: what is reported with the finding.
-    for (k, series) in track.heap.iter().enumerate().filter(|_| leaking) {
-        let pts = floor_of(series);
-        let pts = &pts[skip.min(pts.len())..];
-        if pts.iter().filter(|v| v.is_finite()).count() >= 10 {
-            heap_seen[k] = true;
-            if let Some(h) = trend(pts, per_s, recent, false) {
-                // Rising, and carrying a fair share of the RSS floor's growth.
-                heap_rising[k] = h.p < s.alpha && h.z > 0.0 && h.slope >= 0.25 * t.slope.max(0.0);
-            }
-        }
-    }
-    let classification = if !leaking {
-        None
-    } else if heap_rising[0] {
-        Some(LeakClass::Heap)
-    } else if heap_rising[1] || heap_rising[2] {
-        Some(LeakClass::Fragmentation)
-    } else if heap_seen[0] {
-        Some(LeakClass::OffHeap)
-    } else {
-        Some(LeakClass::Unknown)
-    };
+    let classification = leaking.then(|| {
+        let heap_floors = track.heap.iter().map(|series| {
+            let pts = floor_of(series);
+            pts[skip.min(pts.len())..].to_vec()
+        });
+        classify(heap_floors, &t, s.alpha, per_s, recent)
+    });
     Some(LeakTest {
         slope: t.slope,
         z: t.z,
