@@ -7,10 +7,10 @@
 //! [`alarm::Alarm`].
 //!
 //! **Adding a detector** is one folder and one row of [`DETECTORS`]: the folder holds the detector, its section
-//! of the pipeline file (a serde struct whose doc comments are the user docs and whose defaults are on the
-//! fields), and a [`Registration`] that reads the section and builds the detector. Nothing else names it: the
-//! pipeline file accepts `processors.<name>`, `service.pipelines.*.processors` may list it, and `run`, `replay`
-//! and `demo` run it.
+//! of the pipeline file (a serde struct whose doc comments are the user docs), its settings with the defaults,
+//! and `impl Settings` for them (name, section type, checks, build); the row is `registration::<TheSettings>()`.
+//! Nothing else names it: the pipeline file accepts `processors.<name>`, `service.pipelines.*.processors` may list
+//! it, `memdrift validate` checks it, and `run`, `replay` and `demo` run it.
 
 pub mod alarm;
 pub mod grid;
@@ -28,25 +28,65 @@ use crate::engine::{ClosedWindow, EngineConfig};
 
 /// The detectors, in the order they see each window (which is the order of their events within it).
 pub const DETECTORS: &[Registration] = &[
-    spread_drift::REGISTRATION,
-    growth::REGISTRATION,
-    leak::REGISTRATION,
+    registration::<spread_drift::SpreadDriftSettings>(),
+    registration::<growth::GrowthSettings>(),
+    registration::<leak::LeakSettings>(),
 ];
+
+/// Reads a detector's section (defaults filled, values checked) into the settings that build the detector.
+pub type Configure =
+    fn(&serde_norway::Value, &EngineConfig) -> Result<Arc<dyn Configured>, SectionError>;
 
 /// One row of [`DETECTORS`].
 pub struct Registration {
     /// The detector's name: its section under `processors:` and its name in `service.pipelines`.
     pub name: &'static str,
     /// Reads the section (defaults filled, values checked) into the settings that build the detector.
-    pub configure:
-        fn(&serde_norway::Value, &EngineConfig) -> Result<Arc<dyn Configured>, SectionError>,
+    pub configure: Configure,
 }
 
 /// A detector's settings, checked: what [`Configured::build`] turns into a running detector. The settings type
-/// itself is reachable through `as_any`, for tests and tools that read a setting back.
+/// itself is reachable through `as_any`, for tests and tools that read a setting back. Every [`Settings`] is one.
 pub trait Configured: Debug + Send + Sync {
     fn build(&self, engine: &EngineConfig) -> Box<dyn Detector>;
     fn as_any(&self) -> &dyn Any;
+}
+
+/// What a detector implements for its settings to make its row of [`DETECTORS`] (`registration::<T>()`).
+pub trait Settings: Clone + Debug + Send + Sync + Sized + 'static {
+    /// The section under `processors:` in the pipeline file.
+    const NAME: &'static str;
+    /// The section as written: a serde struct with `deny_unknown_fields`, every field optional.
+    type Section: DeserializeOwned;
+    /// Fills the defaults and checks the values; an error names the key.
+    fn check(s: &Self::Section, engine: &EngineConfig) -> Result<Self, SectionError>;
+    fn build(&self, engine: &EngineConfig) -> Box<dyn Detector>;
+}
+
+/// The detector-table row of the detector whose settings are `T`.
+pub const fn registration<T: Settings>() -> Registration {
+    Registration {
+        name: T::NAME,
+        configure: configure::<T>,
+    }
+}
+
+fn configure<T: Settings>(
+    section: &serde_norway::Value,
+    engine: &EngineConfig,
+) -> Result<Arc<dyn Configured>, SectionError> {
+    let s: T::Section = read_section(T::NAME, section)?;
+    Ok(Arc::new(T::check(&s, engine)?))
+}
+
+impl<T: Settings> Configured for T {
+    fn build(&self, engine: &EngineConfig) -> Box<dyn Detector> {
+        Settings::build(self, engine)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
 }
 
 /// What is wrong with a section: the path of the offending key inside it (empty for the section itself) and

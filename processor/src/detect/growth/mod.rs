@@ -39,33 +39,22 @@ pub use config::{GrowthSection, GrowthSettings};
 
 use super::alarm::{Alarm, Look, Rules};
 use super::grid::{admit, buckets, expire, observations, InstanceKey, Observation, Track};
-use super::{Configured, Detector, Findings, Gauge, Registration, SectionError};
+use super::{Detector, Findings, Gauge, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig};
 use crate::stats::{median_in_place, normal_quantile, theil_sen, SenSlope};
 
-/// `growth`'s row in the detector table.
-pub const REGISTRATION: Registration = Registration {
-    name: "growth",
-    configure,
-};
+impl Settings for GrowthSettings {
+    const NAME: &'static str = "growth";
+    type Section = GrowthSection;
 
-fn configure(
-    section: &serde_norway::Value,
-    engine: &EngineConfig,
-) -> Result<Arc<dyn Configured>, SectionError> {
-    let s: GrowthSection = super::read_section("growth", section)?;
-    Ok(Arc::new(GrowthSettings::from_section(&s, engine.step_ns)?))
-}
+    fn check(s: &GrowthSection, engine: &EngineConfig) -> Result<Self, SectionError> {
+        Ok(GrowthSettings::from_section(s, engine.step_ns)?)
+    }
 
-impl Configured for GrowthSettings {
     fn build(&self, engine: &EngineConfig) -> Box<dyn Detector> {
         // The pipeline runs behind event time by the allowed lateness and up to a step.
         let lag = engine.allowed_lateness_ns + engine.step_ns;
         Box::new(Growth::new(self.clone(), engine.step_ns, lag))
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 }
 

@@ -18,7 +18,6 @@
 pub mod config;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use memdrift_anomaly::{
     Anomaly, AnomalyKind, AnomalyState, Episode, Evidence, Identity, LeakClass,
@@ -28,31 +27,20 @@ pub use config::{LeakSection, LeakSettings};
 
 use super::alarm::{Alarm, Look, Rules};
 use super::grid::{admit, buckets, expire, observations, InstanceKey, Observation, Track};
-use super::{Configured, Detector, Findings, Registration, SectionError};
+use super::{Detector, Findings, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig};
 use crate::stats::{mann_kendall_sen, mann_kendall_slope, theil_sen};
 
-/// `leak`'s row in the detector table.
-pub const REGISTRATION: Registration = Registration {
-    name: "leak",
-    configure,
-};
+impl Settings for LeakSettings {
+    const NAME: &'static str = "leak";
+    type Section = LeakSection;
 
-fn configure(
-    section: &serde_norway::Value,
-    engine: &EngineConfig,
-) -> Result<Arc<dyn Configured>, SectionError> {
-    let s: LeakSection = super::read_section("leak", section)?;
-    Ok(Arc::new(LeakSettings::from_section(&s, engine.step_ns)?))
-}
-
-impl Configured for LeakSettings {
-    fn build(&self, engine: &EngineConfig) -> Box<dyn Detector> {
-        Box::new(Leak::new(self.clone(), engine.step_ns))
+    fn check(s: &LeakSection, engine: &EngineConfig) -> Result<Self, SectionError> {
+        Ok(LeakSettings::from_section(s, engine.step_ns)?)
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn build(&self, engine: &EngineConfig) -> Box<dyn Detector> {
+        Box::new(Leak::new(self.clone(), engine.step_ns))
     }
 }
 

@@ -34,7 +34,7 @@ pub use baseline::{choose_baseline, CohortInfo};
 pub use config::{Direction, SpreadDriftSection, SpreadDriftSettings};
 
 use super::alarm::{Alarm, Look, Rules};
-use super::{Configured, Detector, Findings, Gauge, Registration, SectionError};
+use super::{Detector, Findings, Gauge, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig, Scope, WindowSummary};
 use crate::sample::Exemplar;
 use crate::signal::Signal;
@@ -44,27 +44,16 @@ use crate::stats::{
 };
 use change::{ChangeReading, SpreadChange};
 
-/// `spread_drift`'s row in the detector table.
-pub const REGISTRATION: Registration = Registration {
-    name: "spread_drift",
-    configure,
-};
+impl Settings for SpreadDriftSettings {
+    const NAME: &'static str = "spread_drift";
+    type Section = SpreadDriftSection;
 
-fn configure(
-    section: &serde_norway::Value,
-    _engine: &EngineConfig,
-) -> Result<Arc<dyn Configured>, SectionError> {
-    let s: SpreadDriftSection = super::read_section("spread_drift", section)?;
-    Ok(Arc::new(SpreadDriftSettings::from_section(&s)?))
-}
-
-impl Configured for SpreadDriftSettings {
-    fn build(&self, engine: &EngineConfig) -> Box<dyn Detector> {
-        Box::new(SpreadDrift::new(self.clone(), engine.window_ns))
+    fn check(s: &SpreadDriftSection, _engine: &EngineConfig) -> Result<Self, SectionError> {
+        Ok(SpreadDriftSettings::from_section(s)?)
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn build(&self, engine: &EngineConfig) -> Box<dyn Detector> {
+        Box::new(SpreadDrift::new(self.clone(), engine.window_ns))
     }
 }
 
