@@ -87,7 +87,9 @@ impl ConfigError {
         ConfigError::at_path(file, text, &path, e.message, Some(hint))
     }
 
-    pub fn from_yaml(file: &str, e: &serde_norway::Error) -> ConfigError {
+    /// A parse error of the whole file. An unknown key is placed at the key itself (found by its path in
+    /// `text`), wherever the parser happened to be when it noticed.
+    pub fn from_yaml(file: &str, text: &str, e: &serde_norway::Error) -> ConfigError {
         let location = e.location();
         // serde_norway appends " at line L column C" to its message; the location is printed separately.
         let mut message = e.to_string();
@@ -95,10 +97,27 @@ impl ConfigError {
             message.truncate(cut);
         }
         let hint = unknown_field_hint(&message).or_else(|| type_hint(&message));
+        let key = message
+            .split_once(": unknown field `")
+            .and_then(|(path, rest)| {
+                let field = rest.split('`').next()?;
+                let mut path: Vec<&str> = path.split('.').collect();
+                path.push(field);
+                // Only the key itself, not a section where a partial path stopped.
+                super::locate::locate(text, &path)
+                    .filter(|p| super::locate::keys_named(text, field).contains(p))
+            });
+        let (line, column) = match key {
+            Some(p) => (Some(p.line), Some(p.column)),
+            None => (
+                location.as_ref().map(|l| l.line()),
+                location.as_ref().map(|l| l.column()),
+            ),
+        };
         ConfigError {
             file: file.to_string(),
-            line: location.as_ref().map(|l| l.line()),
-            column: location.as_ref().map(|l| l.column()),
+            line,
+            column,
             message,
             hint,
         }

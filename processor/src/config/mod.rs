@@ -72,7 +72,7 @@ impl Pipeline {
     ) -> Result<Pipeline, ConfigError> {
         let (text, mut warnings) = env::substitute(name, text, env)?;
         let file: PipelineFile =
-            serde_norway::from_str(&text).map_err(|e| ConfigError::from_yaml(name, &e))?;
+            serde_norway::from_str(&text).map_err(|e| ConfigError::from_yaml(name, &text, &e))?;
         warnings.extend(file.check(name, &text)?);
         let extract = build_extract(name, &text, &file)?;
         let engine = build_engine(name, &text, &file)?;

@@ -97,18 +97,22 @@ impl<'de> Deserialize<'de> for Processors {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Processors, A::Error> {
                 let mut p = Processors::default();
+                let mut seen = Vec::new();
                 while let Some(name) = map.next_key::<String>()? {
+                    if seen.contains(&name) {
+                        return Err(de::Error::custom(format_args!("duplicate field `{name}`")));
+                    }
+                    seen.push(name.clone());
                     match name.as_str() {
                         // Typed here, so their errors keep the parser's own position.
-                        "extract" => p.extract = Some(map.next_value()?),
-                        "windows" => p.windows = Some(map.next_value()?),
+                        "extract" => p.extract = map.next_value()?,
+                        "windows" => p.windows = map.next_value()?,
                         n if processor_names().contains(&n) => {
-                            // An empty section (`leak:`) means all defaults.
+                            // A section left empty (`leak:`) configures nothing, as for the typed ones.
                             let v: Option<serde_norway::Value> = map.next_value()?;
-                            let v = v.unwrap_or_else(|| {
-                                serde_norway::Value::Mapping(serde_norway::Mapping::new())
-                            });
-                            p.detectors.insert(name, v);
+                            if let Some(v) = v {
+                                p.detectors.insert(name, v);
+                            }
                         }
                         _ => return Err(de::Error::unknown_field(&name, processor_names())),
                     }

@@ -446,3 +446,41 @@ fn at_uses_the_key_when_only_one_is_named_so() {
     let e = ConfigError::at("t.yaml", text, "alpha", "bad".into(), None);
     assert_eq!((e.line, e.column), (Some(2), None), "{e}");
 }
+
+#[test]
+fn every_detector_in_the_table_is_configured_by_its_own_section() {
+    // The table is all the pipeline loader knows of detectors: each row's name is a section, takes `{}` (all
+    // defaults), may be listed in a pipeline, and builds a detector of that name.
+    for d in crate::detect::DETECTORS {
+        let text = GOOD
+            .replace(
+                "    step: 5s\n",
+                &format!("    step: 5s\n  {}: {{}}\n", d.name),
+            )
+            .replace(
+                "processors: [windows]",
+                &format!("processors: [windows, {}]", d.name),
+            );
+        let p = Pipeline::parse("t.yaml", &text).unwrap_or_else(|e| panic!("{}: {e}", d.name));
+        let names: Vec<_> = p.build_detectors().iter().map(|x| x.name()).collect();
+        assert_eq!(names, [d.name]);
+    }
+}
+
+#[test]
+fn unknown_empty_and_repeated_processor_sections() {
+    let with = |section: &str, listed: &str| {
+        GOOD.replace("    step: 5s\n", &format!("    step: 5s\n{section}"))
+            .replace("processors: [windows]", &format!("processors: [{listed}]"))
+    };
+    let e = Pipeline::parse("t.yaml", &with("  groth: {}\n", "windows")).expect_err("rejected");
+    assert!(e.message.contains("unknown field `groth`"), "{e}");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `growth`?"), "{e}");
+    assert_eq!(e.line, Some(10), "{e}");
+    // An empty section configures nothing: listing it is an error that says so.
+    let e = Pipeline::parse("t.yaml", &with("  leak:\n", "windows, leak")).expect_err("rejected");
+    assert!(e.message.contains("does not configure it"), "{e}");
+    let e = Pipeline::parse("t.yaml", &with("  leak: {}\n  leak: {}\n", "windows, leak"))
+        .expect_err("rejected");
+    assert!(e.message.contains("duplicate"), "{e}");
+}

@@ -130,11 +130,12 @@ fn trend(points: &[f64], per_s: f64, recent: usize, full: bool) -> Option<Trend>
 }
 
 /// The kind of a leak whose RSS floor trend is `rss`, from the floors of the heap signals (in the order of
-/// [`super::grid::HEAP_SIGNALS`]) over the same stretch: `heap` when allocator live bytes rise with a fair share of
+/// [`super::grid::HEAP_SIGNALS`]) past their first `skip` points, the stretch `rss` was fitted on: `heap` when allocator live bytes rise with a fair share of
 /// the growth; else `fragmentation` when resident or retained bytes do; else `off_heap` when live heap data is
 /// there and flat; `unknown` without heap data.
 fn classify(
     heap_floors: impl Iterator<Item = Vec<f64>>,
+    skip: usize,
     rss: &Trend,
     alpha: f64,
     per_s: f64,
@@ -143,9 +144,10 @@ fn classify(
     let mut seen = [false; 3];
     let mut rising = [false; 3];
     for (k, pts) in heap_floors.enumerate().take(3) {
+        let pts = &pts[skip.min(pts.len())..];
         if pts.iter().filter(|v| v.is_finite()).count() >= 10 {
             seen[k] = true;
-            if let Some(h) = trend(&pts, per_s, recent, false) {
+            if let Some(h) = trend(pts, per_s, recent, false) {
                 // Rising, and carrying a fair share of the RSS floor's growth.
                 rising[k] = h.p < alpha && h.z > 0.0 && h.slope >= 0.25 * rss.slope.max(0.0);
             }
@@ -213,11 +215,8 @@ pub fn test(track: &Track, s: &LeakSettings, step_ns: u64) -> Option<LeakTest> {
     let first = first + (skip * FLOOR_STRIDE) as i64;
     // Classified only when leaking: what is reported with the finding.
     let classification = leaking.then(|| {
-        let heap_floors = track.heap.iter().map(|series| {
-            let pts = floor_of(series);
-            pts[skip.min(pts.len())..].to_vec()
-        });
-        classify(heap_floors, &t, s.alpha, per_s, recent)
+        let heap_floors = track.heap.iter().map(&floor_of);
+        classify(heap_floors, skip, &t, s.alpha, per_s, recent)
     });
     Some(LeakTest {
         slope: t.slope,
