@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use memdrift::config::Pipeline;
-use memdrift_exporter::anomaly::{Cohorts, Evidence, Exemplar, Interval};
+use memdrift_exporter::anomaly::{Cohorts, Episode, Evidence, Exemplar, Interval};
 use memdrift_exporter::{Anomaly, AnomalyState};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
@@ -193,7 +193,9 @@ pub fn test_anomaly(service: &str) -> Anomaly {
             },
         },
     );
+    // As a detector makes it: the finding's onset is the start of the window that opened it.
     a.window = Some((at - 60_000_000_000, at));
+    a.episode = Episode::new(a.identity(), at - 60_000_000_000, at);
     a.exemplars = EXEMPLARS
         .iter()
         .map(|s| Exemplar {
