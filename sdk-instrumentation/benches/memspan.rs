@@ -2,7 +2,8 @@
 //!
 //! (a) request: a memspan guard against a plain span with the same attributes (same tracer provider, same
 //!     span processor, which drops spans so export cost is left out of both); the difference is what memspan adds.
-//! (b) poll: a future that yields K times, bare and wrapped; (wrapped - bare) / K is the cost per poll.
+//! (b) poll: a future that yields K times, bare and wrapped; (wrapped - bare) / K is the cost per poll. Wrapped
+//!     polls make the request span the current OpenTelemetry context; `otel_with_context` is that alone.
 //! (c) alloc: alloc + free of 64 bytes through the counting allocator (outside and inside a scope) and through
 //!     the system allocator directly.
 //! (d) rss: one `pread` of /proc/self/statm, the dominant part of (a).
@@ -18,7 +19,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use memspan::probe::RssProbe;
 use memspan::{attributes, Builder, CountingAllocator, Scope};
-use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{
+    FutureExt as _, Span as _, SpanKind, TraceContextExt as _, Tracer as _, TracerProvider as _,
+};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::InMemoryMetricExporter;
@@ -136,6 +139,13 @@ fn poll(c: &mut Criterion) {
             |guard| drive(guard.instrument(YieldK { left: black_box(K) })),
             BatchSize::SmallInput,
         )
+    });
+    // The OpenTelemetry idiom alone (a span made current on every poll, no allocation scope): the reference for
+    // what making the request span current costs.
+    let tracer = m.tracer_provider().tracer("plain");
+    let cx = opentelemetry::Context::current_with_span(tracer.start("m"));
+    g.bench_function("otel_with_context", |b| {
+        b.iter(|| drive(YieldK { left: black_box(K) }.with_context(cx.clone())))
     });
     g.finish();
 }

@@ -10,7 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
-use crate::scope::current_counters;
+use crate::scope::current_scope;
 
 const SHARDS: usize = 32;
 
@@ -50,9 +50,9 @@ fn on_alloc(size: usize) {
         INSTALLED.store(true, Ordering::Relaxed);
     }
     shard().fetch_add(size as i64, Ordering::Relaxed);
-    let c = current_counters();
+    let c = current_scope();
     if !c.is_null() {
-        // SAFETY: see `scope::current_counters`: a non-null pointer is kept alive by whoever set it on this thread.
+        // SAFETY: see `scope::current_scope`: a non-null pointer is kept alive by whoever set it on this thread.
         unsafe { &*c }
             .allocated
             .fetch_add(size as u64, Ordering::Relaxed);
@@ -62,7 +62,7 @@ fn on_alloc(size: usize) {
 #[inline(always)]
 fn on_free(size: usize) {
     shard().fetch_sub(size as i64, Ordering::Relaxed);
-    let c = current_counters();
+    let c = current_scope();
     if !c.is_null() {
         // SAFETY: as in `on_alloc`.
         unsafe { &*c }

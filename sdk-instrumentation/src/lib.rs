@@ -11,6 +11,7 @@
 //! // static ALLOC: memspan::CountingAllocator = memspan::CountingAllocator::system();
 //!
 //! # async fn generate(prompt: &str) -> (String, u64) { (prompt.to_string(), 1) }
+//! # #[cfg(feature = "otlp")]
 //! # async fn serve(prompt: String) -> Result<(), Box<dyn std::error::Error>> {
 //! let memspan = memspan::init()?; // OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, MEMSPAN_COHORT, ...
 //! let mut request = memspan.request("chat", "llama-3-8b");
@@ -21,9 +22,24 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Work a request fans out to keeps its attribution with [`spawn`] / [`spawn_blocking`] (tokio), or
-//! [`Scope::wrap`] / [`Scope::bind`] for other executors and thread pools. See the crate README for the design
-//! and its costs.
+//! While the request's future is polled, the request span is the current OpenTelemetry context, so spans the
+//! service starts inside it are its children. Work a request fans out to keeps its attribution (and that context)
+//! with [`spawn`] / [`spawn_blocking`] (tokio), or [`Scope::wrap`] / [`Scope::bind`] for other executors and
+//! thread pools.
+//!
+//! `memspan::init` and `Builder` (feature `otlp`, on by default) set up the providers and OTLP export. A service that
+//! already has its OpenTelemetry pipeline skips them and builds an [`Instrumentation`] over its own tracer:
+//!
+//! ```no_run
+//! # fn service_tracer() -> opentelemetry::global::BoxedTracer { opentelemetry::global::tracer("svc") }
+//! # async fn generate() {}
+//! # async fn serve() {
+//! let memspan = memspan::Instrumentation::builder(service_tracer()).cohort("canary").build();
+//! memspan.request("chat", "llama-3-8b").instrument(generate()).await;
+//! # }
+//! ```
+//!
+//! See the crate README for the design and its costs.
 
 /// MemorySpan span attribute names. Integers, in bytes; each optional, and a probe that cannot measure leaves
 /// its attribute out rather than writing zero.
@@ -65,22 +81,26 @@ pub mod attributes {
 
 #[cfg(feature = "counting-allocator")]
 mod alloc;
+mod instrumentation;
 mod metrics;
 pub mod probe;
 mod request;
 mod scope;
+#[cfg(feature = "otlp")]
 mod setup;
 
 #[cfg(feature = "counting-allocator")]
 pub use alloc::{counting_allocator_installed, live_bytes, CountingAllocator};
+pub use instrumentation::{Instrumentation, InstrumentationBuilder};
 pub use probe::{Probe, Readings};
 pub use request::{
-    RequestGuard, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MODEL, GEN_AI_USAGE_INPUT_TOKENS,
-    GEN_AI_USAGE_OUTPUT_TOKENS,
+    Instrumented, RequestGuard, GEN_AI_OPERATION_NAME, GEN_AI_REQUEST_MODEL,
+    GEN_AI_USAGE_INPUT_TOKENS, GEN_AI_USAGE_OUTPUT_TOKENS,
 };
 #[cfg(feature = "tokio")]
 pub use scope::{spawn, spawn_blocking};
-pub use scope::{Instrumented, Scope, ScopeGuard, Scoped};
+pub use scope::{Scope, ScopeGuard, Scoped};
+#[cfg(feature = "otlp")]
 pub use setup::{
     init, Builder, InitError, Memspan, Protocol, ShutdownError, ERROR_LOG_INTERVAL,
     OTEL_INTERNAL_LOGS_OFF, SHUTDOWN_BOUND,

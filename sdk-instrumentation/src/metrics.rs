@@ -5,12 +5,9 @@
 
 use std::sync::Arc;
 
-use opentelemetry::metrics::{Meter, ObservableGauge};
+use opentelemetry::metrics::Meter;
 
 use crate::probe::{CgroupProbe, Probe, Readings, RssProbe};
-
-/// Instrument handles, kept for as long as the provider lives.
-pub(crate) type Gauges = Vec<ObservableGauge<u64>>;
 
 fn read_all(probes: &[Box<dyn Probe>]) -> Readings {
     let mut r = Readings::default();
@@ -20,13 +17,14 @@ fn read_all(probes: &[Box<dyn Probe>]) -> Readings {
     r
 }
 
+/// Registers the gauges on `meter`. Their callbacks live in the meter provider from then on (the instrument
+/// handles are markers, nothing to keep).
 pub(crate) fn register(
     meter: &Meter,
     probes: &Arc<[Box<dyn Probe>]>,
     cgroup: Option<CgroupProbe>,
     rss: Option<RssProbe>,
-) -> Gauges {
-    let mut gauges = Vec::new();
+) {
     let gauge = |name: &'static str,
                  description: &'static str,
                  read: Box<dyn Fn() -> Option<u64> + Send + Sync>| {
@@ -39,20 +37,20 @@ pub(crate) fn register(
                     obs.observe(v, &[]);
                 }
             })
-            .build()
+            .build();
     };
     if let Some(rss) = rss.map(Arc::new) {
         let virt = Arc::clone(&rss);
-        gauges.push(gauge(
+        gauge(
             "process.memory.usage",
             "The amount of physical memory in use (RSS).",
             Box::new(move || rss.rss()),
-        ));
-        gauges.push(gauge(
+        );
+        gauge(
             "process.memory.virtual",
             "The amount of committed virtual memory.",
             Box::new(move || virt.statm().map(|s| s.virtual_bytes)),
-        ));
+        );
     }
     type Field = fn(&Readings) -> Option<u64>;
     let fields: [(&'static str, &'static str, Field); 5] = [
@@ -84,18 +82,17 @@ pub(crate) fn register(
     ];
     for (name, description, field) in fields {
         let probes = Arc::clone(probes);
-        gauges.push(gauge(
+        gauge(
             name,
             description,
             Box::new(move || field(&read_all(&probes))),
-        ));
+        );
     }
     if let Some(cgroup) = cgroup {
-        gauges.push(gauge(
+        gauge(
             "container.memory.usage",
             "Memory usage of the container's cgroup.",
             Box::new(move || cgroup.usage()),
-        ));
+        );
     }
-    gauges
 }

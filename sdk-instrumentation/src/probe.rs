@@ -236,23 +236,6 @@ impl CachedValue {
     }
 }
 
-/// The probes a [`crate::Builder`] starts with, in order: RSS, cgroup, then the allocator and GPU probes the
-/// enabled features provide. Each one that cannot work on this machine is simply not in the list.
-pub(crate) fn default_probes(cgroup: &CgroupProbe) -> Vec<Box<dyn Probe>> {
-    let mut probes: Vec<Box<dyn Probe>> = Vec::new();
-    if let Some(rss) = RssProbe::new() {
-        probes.push(Box::new(rss));
-    }
-    probes.push(Box::new(cgroup.clone()));
-    #[cfg(feature = "counting-allocator")]
-    probes.push(Box::new(CountingAllocatorProbe));
-    #[cfg(feature = "jemalloc")]
-    probes.push(Box::new(JemallocProbe::start_default()));
-    #[cfg(feature = "nvml")]
-    probes.push(Box::new(NvmlProbe::start_default()));
-    probes
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

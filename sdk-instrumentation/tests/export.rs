@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use memspan::attributes;
 use memspan::probe::{Probe, Readings};
 use memspan::{Builder, Memspan, Protocol, SHUTDOWN_BOUND};
-use opentelemetry::trace::SpanKind;
+use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::InMemoryMetricExporter;
@@ -123,6 +123,32 @@ fn an_instrumented_future_ends_its_span_when_it_completes_or_is_dropped() {
     let spans = exporter.get_finished_spans().expect("spans");
     assert_eq!(spans.len(), 2);
     assert_eq!(spans[1].name, "chat b");
+}
+
+#[test]
+fn spans_started_inside_an_instrumented_future_nest_under_the_request_span() {
+    let (m, exporter) = in_memory(Builder::from_env().without_default_probes());
+    let tracer = m.tracer_provider().tracer("service");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("rt");
+    let request = m.request("chat", "nested");
+    let request_id = request.span_context().span_id();
+    rt.block_on(request.instrument(async {
+        tracer.start("tokenize").end();
+        tokio::task::yield_now().await;
+        tracer.start("decode").end();
+    }));
+    let spans = exporter.get_finished_spans().expect("spans");
+    let parent_of = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.parent_span_id)
+    };
+    assert_eq!(parent_of("tokenize"), Some(request_id));
+    assert_eq!(parent_of("decode"), Some(request_id));
+    assert_eq!(spans.len(), 3);
 }
 
 fn gauge_value(exporter: &InMemoryMetricExporter, name: &str) -> Option<u64> {
