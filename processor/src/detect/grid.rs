@@ -6,6 +6,8 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
+use memdrift_anomaly::{Anomaly, AnomalyState, Episode, Evidence};
+
 use crate::duration::Duration;
 use crate::engine::{ClosedWindow, Scope};
 use crate::sample::Exemplar;
@@ -175,6 +177,29 @@ pub fn observations(
         }
     }
     map
+}
+
+/// An event about one instance's finding, detected at `end` on evidence over `window`.
+pub fn instance_event(
+    (state, episode): (AnomalyState, Episode),
+    key: &InstanceKey,
+    t: &Track,
+    window: (u64, u64),
+    method: &'static str,
+    evidence: Evidence,
+) -> Anomaly {
+    Anomaly {
+        state,
+        episode,
+        service: key.0.to_string(),
+        instance: Some(key.1.to_string()),
+        signal: t.signal.name().to_string(),
+        detected_unix_nano: window.1,
+        window: Some(window),
+        method,
+        evidence,
+        exemplars: Vec::new(),
+    }
 }
 
 /// Removes the instances whose grid (`track`) has seen nothing for `idle_ns` of event time before `end`, and

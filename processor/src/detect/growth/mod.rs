@@ -38,7 +38,9 @@ use memdrift_anomaly::{
 pub use config::{GrowthSection, GrowthSettings};
 
 use super::alarm::{Alarm, Look, Rules};
-use super::grid::{admit, buckets, expire, observations, InstanceKey, Observation, Track};
+use super::grid::{
+    admit, buckets, expire, instance_event, observations, InstanceKey, Observation, Track,
+};
 use super::{Detector, Findings, Gauge, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig};
 use crate::stats::{median_in_place, normal_quantile, theil_sen, SenSlope};
@@ -242,31 +244,22 @@ impl Growth {
 
     fn event(
         &self,
-        (state, episode): (AnomalyState, Episode),
+        due: (AnomalyState, Episode),
         key: &InstanceKey,
         t: &Track,
         f: &Forecast,
         end: u64,
     ) -> Anomaly {
-        Anomaly {
-            state,
-            episode,
-            service: key.0.to_string(),
-            instance: Some(key.1.to_string()),
-            signal: t.signal.name().to_string(),
-            detected_unix_nano: end,
-            window: Some((self.onset(f), end)),
-            method: "theil_sen_envelope",
-            evidence: Evidence::Growth {
-                envelope_bytes: f.envelope,
-                growth_bytes_per_s: f.slope,
-                limit_bytes: f.limit,
-                time_to_limit_s: f
-                    .ttl
-                    .map(|(value, low, high)| EventInterval { value, low, high }),
-            },
-            exemplars: Vec::new(),
-        }
+        let evidence = Evidence::Growth {
+            envelope_bytes: f.envelope,
+            growth_bytes_per_s: f.slope,
+            limit_bytes: f.limit,
+            time_to_limit_s: f
+                .ttl
+                .map(|(value, low, high)| EventInterval { value, low, high }),
+        };
+        let window = (self.onset(f), end);
+        instance_event(due, key, t, window, "theil_sen_envelope", evidence)
     }
 
     /// Start of the stretch a forecast was fitted on.

@@ -26,7 +26,9 @@ use memdrift_anomaly::{
 pub use config::{LeakSection, LeakSettings};
 
 use super::alarm::{Alarm, Look, Rules};
-use super::grid::{admit, buckets, expire, observations, InstanceKey, Observation, Track};
+use super::grid::{
+    admit, buckets, expire, instance_event, observations, InstanceKey, Observation, Track,
+};
 use super::{Detector, Findings, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig};
 use crate::stats::{mann_kendall_sen, mann_kendall_slope, theil_sen};
@@ -269,30 +271,22 @@ impl Leak {
 
     fn event(
         &self,
-        (state, episode): (AnomalyState, Episode),
+        due: (AnomalyState, Episode),
         key: &InstanceKey,
         t: &Track,
         r: &LeakTest,
         end: u64,
     ) -> Anomaly {
-        Anomaly {
-            state,
-            episode,
-            service: key.0.to_string(),
-            instance: Some(key.1.to_string()),
-            signal: t.signal.name().to_string(),
-            detected_unix_nano: end,
-            window: Some(((r.from.max(0) as u64).saturating_mul(self.step_ns), end)),
-            method: "mann_kendall_hamed_rao+theil_sen_floor",
-            evidence: Evidence::Leak {
-                statistic: r.z,
-                p_value: r.p_value,
-                growth_bytes_per_s: r.slope,
-                classification: r.classification.unwrap_or(LeakClass::Unknown),
-                limit_bytes: t.limit,
-            },
-            exemplars: Vec::new(),
-        }
+        let evidence = Evidence::Leak {
+            statistic: r.z,
+            p_value: r.p_value,
+            growth_bytes_per_s: r.slope,
+            classification: r.classification.unwrap_or(LeakClass::Unknown),
+            limit_bytes: t.limit,
+        };
+        let window = ((r.from.max(0) as u64).saturating_mul(self.step_ns), end);
+        let method = "mann_kendall_hamed_rao+theil_sen_floor";
+        instance_event(due, key, t, window, method, evidence)
     }
 
     /// One instance's step: push the observation and, once a floor stride, test and take one look.
