@@ -3,7 +3,7 @@
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use super::Signal;
+use super::signal::Signal;
 
 /// Counts in items (log records, spans, metric points), except the queue gauge, which counts batches.
 #[derive(Clone)]

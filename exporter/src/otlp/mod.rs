@@ -25,6 +25,7 @@ pub mod env;
 pub mod metrics;
 pub mod queue;
 pub mod retry;
+mod signal;
 pub mod transport;
 
 use std::future::Future;
@@ -44,6 +45,7 @@ use tokio::time::Instant;
 
 pub use counters::ExporterMetrics;
 pub use retry::{Backoff, RetryConfig, Verdict};
+pub use signal::Signal;
 pub use transport::{Attempt, Compression, Headers, Protocol, Target};
 
 use crate::Anomaly;
@@ -59,38 +61,6 @@ pub const MAX_EVENTS_PER_REQUEST: usize = 500;
 /// Metric batches waiting, at most: a snapshot supersedes the ones before it, so during an outage a few are
 /// worth keeping, not `queue.size` of them (each up to [`metrics::MAX_POINTS_PER_REQUEST`] points).
 pub const METRICS_QUEUE_BATCHES: usize = 64;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Signal {
-    Logs,
-    Traces,
-    Metrics,
-}
-
-impl Signal {
-    pub const ALL: [Signal; 3] = [Signal::Logs, Signal::Traces, Signal::Metrics];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Signal::Logs => "logs",
-            Signal::Traces => "traces",
-            Signal::Metrics => "metrics",
-        }
-    }
-
-    /// The OTLP/HTTP path below the endpoint.
-    pub fn http_path(self) -> &'static str {
-        match self {
-            Signal::Logs => "v1/logs",
-            Signal::Traces => "v1/traces",
-            Signal::Metrics => "v1/metrics",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueConfig {

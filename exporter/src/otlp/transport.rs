@@ -26,7 +26,7 @@ use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::retry::{classify_grpc, classify_http, RpcStatus, Verdict};
-use super::Signal;
+use super::signal::Signal;
 
 const USER_AGENT: &str = concat!("memdrift/", env!("CARGO_PKG_VERSION"));
 
