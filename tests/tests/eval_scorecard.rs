@@ -148,7 +148,7 @@ fn collector_order_drops_no_values_as_late_over_20_seeds() {
 }
 
 #[test]
-#[ignore = "target: leaks are found 20-30 minutes after their onset on main"]
+#[ignore = "target: leaks are found 16-30 minutes after their onset on main"]
 fn leaks_of_1_mb_per_s_are_found_within_15_minutes_with_their_class_over_20_seeds() {
     for f in full(&["leak-spans", "leak-metrics", "leak-collector"]) {
         let l = required(&f, Kind::Leak);

@@ -27,8 +27,8 @@ use rand_distr::StandardNormal;
 use super::noise::{Noise, NoiseKind};
 use super::process::{Creep, LeakSpec, Process};
 use super::{
-    at, Data, Delivery, Expectation, Key, Kind, MetricName, PointRec, Scenario, Source, SpanRec,
-    GIB, MB,
+    at, About, Data, Delivery, Expectation, Key, Kind, MetricName, PointRec, Scenario, Source,
+    SpanRec, GIB, MB,
 };
 
 /// A family: a name, whether it is calm (nothing may be said), and its generator.
@@ -359,17 +359,32 @@ fn scenario(
     delivery: Delivery,
     truth: Vec<Expectation>,
 ) -> Scenario {
-    let about = insts
-        .iter()
-        .map(|i| {
+    // The cohort of a per-instance family is all of a service's instances.
+    let cohorts = insts.iter().map(|i| {
+        (
+            Key::Cohort {
+                service: i.source.service.clone(),
+                cohort: i.source.version.clone(),
+            },
+            About {
+                shape: "all instances of a service".into(),
+                detail: format!("every instance of {}", i.source.service),
+            },
+        )
+    });
+    let about = cohorts
+        .chain(insts.iter().map(|i| {
             (
                 Key::Instance {
                     service: i.source.service.clone(),
                     instance: i.source.instance.clone(),
                 },
-                describe(&i.process),
+                About {
+                    shape: format!("{} / {}", i.process.shape, i.process.noise.short()),
+                    detail: describe(&i.process),
+                },
             )
-        })
+        }))
         .collect();
     Scenario {
         family,
@@ -768,15 +783,41 @@ fn ab_scenario(
         if svc.canary_mean != 1.0 {
             let _ = write!(canary, "; mean x{:.2}", svc.canary_mean);
         }
-        for (cohort, what) in [(BASELINE, common), (CANARY, canary)] {
+        let mut canary_shape = svc.noise.short().to_string();
+        if svc.change.is_some() {
+            canary_shape.push_str(" + sd change");
+        }
+        if svc.canary_mean != 1.0 {
+            canary_shape.push_str(" + canary mean shift");
+        }
+        for (cohort, shape, detail) in [
+            (BASELINE, svc.noise.short().to_string(), common),
+            (CANARY, canary_shape, canary),
+        ] {
             about.insert(
                 Key::Cohort {
                     service: svc.name.clone(),
                     cohort: cohort.into(),
                 },
-                what,
+                About { shape, detail },
             );
         }
+    }
+    for src in &sources {
+        let rss = services
+            .iter()
+            .find(|s| s.name == src.service)
+            .map(|s| format!("rss ar(1) phi {:.2} {:.0} MB", s.rss_phi, s.rss_scale / MB));
+        about.insert(
+            Key::Instance {
+                service: src.service.clone(),
+                instance: src.instance.clone(),
+            },
+            About {
+                shape: "a/b instance / ar(1)".into(),
+                detail: rss.unwrap_or_default(),
+            },
+        );
     }
     Scenario {
         family,

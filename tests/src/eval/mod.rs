@@ -187,8 +187,17 @@ pub struct Scenario {
     pub data: Data,
     pub delivery: Delivery,
     pub truth: Vec<Expectation>,
-    /// For people: what each instance (or canary cohort) does, e.g. "gc sawtooth, ar(1) phi 0.95 1.2%, ...".
-    pub about: BTreeMap<Key, String>,
+    /// What each instance (or cohort) does, for the false alarms' breakdown and for people.
+    pub about: BTreeMap<Key, About>,
+}
+
+/// What a subject does: a short class to count false alarms by, and the details.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct About {
+    /// e.g. "warm-up ramp / spikes", "lognormal + canary mean shift".
+    pub shape: String,
+    /// e.g. "warm-up ramp, spikes 1.2% noise sd 1.4%, floor 2.81 GB, limit 3.60 GB".
+    pub detail: String,
 }
 
 impl Scenario {

@@ -50,6 +50,17 @@ impl NoiseKind {
         NoiseKind::nth(rng.random_range(0..4), rng)
     }
 
+    /// The kind without its parameters.
+    pub fn short(self) -> &'static str {
+        match self {
+            NoiseKind::Gaussian => "gaussian",
+            NoiseKind::StudentT3 => "student-t(3)",
+            NoiseKind::LogNormal => "lognormal",
+            NoiseKind::Spikes { .. } => "spikes",
+            NoiseKind::Ar1 { .. } => "ar(1)",
+        }
+    }
+
     pub fn name(self) -> String {
         match self {
             NoiseKind::Gaussian => "gaussian".into(),

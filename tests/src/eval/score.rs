@@ -8,7 +8,7 @@ use memdrift_exporter::anomaly::parse_rfc3339;
 use memdrift_exporter::{AnomalyRecord, AnomalyState};
 use serde::Serialize;
 
-use super::{Expectation, Key, Kind};
+use super::{About, Expectation, Key, Kind};
 
 /// An `open` event, reduced to what scoring reads.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -99,6 +99,8 @@ pub struct Score {
     pub opens: u64,
     pub false_alarms: u64,
     pub false_alarms_by_kind: BTreeMap<Kind, u64>,
+    /// By "kind: what the subject does" (e.g. "leak: warm-up ramp / spikes").
+    pub false_alarms_by_shape: BTreeMap<String, u64>,
     /// Required findings, per kind.
     pub required: BTreeMap<Kind, Tally>,
     /// Findings that may be said (slow leaks' leak findings, forecasts without a known limit) and were.
@@ -148,6 +150,9 @@ impl Score {
         for (k, n) in &o.false_alarms_by_kind {
             *self.false_alarms_by_kind.entry(*k).or_default() += n;
         }
+        for (k, n) in &o.false_alarms_by_shape {
+            *self.false_alarms_by_shape.entry(k.clone()).or_default() += n;
+        }
         for (k, t) in &o.required {
             self.required.entry(*k).or_default().add(t);
         }
@@ -182,9 +187,14 @@ pub fn score(
     truth: &[Expectation],
     opens: &[Open],
     tag: &str,
-    about: &BTreeMap<Key, String>,
+    about: &BTreeMap<Key, About>,
 ) -> Score {
-    let about = |k: &Key| about.get(k).map_or(String::new(), |a| format!(" ({a})"));
+    let detail = |k: &Key| {
+        about
+            .get(k)
+            .map_or(String::new(), |a| format!(" ({})", a.detail))
+    };
+    let shape = |k: &Key| about.get(k).map_or("?", |a| a.shape.as_str());
     let mut out = Score {
         opens: opens.len() as u64,
         ..Score::default()
@@ -200,11 +210,14 @@ pub fn score(
             None => {
                 out.false_alarms += 1;
                 *out.false_alarms_by_kind.entry(o.kind).or_default() += 1;
+                *out.false_alarms_by_shape
+                    .entry(format!("{}: {}", o.kind.name(), shape(&o.key)))
+                    .or_default() += 1;
                 out.example(format!(
                     "{tag}: false alarm: {} {}{} at {}",
                     o.kind.name(),
                     o.key,
-                    about(&o.key),
+                    detail(&o.key),
                     minutes(o.t_s)
                 ));
             }
