@@ -12,6 +12,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValu
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
+pub mod eval;
 pub mod grpc_raw;
 pub mod scenario;
 pub mod sink;

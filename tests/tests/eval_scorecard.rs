@@ -1,0 +1,266 @@
+//! A fast subset of the evaluation harness (EVALUATION.md): seeds 0-2 of every scenario family through the
+//! embedded default pipeline, and a three-hour slice of the real GPU-memory trace.
+//!
+//! The plain tests assert what main achieves today, as ratchets: false alarms and late values at most what was
+//! measured, findings at least what was measured. Better detection may tighten them; a regression fails them.
+//! The `#[ignore]`d tests are the targets, over 20 seeds (or the whole trace), named for what they demand; the
+//! detection work un-ignores them as it meets them. Run them in release mode:
+//! `cargo test --release -p memdrift-e2e --test eval_scorecard -- --ignored`.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use memdrift::config::Pipeline;
+use memdrift_e2e::eval::families::{self, FAMILIES};
+use memdrift_e2e::eval::real::{self, Layout, RealReport};
+use memdrift_e2e::eval::score::Tally;
+use memdrift_e2e::eval::scorecard::{run_family, FamilyScore};
+use memdrift_e2e::eval::{Kind, GIB};
+
+const QUICK: Range<u64> = 0..3;
+const FULL: Range<u64> = 0..20;
+
+fn run(name: &str, seeds: Range<u64>) -> FamilyScore {
+    let family = families::find(name).expect("a family of that name");
+    let pipeline = Pipeline::default_pipeline().expect("the default pipeline");
+    let dir =
+        std::env::temp_dir().join(format!("memdrift-eval-test-{name}-{}", std::process::id()));
+    let score = run_family(family, seeds, &pipeline, &dir, false, &mut |_| {}).expect("runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    score
+}
+
+fn required(f: &FamilyScore, kind: Kind) -> Tally {
+    f.required(&f.memdrift, kind)
+}
+
+/// The family's examples (false alarms, misses, late findings), for a failure message.
+fn why(f: &FamilyScore) -> String {
+    format!("{}:\n  {}", f.family, f.memdrift.examples.join("\n  "))
+}
+
+/// What main measured on seeds 0-2: false alarms and late values at most these.
+fn at_most(f: &FamilyScore, false_alarms: u64, late_values: u64) {
+    assert!(
+        f.memdrift.false_alarms <= false_alarms,
+        "{} false alarms, main had {false_alarms}: {}",
+        f.memdrift.false_alarms,
+        why(f)
+    );
+    assert!(
+        f.late_values <= late_values,
+        "{}: {} values late, main had {late_values}",
+        f.family,
+        f.late_values
+    );
+}
+
+#[test]
+fn calm_families_stay_within_main_false_alarms() {
+    for (name, false_alarms, late) in [
+        ("calm-noise", 16, 0),
+        ("calm-shapes-spans", 18, 0),
+        ("calm-collector", 17, 11286),
+        ("ab-calm", 5, 0),
+    ] {
+        at_most(&run(name, QUICK), false_alarms, late);
+    }
+}
+
+#[test]
+fn calm_metric_shapes_stay_within_main_false_alarms() {
+    at_most(&run("calm-shapes", QUICK), 26, 0);
+}
+
+#[test]
+fn leaks_are_forecast_15_minutes_before_the_crossing_and_found() {
+    for (name, false_alarms, late, growth) in [
+        ("leak-spans", 7, 0, 13),
+        ("leak-metrics", 0, 0, 10),
+        ("leak-collector", 1, 1114, 11),
+    ] {
+        let f = run(name, QUICK);
+        at_most(&f, false_alarms, late);
+        let g = required(&f, Kind::Growth);
+        assert_eq!(g.expected, growth, "{}", why(&f));
+        assert_eq!(g.timely, g.expected, "{g:?}: {}", why(&f));
+        // Every leak of at least 1 MB/s is found, though not yet within 15 minutes; spans tell its class.
+        let l = required(&f, Kind::Leak);
+        assert!(l.expected > 0 && l.missed == 0, "{l:?}: {}", why(&f));
+        assert_eq!(l.wrong_class, 0, "{}", why(&f));
+        // Warned earlier than predict_linear, which sees the same points.
+        let p = f.required(&f.predict_linear, Kind::Growth);
+        assert!(g.timely > p.timely, "memdrift {g:?}, predict_linear {p:?}");
+    }
+}
+
+#[test]
+fn dense_spread_changes_are_found() {
+    for (name, false_alarms, late, timely) in [("ab-dense", 0, 0, 3), ("ab-collector", 1, 12564, 4)]
+    {
+        let f = run(name, QUICK);
+        at_most(&f, false_alarms, late);
+        let s = required(&f, Kind::SpreadDrift);
+        assert!(s.expected > 0 && s.missed == 0, "{s:?}: {}", why(&f));
+        assert!(s.timely >= timely, "{s:?}: {}", why(&f));
+    }
+}
+
+#[test]
+fn sparse_services_stay_within_main_false_alarms() {
+    at_most(&run("ab-sparse", 0..2), 2, 0);
+}
+
+// The targets.
+
+fn full(names: &[&str]) -> Vec<FamilyScore> {
+    names.iter().map(|n| run(n, FULL)).collect()
+}
+
+#[test]
+#[ignore = "target: calm data raises false alarms on main"]
+fn calm_families_raise_no_false_alarm_over_20_seeds() {
+    let calm: Vec<&str> = FAMILIES.iter().filter(|f| f.calm).map(|f| f.name).collect();
+    for f in full(&calm) {
+        assert_eq!(f.memdrift.false_alarms, 0, "{}", why(&f));
+    }
+}
+
+#[test]
+#[ignore = "target: leak and A/B families raise false alarms on main"]
+fn trouble_families_raise_no_false_alarm_over_20_seeds() {
+    let trouble: Vec<&str> = FAMILIES
+        .iter()
+        .filter(|f| !f.calm)
+        .map(|f| f.name)
+        .collect();
+    for f in full(&trouble) {
+        assert_eq!(f.memdrift.false_alarms, 0, "{}", why(&f));
+    }
+}
+
+#[test]
+#[ignore = "target: a Collector's delivery order loses values on main"]
+fn collector_order_drops_no_values_as_late_over_20_seeds() {
+    for f in full(&["calm-collector", "leak-collector", "ab-collector"]) {
+        assert_eq!(f.late_values, 0, "{}", f.family);
+    }
+}
+
+#[test]
+#[ignore = "target: leaks are found 16-30 minutes after their onset on main"]
+fn leaks_of_1_mb_per_s_are_found_within_15_minutes_with_their_class_over_20_seeds() {
+    for f in full(&["leak-spans", "leak-metrics", "leak-collector"]) {
+        let l = required(&f, Kind::Leak);
+        assert_eq!(
+            (l.timely, l.wrong_class),
+            (l.expected, 0),
+            "{l:?}: {}",
+            why(&f)
+        );
+    }
+}
+
+#[test]
+#[ignore = "target: one crossing in Collector order is warned too late on main"]
+fn every_crossing_is_warned_15_minutes_ahead_over_20_seeds() {
+    for f in full(&["leak-spans", "leak-metrics", "leak-collector"]) {
+        let g = required(&f, Kind::Growth);
+        assert_eq!(g.timely, g.expected, "{g:?}: {}", why(&f));
+    }
+}
+
+#[test]
+#[ignore = "target: half the dense spread changes are found late on main"]
+fn dense_spread_changes_are_found_within_3_and_10_minutes_over_20_seeds() {
+    for f in full(&["ab-dense", "ab-collector"]) {
+        let s = required(&f, Kind::SpreadDrift);
+        assert_eq!(s.timely, s.expected, "{s:?}: {}", why(&f));
+    }
+}
+
+#[test]
+#[ignore = "target: sparse cohorts (under 20 samples a window) are never compared on main"]
+fn sparse_spread_changes_are_found_within_10_minutes_over_20_seeds() {
+    let f = run("ab-sparse", FULL);
+    let s = required(&f, Kind::SpreadDrift);
+    assert_eq!(s.timely, s.expected, "{s:?}: {}", why(&f));
+}
+
+// The real trace (../shared/data/genai-gpu-memory), skipped where it is absent.
+
+fn trace() -> Option<PathBuf> {
+    let path = real::default_input();
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!(
+            "skipping: {} is absent (the GPU-memory trace lives in ../shared/data/genai-gpu-memory beside the \
+             repository)",
+            path.display()
+        );
+        None
+    }
+}
+
+fn replay_trace(rows: &[real::Row], layout: Layout, limit: Option<f64>, tag: &str) -> RealReport {
+    let pipeline = Pipeline::default_pipeline().expect("the default pipeline");
+    let dir = std::env::temp_dir().join(format!("memdrift-eval-real-{tag}-{}", std::process::id()));
+    let report = real::replay_rows(rows, layout, limit, &pipeline, &dir).expect("replays");
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+fn rows(path: &Path) -> Vec<real::Row> {
+    let (rows, bad) = real::parse_csv(&real::read_csv(path).expect("the trace reads"));
+    assert_eq!((rows.len(), bad), (161_413, 0));
+    rows
+}
+
+#[test]
+fn three_hours_of_the_real_trace_replay_in_collector_order() {
+    let Some(path) = trace() else {
+        return;
+    };
+    let rows = rows(&path);
+    let first = rows.iter().map(|r| r.t_s).fold(f64::INFINITY, f64::min);
+    let slice: Vec<real::Row> = rows
+        .into_iter()
+        .filter(|r| r.t_s < first + 3.0 * 3600.0)
+        .collect();
+    let collector = replay_trace(&slice, Layout::Collector { group: 8 }, None, "collector");
+    assert_eq!(collector.converted.points, slice.len() as u64);
+    assert_eq!(collector.values, slice.len() as u64);
+    assert_eq!(collector.broken_lines, 0);
+    // Main loses nearly half of the points as late in this order (the first scrape of every pod group but the
+    // first arrives after the second scrape of the group before it).
+    assert!(
+        collector.late_values * 100 <= collector.values * 47,
+        "{} of {} late",
+        collector.late_values,
+        collector.values
+    );
+    let in_order = replay_trace(&slice, Layout::InOrder, Some(48.0 * GIB), "in-order");
+    assert_eq!(in_order.late_values, 0);
+    assert_eq!(in_order.values, 2 * slice.len() as u64);
+}
+
+#[test]
+#[ignore = "target: main drops 46% of the trace's points as late in a Collector's order"]
+fn the_real_trace_in_collector_order_loses_no_value() {
+    let Some(path) = trace() else {
+        return;
+    };
+    let r = replay_trace(&rows(&path), Layout::Collector { group: 8 }, None, "full");
+    assert_eq!(r.late_values, 0, "{}", r.markdown());
+}
+
+#[test]
+#[ignore = "target: main raises 1.9 findings per 100 pod-hours on the (mostly healthy) trace"]
+fn the_real_trace_raises_at_most_1_finding_per_100_pod_hours() {
+    let Some(path) = trace() else {
+        return;
+    };
+    let r = replay_trace(&rows(&path), Layout::InOrder, None, "rate");
+    assert!(r.per_pod_hour() <= 0.01, "{}", r.markdown());
+}
