@@ -1,5 +1,7 @@
 //! Window summaries: count, mean, sd, median, MAD, p95.
 
+pub use crate::stats::quantile_sorted;
+
 /// Running moments of one pane, mergeable exactly (Chan et al.'s parallel update), so the mean and sd of a
 /// window are exact even when the pane keeps only a reservoir of its values.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -53,8 +55,6 @@ pub fn robust_summary(values: &mut [f64]) -> (f64, f64, f64) {
     dev.sort_unstable_by(f64::total_cmp);
     (median, quantile_sorted(&dev, 0.5), p95)
 }
-
-pub use crate::stats::quantile_sorted;
 
 #[cfg(test)]
 mod tests {
