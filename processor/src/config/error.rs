@@ -32,27 +32,6 @@ impl ConfigError {
         }
     }
 
-    /// An error about `key`, placed at the mapping key of that name when the file holds exactly one, else at the
-    /// first line where `key` appears as a word. Prefer [`ConfigError::at_path`], which cannot pick the wrong one.
-    pub fn at(
-        file: &str,
-        text: &str,
-        key: &str,
-        message: String,
-        hint: Option<String>,
-    ) -> ConfigError {
-        let (line, column) = match locate::keys_named(text, key)[..] {
-            [only] => (Some(only.line), Some(only.column)),
-            _ => (find_line(text, key), None),
-        };
-        ConfigError {
-            line,
-            column,
-            hint,
-            ..ConfigError::plain(file, message)
-        }
-    }
-
     /// An error about the node at `path` (mapping keys, or sequence indexes such as `"2"`), placed at that key or
     /// item in the YAML; when the path is not all there (a missing key), at the deepest part that is, e.g. the
     /// section. `["exporters", "otlp", "endpoint"]` is the exporter's endpoint, never a receiver's.
@@ -104,8 +83,7 @@ impl ConfigError {
                 let mut path: Vec<&str> = path.split('.').collect();
                 path.push(field);
                 // Only the key itself, not a section where a partial path stopped.
-                super::locate::locate(text, &path)
-                    .filter(|p| super::locate::keys_named(text, field).contains(p))
+                locate::locate(text, &path).filter(|p| locate::keys_named(text, field).contains(p))
             });
         let (line, column) = match key {
             Some(p) => (Some(p.line), Some(p.column)),
@@ -142,22 +120,6 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-fn find_line(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| {
-            let code = l.split('#').next().unwrap_or("");
-            code.match_indices(key).any(|(i, _)| {
-                let before = code[..i].chars().next_back();
-                let after = code[i + key.len()..].chars().next();
-                let word = |c: Option<char>| {
-                    c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
-                };
-                !word(before) && !word(after)
-            })
-        })
-        .map(|i| i + 1)
-}
 
 /// "did you mean `x`?" for the closest of `candidates`, when one is close.
 pub fn did_you_mean(word: &str, candidates: &[&str]) -> Option<String> {

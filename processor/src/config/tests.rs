@@ -436,18 +436,6 @@ fn an_error_in_a_later_section_is_placed_at_its_own_key() {
 }
 
 #[test]
-fn at_uses_the_key_when_only_one_is_named_so() {
-    // `leak` is a value (in the pipeline's list) before it is a key: the key is the one placed.
-    let text = "service: { pipelines: { m: { processors: [leak] } } }\nprocessors:\n  leak:\n    alpha: 2\n";
-    let e = ConfigError::at("t.yaml", text, "leak", "bad".into(), None);
-    assert_eq!((e.line, e.column), (Some(3), Some(3)), "{e}");
-    // Two keys of the name: the first line that names it, as before.
-    let text = "a:\n  alpha: 1\nb:\n  alpha: 2\n";
-    let e = ConfigError::at("t.yaml", text, "alpha", "bad".into(), None);
-    assert_eq!((e.line, e.column), (Some(2), None), "{e}");
-}
-
-#[test]
 fn every_detector_in_the_table_is_configured_by_its_own_section() {
     // The table is all the pipeline loader knows of detectors: each row's name is a section, takes `{}` (all
     // defaults), may be listed in a pipeline, and builds a detector of that name.
