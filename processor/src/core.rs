@@ -49,9 +49,10 @@ impl Core {
         out
     }
 
-    /// Pushes the watermark to `watermark` (event-time ns) when no data arrives: the service's timer.
+    /// The service's timer: closes the windows of sources that have gone quiet, up to `watermark` (event-time
+    /// ns, the wall clock less a delay).
     pub fn tick(&mut self, watermark: u64) -> Output {
-        let windows = self.engine.advance_to(watermark);
+        let windows = self.engine.tick(watermark);
         self.detect(windows)
     }
 

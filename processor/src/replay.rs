@@ -43,7 +43,10 @@ pub struct ReplaySummary {
     pub extract: ExtractStats,
     /// Samples (spans and points that gave at least one value).
     pub samples: u64,
+    /// Values dropped because their instance's windows had closed.
     pub late_values: u64,
+    /// Values kept for their instance but too late for their cohort's windows.
+    pub late_for_cohort_values: u64,
     pub overflow_values: u64,
     pub windows: u64,
     pub anomalies: BTreeMap<String, u64>,
@@ -236,6 +239,7 @@ pub fn replay(pipeline: &Pipeline, opts: &ReplayOptions) -> Result<ReplaySummary
     bar.finish_and_clear();
     let stats = core.engine().stats();
     summary.late_values = stats.late_values;
+    summary.late_for_cohort_values = stats.late_for_cohort_values;
     summary.overflow_values = stats.overflow_values;
     summary.elapsed = started.elapsed();
     Ok(summary)
@@ -294,9 +298,10 @@ impl fmt::Display for ReplaySummary {
         )?;
         writeln!(
             f,
-            "  samples    {} ({} values late, {} over the key cap); by signal: {}",
+            "  samples    {} ({} values late, {} late for their cohort only, {} over the key cap); by signal: {}",
             self.samples,
             self.late_values,
+            self.late_for_cohort_values,
             self.overflow_values,
             by_reason(&e.samples_by_signal(), |s| s.name())
         )?;

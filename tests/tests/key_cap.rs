@@ -79,9 +79,9 @@ fn a_million_distinct_keys_stay_under_the_cap_with_flat_memory() {
         max_live <= CAP,
         "live keys peaked at {max_live}, over the cap {CAP}"
     );
-    // In the first half, the first CAP/2 keys fill the cap (a cohort and an instance series each); every later
-    // key of that half overflows twice.
-    let first_half_overflow = 2 * (TOTAL / 2) - CAP as u64;
+    // In the first half, the first CAP/2 keys fill the cap (a cohort and an instance series each); the value of
+    // every later key of that half overflows (once: it is dropped whole).
+    let first_half_overflow = TOTAL / 2 - CAP as u64 / 2;
     assert!(
         overflow >= first_half_overflow,
         "overflow {overflow} < {first_half_overflow}"

@@ -187,6 +187,7 @@ fn build_engine(name: &str, text: &str, file: &PipelineFile) -> Result<EngineCon
     set(w.step, &mut cfg.step_ns);
     set(w.allowed_lateness, &mut cfg.allowed_lateness_ns);
     set(w.idle_timeout, &mut cfg.idle_timeout_ns);
+    set(w.source_idle, &mut cfg.source_idle_ns);
     if let Some(n) = w.max_keys {
         cfg.max_keys = n;
     }
@@ -235,6 +236,13 @@ fn build_engine(name: &str, text: &str, file: &PipelineFile) -> Result<EngineCon
             "idle_timeout",
             "processors.windows: idle_timeout is shorter than the window".into(),
             "set idle_timeout to at least the window size",
+        );
+    }
+    if cfg.source_idle_ns < cfg.step_ns {
+        return bad(
+            "source_idle",
+            "processors.windows: source_idle is shorter than a step".into(),
+            "set source_idle to a few scrape intervals, e.g. source_idle: 5m",
         );
     }
     if cfg.max_keys == 0 || cfg.max_samples_per_pane == 0 {

@@ -142,8 +142,13 @@ pub struct WindowsSection {
     pub size: Option<Duration>,
     /// How far windows slide; windows end on multiples of it. Default 10s.
     pub step: Option<Duration>,
-    /// How long after the newest event time a window stays open for stragglers. Default 5s.
+    /// How far behind its own source's newest event time (an instance of a service) a sample may arrive and
+    /// still be used. Each source's windows close on its own progress, so sources flushing at different
+    /// moments do not make each other late. Default 5s.
     pub allowed_lateness: Option<Duration>,
+    /// An instance whose newest event time is this far behind its service's newest stops holding back the
+    /// service's cohort windows (it is idle; its own windows still close on its own progress). Default 5m.
+    pub source_idle: Option<Duration>,
     /// A group not seen for this long (event time) is forgotten. Default 10m.
     pub idle_timeout: Option<Duration>,
     /// Cap on live series; samples for new series beyond it are counted as overflow. Default 100000.

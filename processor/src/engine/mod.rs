@@ -1,34 +1,48 @@
-//! The event-time engine: per-key state, sliding windows closed by a watermark, bounded memory.
+//! The event-time engine: per-key state, sliding windows closed by each source's own progress, bounded memory.
 //!
 //! Time is the samples' own (span end, point time), never the wall clock: the same input gives the same windows,
 //! which is what makes `replay` deterministic. Windows of length `window` slide by `step` and end on multiples
 //! of `step`; a key keeps one *pane* per step of its recent past, so a closed window is the union of
-//! `window / step` panes. The watermark is the largest event time seen minus the allowed lateness (a service
-//! may also push it forward with [`Engine::advance_to`] when traffic stops); a window closes when the watermark
-//! passes its end, and a sample whose earliest window has already closed is late: counted and dropped.
+//! `window / step` panes.
+//!
+//! **Progress is per source**, as stream processors keep per-partition watermarks: a source is one instance of
+//! a service. An instance's windows (the series the per-instance detectors read) close once its own newest
+//! event time, less `allowed_lateness`, has passed them; a service's cohort windows close once every *active*
+//! instance of the service has passed them, an instance more than `source_idle` behind the service's newest
+//! sample being left out (idle). So a source that is ahead never makes another late: a Collector's file whose
+//! lines each carry some pods over two scrapes loses nothing. A service's first `source_idle` of event time is
+//! for finding its sources (its cohort windows close once it has passed). A sample whose earliest window has closed for its
+//! instance is late (counted, dropped); one that only its cohort's windows have passed is kept for the instance
+//! and counted as late for the cohort. When traffic stops, the service's timer ([`Engine::tick`]) closes the
+//! windows of the sources that have gone quiet.
 //!
 //! Bounds: at most `max_keys` live (group, signal) series, new ones beyond the cap counted as overflow; a pane
 //! keeps exact moments but at most `max_samples_per_pane` values (a uniform reservoir) for the order statistics;
-//! a group not seen for `idle_timeout` of event time is forgotten.
+//! a group not seen for `idle_timeout` of event time is forgotten (a whole service once nothing newer than that
+//! has come from it; an instance or cohort once its service's newest sample is that far ahead).
 
+mod group;
 mod summary;
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub use summary::{quantile_sorted, robust_summary, Moments};
 
 use crate::extract::DropReason;
 use crate::sample::{Exemplar, MemorySample};
-use crate::signal::{Signal, SignalValues};
+use crate::signal::Signal;
+use group::Group;
 
 /// Engine settings, in nanoseconds of event time. Built from the pipeline's `windows` processor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineConfig {
     pub window_ns: u64,
     pub step_ns: u64,
+    /// How far behind its own newest event time a source's sample may arrive and still be used.
     pub allowed_lateness_ns: u64,
+    /// An instance this far behind its service's newest event time no longer holds the cohort windows back.
+    pub source_idle_ns: u64,
     pub idle_timeout_ns: u64,
     pub max_keys: usize,
     pub max_samples_per_pane: usize,
@@ -43,6 +57,7 @@ impl Default for EngineConfig {
             window_ns: 60 * S,
             step_ns: 10 * S,
             allowed_lateness_ns: 5 * S,
+            source_idle_ns: 300 * S,
             idle_timeout_ns: 600 * S,
             max_keys: 100_000,
             max_samples_per_pane: 2048,
@@ -134,108 +149,87 @@ pub struct ClosedWindow {
 /// Counters the engine keeps; the service exports them as self-telemetry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
+    /// Values whose instance window had closed: dropped.
     pub late_values: u64,
+    /// Values kept for their instance but too late for their cohort's window.
+    pub late_for_cohort_values: u64,
     pub overflow_values: u64,
     pub expired_groups: u64,
     pub windows_closed: u64,
 }
 
-struct Pane {
-    index: i64,
-    moments: Moments,
-    min: f64,
-    max: f64,
-    last: (u64, f64),
-    reservoir: Vec<f64>,
-    /// The instance of each reservoir value (a hash of its id), so detectors can split a cohort by process.
-    tags: Vec<u32>,
-    /// (value, request), largest first, at most `exemplars` long.
-    exemplars: Vec<(f64, Exemplar)>,
+/// Windows that close together: a service's cohorts, or one instance's series. `closed_end` is the end of the
+/// newest window closed; a sample whose earliest window ends at or before it is late for these groups.
+#[derive(Default)]
+struct Clock {
+    closed_end: u64,
 }
 
-impl Pane {
-    fn new(index: i64) -> Pane {
-        Pane {
-            index,
-            moments: Moments::default(),
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-            last: (0, f64::NAN),
-            reservoir: Vec::new(),
-            tags: Vec::new(),
-            exemplars: Vec::new(),
-        }
-    }
+/// One source of samples: an instance of a service, with its own progress in event time.
+struct Instance {
+    group: Group,
+    clock: Clock,
+    /// The newest event time this instance has sent.
+    newest: u64,
+    /// Timer ticks since it last sent anything (see [`Engine::tick`]).
+    quiet_ticks: u32,
+}
 
-    fn push(
-        &mut self,
-        t: u64,
-        v: f64,
-        tag: u32,
-        trace: Option<Exemplar>,
-        cfg: &EngineConfig,
-        rng: &mut u64,
-    ) {
-        self.moments.push(v);
-        self.min = self.min.min(v);
-        self.max = self.max.max(v);
-        if t >= self.last.0 {
-            self.last = (t, v);
-        }
-        if self.reservoir.len() < cfg.max_samples_per_pane {
-            self.reservoir.push(v);
-            self.tags.push(tag);
-        } else {
-            // Algorithm R: keep each of the n values seen with probability cap / n.
-            let j = (next_random(rng) % self.moments.n) as usize;
-            if j < self.reservoir.len() {
-                self.reservoir[j] = v;
-                self.tags[j] = tag;
-            }
-        }
-        if let Some(id) = trace {
-            let pos = self.exemplars.partition_point(|(x, _)| *x >= v);
-            if pos < cfg.exemplars {
-                self.exemplars.insert(pos, (v, id));
-                self.exemplars.truncate(cfg.exemplars);
-            }
+struct Service {
+    cohorts: HashMap<Option<Arc<str>>, Group>,
+    clock: Clock,
+    instances: HashMap<Arc<str>, Instance>,
+    /// The oldest and newest event times it has sent.
+    oldest: u64,
+    newest: u64,
+    quiet_ticks: u32,
+    /// Listed in `Engine::touched` since the last advance.
+    touched: bool,
+}
+
+impl Instance {
+    fn new() -> Instance {
+        Instance {
+            group: Group::new(),
+            clock: Clock::default(),
+            newest: 0,
+            quiet_ticks: 0,
         }
     }
 }
 
-/// xorshift64*: a tiny deterministic generator, so reservoir sampling replays identically.
-fn next_random(state: &mut u64) -> u64 {
-    let mut x = *state;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+impl Service {
+    fn new() -> Service {
+        Service {
+            cohorts: HashMap::new(),
+            clock: Clock::default(),
+            instances: HashMap::new(),
+            oldest: u64::MAX,
+            newest: 0,
+            quiet_ticks: 0,
+            touched: false,
+        }
+    }
 }
 
-struct Series {
-    panes: VecDeque<Pane>,
-    rng: u64,
-}
-
-struct Group {
-    series: [Option<Series>; Signal::COUNT],
-    last_seen: u64,
-}
+/// Timer ticks (steps) without data, beyond a window's worth, after which a source counts as quiet and the timer
+/// may close its windows: a window and two steps (80 s by default), more than a 60 s scraper's cadence.
+const QUIET_EXTRA_TICKS: u32 = 2;
 
 /// The engine. Pure: samples in, closed windows out.
 pub struct Engine {
     config: EngineConfig,
-    groups: HashMap<GroupKey, Group>,
+    services: HashMap<Arc<str>, Service>,
+    /// Services that received samples since the last advance: only their clocks can have moved.
+    touched: Vec<Arc<str>>,
     live_series: usize,
     live_by_kind: [usize; 2],
-    /// How many live panes exist per pane index, to skip stretches of event time with no data.
-    pane_census: BTreeMap<i64, usize>,
+    /// The newest event time of any sample.
     max_event_time: u64,
-    watermark: u64,
-    /// The end of the next window to close, once any sample has arrived.
-    next_end: Option<u64>,
-    last_closed_end: u64,
+    /// The timer's watermark: windows of quiet sources close once it passes them.
+    floor: u64,
+    /// `max_event_time` when idle groups were last looked for.
+    expired_at: u64,
     stats: EngineStats,
 }
 
@@ -247,14 +241,13 @@ impl Engine {
         );
         Engine {
             config,
-            groups: HashMap::new(),
+            services: HashMap::new(),
+            touched: Vec::new(),
             live_series: 0,
             live_by_kind: [0; 2],
-            pane_census: BTreeMap::new(),
             max_event_time: 0,
-            watermark: 0,
-            next_end: None,
-            last_closed_end: 0,
+            floor: 0,
+            expired_at: 0,
             stats: EngineStats::default(),
         }
     }
@@ -280,227 +273,327 @@ impl Engine {
         ]
     }
 
-    pub fn watermark(&self) -> u64 {
-        self.watermark
+    /// Live sources (instances of services).
+    pub fn live_sources(&self) -> usize {
+        self.services.values().map(|s| s.instances.len()).sum()
     }
 
-    /// Adds samples to their series; returns values dropped, by reason (late, key overflow).
+    /// Adds samples to their series; returns values dropped, by reason (late, late for the cohort only, key
+    /// overflow).
     pub fn ingest(&mut self, samples: &[MemorySample]) -> Vec<(DropReason, Signal)> {
         let mut dropped = Vec::new();
         for s in samples {
-            let pane = (s.time_unix_nano / self.config.step_ns) as i64;
-            let earliest_end = (pane as u64 + 1) * self.config.step_ns;
-            if earliest_end <= self.last_closed_end {
-                self.stats.late_values += s.values.len() as u64;
-                dropped.extend(s.values.iter().map(|(sig, _)| (DropReason::Late, sig)));
-                continue;
-            }
-            self.max_event_time = self.max_event_time.max(s.time_unix_nano);
-            let next_end = self.next_end.get_or_insert(earliest_end);
-            *next_end = (*next_end)
-                .min(earliest_end)
-                .max(self.last_closed_end + self.config.step_ns);
-            for scope in [
-                Scope::Cohort(s.cohort.clone()),
-                Scope::Instance(s.instance.clone()),
-            ] {
-                let key = GroupKey {
-                    service: s.service.clone(),
-                    scope,
-                };
-                self.add(key, pane, s, &s.values, &mut dropped);
-            }
+            self.add(s, &mut dropped);
         }
         dropped
     }
 
-    fn add(
-        &mut self,
-        key: GroupKey,
-        pane: i64,
-        sample: &MemorySample,
-        values: &SignalValues,
-        dropped: &mut Vec<(DropReason, Signal)>,
-    ) {
-        let kind = matches!(key.scope, Scope::Instance(_)) as usize;
+    fn add(&mut self, s: &MemorySample, dropped: &mut Vec<(DropReason, Signal)>) {
         let cfg = &self.config;
-        let group = match self.groups.entry(key) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                if self.live_series >= cfg.max_keys {
-                    self.stats.overflow_values += values.len() as u64;
-                    dropped.extend(values.iter().map(|(sig, _)| (DropReason::KeyOverflow, sig)));
-                    return;
-                }
-                e.insert(Group {
-                    series: Default::default(),
-                    last_seen: 0,
-                })
-            }
-        };
-        group.last_seen = group.last_seen.max(sample.time_unix_nano);
-        let tag = instance_tag(&sample.instance);
-        for (signal, v) in values.iter() {
-            let slot = &mut group.series[signal as usize];
-            if slot.is_none() {
+        let pane = (s.time_unix_nano / cfg.step_ns) as i64;
+        let earliest_end = (s.time_unix_nano / cfg.step_ns + 1).saturating_mul(cfg.step_ns);
+        let full = self.live_series >= cfg.max_keys;
+        if full && !self.services.contains_key(&s.service) {
+            self.stats.overflow_values += s.values.len() as u64;
+            dropped.extend(
+                s.values
+                    .iter()
+                    .map(|(sig, _)| (DropReason::KeyOverflow, sig)),
+            );
+            return;
+        }
+        let service = self
+            .services
+            .entry(s.service.clone())
+            .or_insert_with(Service::new);
+        if !service.touched {
+            service.touched = true;
+            self.touched.push(s.service.clone());
+        }
+        service.quiet_ticks = 0;
+        if full && !service.instances.contains_key(&s.instance) {
+            self.stats.overflow_values += s.values.len() as u64;
+            dropped.extend(
+                s.values
+                    .iter()
+                    .map(|(sig, _)| (DropReason::KeyOverflow, sig)),
+            );
+            return;
+        }
+        let instance = service
+            .instances
+            .entry(s.instance.clone())
+            .or_insert_with(Instance::new);
+        instance.quiet_ticks = 0;
+        if earliest_end <= instance.clock.closed_end {
+            self.stats.late_values += s.values.len() as u64;
+            dropped.extend(s.values.iter().map(|(sig, _)| (DropReason::Late, sig)));
+            return;
+        }
+        instance.newest = instance.newest.max(s.time_unix_nano);
+        service.newest = service.newest.max(s.time_unix_nano);
+        service.oldest = service.oldest.min(s.time_unix_nano);
+        self.max_event_time = self.max_event_time.max(s.time_unix_nano);
+        let tag = instance_tag(&s.instance);
+        // Late for the cohort's windows (the service's slower clock has passed it) but not for the instance's.
+        let mut cohort = (earliest_end > service.clock.closed_end).then(|| {
+            service
+                .cohorts
+                .entry(s.cohort.clone())
+                .or_insert_with(Group::new)
+        });
+        for (signal, v) in s.values.iter() {
+            if !instance.group.has(signal) {
                 if self.live_series >= cfg.max_keys {
                     self.stats.overflow_values += 1;
                     dropped.push((DropReason::KeyOverflow, signal));
                     continue;
                 }
                 self.live_series += 1;
-                self.live_by_kind[kind] += 1;
-                *slot = Some(Series {
-                    panes: VecDeque::new(),
-                    rng: 0x9e37_79b9_7f4a_7c15 ^ (signal as u64 + 1),
-                });
+                self.live_by_kind[1] += 1;
             }
-            let Some(series) = slot.as_mut() else {
+            instance.group.push(pane, s, signal, v, tag, cfg);
+            let Some(group) = cohort.as_deref_mut() else {
+                self.stats.late_for_cohort_values += 1;
+                dropped.push((DropReason::LateForCohort, signal));
                 continue;
             };
-            let idx = match series.panes.binary_search_by_key(&pane, |p| p.index) {
-                Ok(i) => i,
-                Err(i) => {
-                    series.panes.insert(i, Pane::new(pane));
-                    *self.pane_census.entry(pane).or_default() += 1;
-                    i
+            if !group.has(signal) {
+                if self.live_series >= cfg.max_keys {
+                    self.stats.overflow_values += 1;
+                    dropped.push((DropReason::KeyOverflow, signal));
+                    continue;
                 }
-            };
-            series.panes[idx].push(
-                sample.time_unix_nano,
-                v,
-                tag,
-                sample.trace_id.map(|trace_id| Exemplar {
-                    trace_id,
-                    span_id: sample.span_id,
-                }),
-                cfg,
-                &mut series.rng,
-            );
-        }
-    }
-
-    /// Closes the windows the samples' own watermark allows.
-    pub fn advance(&mut self) -> Vec<ClosedWindow> {
-        let wm = self
-            .max_event_time
-            .saturating_sub(self.config.allowed_lateness_ns);
-        self.advance_to(wm)
-    }
-
-    /// Moves the watermark to at least `watermark` (event-time nanoseconds) and closes the windows it passes.
-    /// A service calls this from a timer when traffic stops, so that the last windows still close.
-    pub fn advance_to(&mut self, watermark: u64) -> Vec<ClosedWindow> {
-        self.watermark = self.watermark.max(watermark);
-        let mut closed = Vec::new();
-        while let Some(end) = self.next_end {
-            if end > self.watermark {
-                break;
+                self.live_series += 1;
+                self.live_by_kind[0] += 1;
             }
-            closed.push(self.close(end));
-            self.last_closed_end = end;
-            self.evict_before(end);
-            self.next_end = self.next_end_with_data(end + self.config.step_ns);
+            group.push(pane, s, signal, v, tag, cfg);
         }
-        self.expire_idle();
-        closed
     }
 
-    /// Closes every window that holds data, whatever the watermark: the end of a replay.
+    /// Closes the windows that the samples' own progress allows: each instance's windows once its newest event
+    /// time less the allowed lateness has passed them, each service's cohort windows once every active instance
+    /// of the service has (an instance more than `source_idle` behind the service's newest is not waited for).
+    pub fn advance(&mut self) -> Vec<ClosedWindow> {
+        let mut out = Closing::new(&self.config);
+        for name in std::mem::take(&mut self.touched) {
+            if let Some(svc) = self.services.get_mut(&name) {
+                svc.touched = false;
+                close_service(&name, svc, &self.config, self.floor, false, &mut out);
+            }
+        }
+        self.expire_if_due();
+        self.stats.windows_closed += out.count;
+        out.into_windows()
+    }
+
+    /// The service's timer, called about once a step with the wall clock less a delay: the windows of every
+    /// source that has sent nothing for a window and two ticks close up to `watermark`, so that the last windows still close
+    /// when traffic stops. Sources that are still sending are left to their own progress: a source that
+    /// delivers late but steadily (a scraper behind a batching Collector) never has its windows closed early.
+    pub fn tick(&mut self, watermark: u64) -> Vec<ClosedWindow> {
+        self.floor = self.floor.max(watermark);
+        let mut out = Closing::new(&self.config);
+        for (name, svc) in &mut self.services {
+            svc.touched = false;
+            for i in svc.instances.values_mut() {
+                i.quiet_ticks = i.quiet_ticks.saturating_add(1);
+            }
+            svc.quiet_ticks = svc.quiet_ticks.saturating_add(1);
+            close_service(name, svc, &self.config, self.floor, false, &mut out);
+        }
+        self.touched.clear();
+        self.expire(self.floor.max(self.max_event_time));
+        self.stats.windows_closed += out.count;
+        out.into_windows()
+    }
+
+    /// Closes every window that holds data, whatever the progress: the end of a replay.
     pub fn finish(&mut self) -> Vec<ClosedWindow> {
         let wm = self.max_event_time + self.config.window_ns + self.config.step_ns;
-        let mut closed = self.advance_to(wm);
+        self.floor = self.floor.max(wm);
+        let mut out = Closing::new(&self.config);
+        for (name, svc) in &mut self.services {
+            svc.touched = false;
+            close_service(name, svc, &self.config, self.floor, true, &mut out);
+        }
+        self.touched.clear();
+        self.stats.windows_closed += out.count;
+        let mut closed = out.into_windows();
         closed.retain(|w| !w.summaries.is_empty());
         closed
     }
 
-    /// The first window end at or after `from` whose window holds a pane, if any pane is live.
-    fn next_end_with_data(&self, from: u64) -> Option<u64> {
-        let step = self.config.step_ns;
-        let first_pane_of_window = (from / step) as i64 - self.config.panes_per_window();
-        let (&p, _) = self.pane_census.range(first_pane_of_window..).next()?;
-        Some(from.max((p as u64 + 1) * step))
-    }
-
-    fn evict_before(&mut self, end: u64) {
-        // The next window ends at end + step and starts at end + step - window.
-        let first_needed = ((end + self.config.step_ns) / self.config.step_ns) as i64
-            - self.config.panes_per_window();
-        for group in self.groups.values_mut() {
-            for series in group.series.iter_mut().flatten() {
-                while series.panes.front().is_some_and(|p| p.index < first_needed) {
-                    if let Some(p) = series.panes.pop_front() {
-                        census_remove(&mut self.pane_census, p.index);
-                    }
-                }
-            }
+    /// Looks for idle groups once the newest event time has moved a step since the last look.
+    fn expire_if_due(&mut self) {
+        if self.max_event_time >= self.expired_at.saturating_add(self.config.step_ns) {
+            self.expire(self.max_event_time);
         }
     }
 
-    fn expire_idle(&mut self) {
-        let horizon = self.watermark.saturating_sub(self.config.idle_timeout_ns);
-        if horizon == 0 {
-            return;
-        }
-        let census = &mut self.pane_census;
+    /// Forgets services, instances and cohorts that have sent nothing for `idle_timeout` of event time: a
+    /// service against `now`, its instances and cohorts against the service's newest sample.
+    fn expire(&mut self, now: u64) {
+        self.expired_at = now;
+        let idle = self.config.idle_timeout_ns;
         let mut expired = 0;
         let mut freed = [0usize; 2];
-        self.groups.retain(|key, group| {
-            if group.last_seen >= horizon {
-                return true;
-            }
-            let kind = matches!(key.scope, Scope::Instance(_)) as usize;
-            for series in group.series.iter().flatten() {
-                freed[kind] += 1;
-                for p in &series.panes {
-                    census_remove(census, p.index);
+        self.services.retain(|_, svc| {
+            // A service silent for the idle timeout goes whole; in a live one, what its own newest sample has
+            // left behind by that much.
+            let horizon = if svc.newest.saturating_add(idle) < now {
+                u64::MAX
+            } else {
+                svc.newest
+            };
+            svc.instances.retain(|_, i| {
+                let keep = i.group.last_seen.max(i.newest).saturating_add(idle) >= horizon;
+                if !keep {
+                    freed[1] += i.group.series_count();
+                    expired += 1;
                 }
-            }
-            expired += 1;
-            false
+                keep
+            });
+            svc.cohorts.retain(|_, g| {
+                let keep = g.last_seen.saturating_add(idle) >= horizon;
+                if !keep {
+                    freed[0] += g.series_count();
+                    expired += 1;
+                }
+                keep
+            });
+            !svc.instances.is_empty() || !svc.cohorts.is_empty()
         });
+        self.touched.retain(|name| self.services.contains_key(name));
         self.stats.expired_groups += expired;
         self.live_by_kind[0] -= freed[0];
         self.live_by_kind[1] -= freed[1];
         self.live_series -= freed[0] + freed[1];
     }
+}
 
-    fn close(&mut self, end: u64) -> ClosedWindow {
-        let step = self.config.step_ns;
-        let last_pane = (end / step) as i64 - 1;
-        let first_pane = last_pane + 1 - self.config.panes_per_window();
-        let start = end.saturating_sub(self.config.window_ns);
-        let mut summaries = Vec::new();
-        for (gkey, group) in &self.groups {
-            for signal in Signal::ALL {
-                let Some(series) = &group.series[signal as usize] else {
-                    continue;
-                };
-                let panes: Vec<&Pane> = series
-                    .panes
-                    .iter()
-                    .filter(|p| p.index >= first_pane && p.index <= last_pane)
-                    .collect();
-                if panes.is_empty() {
-                    continue;
-                }
-                summaries.push(summarize(
-                    SeriesKey {
-                        group: gkey.clone(),
-                        signal,
-                    },
-                    &panes,
-                    last_pane,
-                    self.config.exemplars,
-                ));
-            }
+/// Windows closed in one call, gathered by end: a window end may close for some sources now and for others later.
+struct Closing {
+    window_ns: u64,
+    by_end: BTreeMap<u64, Vec<WindowSummary>>,
+    count: u64,
+}
+
+impl Closing {
+    fn new(cfg: &EngineConfig) -> Closing {
+        Closing {
+            window_ns: cfg.window_ns,
+            by_end: BTreeMap::new(),
+            count: 0,
         }
-        self.stats.windows_closed += 1;
-        summaries.sort_by(|a, b| a.key.cmp(&b.key));
-        ClosedWindow {
-            start_unix_nano: start,
-            end_unix_nano: end,
-            summaries,
+    }
+
+    fn into_windows(self) -> Vec<ClosedWindow> {
+        let window = self.window_ns;
+        self.by_end
+            .into_iter()
+            .map(|(end, mut summaries)| {
+                summaries.sort_by(|a, b| a.key.cmp(&b.key));
+                ClosedWindow {
+                    start_unix_nano: end.saturating_sub(window),
+                    end_unix_nano: end,
+                    summaries,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Closes what one service's progress allows: the cohorts on the slowest active instance's watermark, each
+/// instance on its own (an idle one also on the cohorts': it stopped, its last windows close as the service
+/// moves on). `floor` applies to quiet sources (or to all, with `all`).
+fn close_service(
+    name: &Arc<str>,
+    svc: &mut Service,
+    cfg: &EngineConfig,
+    floor: u64,
+    all: bool,
+    out: &mut Closing,
+) {
+    let lateness = cfg.allowed_lateness_ns;
+    let quiet_after = (cfg.panes_per_window() as u32).saturating_add(QUIET_EXTRA_TICKS);
+    let active_since = svc.newest.saturating_sub(cfg.source_idle_ns);
+    let is_quiet = |ticks: u32| all || ticks >= quiet_after;
+    let slowest = svc
+        .instances
+        .values()
+        .filter(|i| !is_quiet(i.quiet_ticks) && i.newest >= active_since)
+        .map(|i| i.newest)
+        .min();
+    let mut cohort_wm = slowest.unwrap_or(svc.newest).saturating_sub(lateness);
+    // The service's first `source_idle` of event time is for finding its sources: a source first heard from
+    // then, with data older than the others' (the next line of a Collector's file), is waited for.
+    if svc.newest.saturating_sub(svc.oldest) < cfg.source_idle_ns {
+        cohort_wm = 0;
+    }
+    if is_quiet(svc.quiet_ticks) || slowest.is_none() {
+        cohort_wm = cohort_wm.max(floor);
+    }
+    for (id, inst) in &mut svc.instances {
+        let mut wm = inst.newest.saturating_sub(lateness);
+        if is_quiet(inst.quiet_ticks) {
+            wm = wm.max(floor);
+        }
+        if inst.newest < active_since {
+            wm = wm.max(cohort_wm);
+        }
+        let key = GroupKey {
+            service: name.clone(),
+            scope: Scope::Instance(id.clone()),
+        };
+        close_clock(&mut inst.clock, &mut [(key, &mut inst.group)], wm, cfg, out);
+    }
+    let mut groups: Vec<(GroupKey, &mut Group)> = svc
+        .cohorts
+        .iter_mut()
+        .map(|(c, g)| {
+            let scope = Scope::Cohort(c.clone());
+            (
+                GroupKey {
+                    service: name.clone(),
+                    scope,
+                },
+                g,
+            )
+        })
+        .collect();
+    close_clock(&mut svc.clock, &mut groups, cohort_wm, cfg, out);
+}
+
+/// Closes, in order, every window of `groups` that ends at or before `watermark` and holds a pane (stretches of
+/// event time with no data are skipped, not closed one by one).
+fn close_clock(
+    clock: &mut Clock,
+    groups: &mut [(GroupKey, &mut Group)],
+    watermark: u64,
+    cfg: &EngineConfig,
+    out: &mut Closing,
+) {
+    let step = cfg.step_ns;
+    let per_window = cfg.panes_per_window();
+    while let Some(earliest) = groups.iter().filter_map(|(_, g)| g.earliest_pane()).min() {
+        let end = clock
+            .closed_end
+            .saturating_add(step)
+            .max((earliest as u64 + 1).saturating_mul(step));
+        if end > watermark {
+            break;
+        }
+        let last_pane = (end / step) as i64 - 1;
+        let first_pane = last_pane + 1 - per_window;
+        let summaries = out.by_end.entry(end).or_default();
+        for (key, g) in groups.iter() {
+            g.summaries(key, first_pane, last_pane, cfg.exemplars, summaries);
+        }
+        out.count += 1;
+        clock.closed_end = end;
+        for (_, g) in groups.iter_mut() {
+            g.evict_before(first_pane + 1);
         }
     }
 }
@@ -510,60 +603,6 @@ pub fn instance_tag(instance: &str) -> u32 {
     instance.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ b as u32).wrapping_mul(0x0100_0193)
     })
-}
-
-fn census_remove(census: &mut BTreeMap<i64, usize>, index: i64) {
-    if let Some(n) = census.get_mut(&index) {
-        *n -= 1;
-        if *n == 0 {
-            census.remove(&index);
-        }
-    }
-}
-
-fn summarize(key: SeriesKey, panes: &[&Pane], last_pane: i64, exemplars: usize) -> WindowSummary {
-    let mut moments = Moments::default();
-    let mut min = f64::INFINITY;
-    let mut max = f64::NEG_INFINITY;
-    let mut values = Vec::with_capacity(panes.iter().map(|p| p.reservoir.len()).sum());
-    let mut instance_tags = Vec::with_capacity(values.capacity());
-    let mut ex: Vec<(f64, Exemplar)> = Vec::new();
-    for p in panes {
-        moments.merge(&p.moments);
-        min = min.min(p.min);
-        max = max.max(p.max);
-        values.extend_from_slice(&p.reservoir);
-        instance_tags.extend_from_slice(&p.tags);
-        ex.extend_from_slice(&p.exemplars);
-    }
-    ex.sort_by(|a, b| b.0.total_cmp(&a.0));
-    ex.truncate(exemplars);
-    let mut sorted = values.clone();
-    let (median, mad, p95) = robust_summary(&mut sorted);
-    let newest_pane = panes
-        .iter()
-        .find(|p| p.index == last_pane)
-        .map(|p| PaneSummary {
-            count: p.moments.n,
-            min: p.min,
-            max: p.max,
-            last: p.last.1,
-        });
-    WindowSummary {
-        key,
-        count: moments.n,
-        mean: moments.mean,
-        sd: moments.sd(),
-        median,
-        mad,
-        p95,
-        min,
-        max,
-        values,
-        instance_tags,
-        exemplars: ex.into_iter().map(|(_, id)| id).collect(),
-        newest_pane,
-    }
 }
 
 #[cfg(test)]

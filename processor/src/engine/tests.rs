@@ -1,4 +1,5 @@
 use super::*;
+use crate::signal::SignalValues;
 
 const S: u64 = 1_000_000_000;
 /// A base time aligned to the 10 s step.
@@ -34,7 +35,11 @@ fn cohort_summaries<'a>(w: &'a ClosedWindow, cohort: &str) -> Vec<&'a WindowSumm
 
 #[test]
 fn windows_close_when_the_watermark_passes_their_end() {
-    let mut e = Engine::new(EngineConfig::default());
+    // One source: no time is needed to find the service's sources.
+    let mut e = Engine::new(EngineConfig {
+        source_idle_ns: 10 * S,
+        ..EngineConfig::default()
+    });
     let samples: Vec<_> = (0..70)
         .map(|i| sample("svc", "a", "i1", i as f64, Signal::RssEnd, i as f64))
         .collect();
@@ -88,15 +93,16 @@ fn keys_beyond_the_cap_are_counted_as_overflow() {
         max_keys: 4,
         ..EngineConfig::default()
     });
-    // Each sample opens a cohort series and an instance series: two per service.
+    // Each sample opens a cohort series and an instance series: two per service. The value of a sample whose
+    // instance cannot be admitted is dropped whole, once.
     let samples: Vec<_> = (0..5)
         .map(|i| sample(&format!("svc{i}"), "a", "i1", 1.0, Signal::RssEnd, 1.0))
         .collect();
     let dropped = e.ingest(&samples);
     assert_eq!(e.live_keys(), 4);
-    assert_eq!(dropped.len(), 6);
+    assert_eq!(dropped.len(), 3);
     assert!(dropped.iter().all(|(r, _)| *r == DropReason::KeyOverflow));
-    assert_eq!(e.stats().overflow_values, 6);
+    assert_eq!(e.stats().overflow_values, 3);
     assert_eq!(e.live_keys_by_kind(), [("cohort", 2), ("instance", 2)]);
 }
 
@@ -113,12 +119,12 @@ fn idle_keys_expire_and_free_their_slots() {
     assert_eq!(
         e.ingest(&[sample("new", "a", "i1", 100.0, Signal::RssEnd, 1.0)])
             .len(),
-        2
+        1
     );
     e.advance();
     assert_eq!(e.live_keys(), 2);
     // ...and admitted once "old" has been idle for longer than the timeout.
-    e.advance_to(T0 + 200 * S);
+    e.tick(T0 + 200 * S);
     assert_eq!(e.live_keys(), 0);
     assert_eq!(e.stats().expired_groups, 2);
     assert!(e
@@ -193,4 +199,184 @@ fn same_input_gives_the_same_windows() {
         all
     };
     assert_eq!(run(), run());
+}
+
+fn ends(w: &[ClosedWindow]) -> Vec<u64> {
+    w.iter().map(|w| (w.end_unix_nano - T0) / S).collect()
+}
+
+fn instance_keys(w: &ClosedWindow) -> Vec<String> {
+    w.summaries
+        .iter()
+        .filter_map(|s| match &s.key.group.scope {
+            Scope::Instance(i) => Some(i.to_string()),
+            Scope::Cohort(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_source_ahead_does_not_make_another_late() {
+    let mut e = Engine::new(EngineConfig::default());
+    let send = |e: &mut Engine, instance: &str, from: u64, to: u64, per_s: u64| {
+        for t in from * per_s..=to * per_s {
+            let t = t as f64 / per_s as f64;
+            let dropped = e.ingest(&[sample("svc", "a", instance, t, Signal::RssEnd, 1.0)]);
+            assert!(dropped.is_empty(), "{instance} at {t} s: {dropped:?}");
+        }
+    };
+    // i1 sends up to 200 s; i2, of the same service, then catches up from 0 s: its data is not late.
+    send(&mut e, "i1", 0, 200, 1);
+    let first = e.advance();
+    assert_eq!(ends(&first).last(), Some(&190));
+    assert!(first.iter().all(|w| cohort_summaries(w, "a").is_empty()));
+    send(&mut e, "i2", 0, 200, 2);
+    // Past the service's first five minutes, i1 runs 3 minutes ahead and i2 follows, in order on its own.
+    send(&mut e, "i1", 201, 600, 1);
+    send(&mut e, "i2", 201, 420, 2);
+    assert_eq!(e.stats().late_values, 0);
+    assert_eq!(e.stats().late_for_cohort_values, 0);
+    let closed = e.advance();
+    // The cohort's windows wait for the slower source (420 s - 5 s).
+    let cohort_ends: Vec<u64> = closed
+        .iter()
+        .filter(|w| !cohort_summaries(w, "a").is_empty())
+        .map(|w| (w.end_unix_nano - T0) / S)
+        .collect();
+    assert_eq!(cohort_ends.first(), Some(&10));
+    assert_eq!(cohort_ends.last(), Some(&410));
+    let at_60 = closed
+        .iter()
+        .find(|w| w.end_unix_nano == T0 + 60 * S)
+        .expect("the window ending at 60 s");
+    // Both instances' values are in it: 60 of i1 (0-59 s) and 120 of i2 (0-59.5 s, two a second).
+    assert_eq!(cohort_summaries(at_60, "a")[0].count, 180);
+    assert_eq!(instance_keys(at_60), vec!["i2"]);
+}
+
+#[test]
+fn collector_lines_of_pod_groups_over_two_scrapes_lose_nothing() {
+    let mut e = Engine::new(EngineConfig::default());
+    let pods: Vec<String> = (0..24).map(|i| format!("pod-{i}")).collect();
+    let mut closed = Vec::new();
+    // A 57 s scrape grid; each line carries 8 pods over two consecutive scrapes, groups in turn.
+    for pair in 0..40u64 {
+        for group in pods.chunks(8) {
+            let line: Vec<_> = [2 * pair, 2 * pair + 1]
+                .iter()
+                .flat_map(|k| {
+                    group.iter().map(move |p| {
+                        sample(
+                            "svc",
+                            "a",
+                            p,
+                            (*k * 57) as f64,
+                            Signal::ContainerWorkingSet,
+                            1e9,
+                        )
+                    })
+                })
+                .collect();
+            assert!(e.ingest(&line).is_empty());
+            closed.extend(e.advance());
+        }
+    }
+    assert_eq!(e.stats().late_values, 0);
+    assert_eq!(e.stats().late_for_cohort_values, 0);
+    // Every pod's every scrape reached its instance windows and the cohort's.
+    closed.extend(e.finish());
+    let newest: u64 = closed
+        .iter()
+        .flat_map(|w| &w.summaries)
+        .filter(|s| matches!(s.key.group.scope, Scope::Cohort(_)))
+        .filter_map(|s| s.newest_pane.map(|p| p.count))
+        .sum();
+    assert_eq!(newest, 24 * 80);
+}
+
+#[test]
+fn an_idle_source_stops_holding_the_cohort_back() {
+    let mut e = Engine::new(EngineConfig::default());
+    e.ingest(&[sample("svc", "a", "stopped", 0.0, Signal::RssEnd, 1.0)]);
+    let running: Vec<_> = (0..=400)
+        .map(|t| sample("svc", "a", "running", t as f64, Signal::RssEnd, 1.0))
+        .collect();
+    e.ingest(&running);
+    let closed = e.advance();
+    let cohort_ends: Vec<u64> = closed
+        .iter()
+        .filter(|w| !cohort_summaries(w, "a").is_empty())
+        .map(|w| (w.end_unix_nano - T0) / S)
+        .collect();
+    // "stopped" is more than source_idle (300 s) behind: the cohort closes on "running" alone.
+    assert_eq!(cohort_ends.last(), Some(&390));
+    // A sample of "stopped" behind the cohort's progress still counts for its own windows.
+    assert!(e
+        .ingest(&[sample("svc", "a", "stopped", 100.0, Signal::RssEnd, 1.0)])
+        .iter()
+        .all(|(r, _)| *r == DropReason::LateForCohort));
+    assert_eq!(e.stats().late_for_cohort_values, 1);
+    assert_eq!(e.stats().late_values, 0);
+}
+
+#[test]
+fn the_timer_closes_quiet_sources_only() {
+    let mut e = Engine::new(EngineConfig::default());
+    e.ingest(&[
+        sample("quiet", "a", "q1", 0.0, Signal::RssEnd, 1.0),
+        sample("steady", "a", "s1", 0.0, Signal::RssEnd, 1.0),
+    ]);
+    assert!(e.advance().is_empty());
+    let mut closed = Vec::new();
+    // The wall clock runs 15 s ahead of event time; "steady" (a scraper behind a batching Collector) sends a
+    // point a minute, 50 s after its time; "quiet" sends nothing more.
+    for tick in 1..=20u64 {
+        if tick % 6 == 0 {
+            let t = (tick - 5) * 10;
+            assert!(e
+                .ingest(&[sample("steady", "a", "s1", t as f64, Signal::RssEnd, 1.0)])
+                .is_empty());
+            closed.extend(e.advance());
+        }
+        closed.extend(e.tick(T0 + tick * 10 * S - 15 * S));
+    }
+    assert_eq!(e.stats().late_values, 0);
+    let services: std::collections::BTreeSet<String> = closed
+        .iter()
+        .flat_map(|w| &w.summaries)
+        .map(|s| s.key.group.service.to_string())
+        .collect();
+    // "quiet" closed once it had been silent for a window and two steps; "steady" on its own progress.
+    assert!(services.contains("quiet"), "{services:?}");
+    let quiet_last = closed
+        .iter()
+        .filter(|w| w.summaries.iter().any(|s| &*s.key.group.service == "quiet"))
+        .map(|w| (w.end_unix_nano - T0) / S)
+        .max();
+    assert_eq!(quiet_last, Some(60));
+}
+
+#[test]
+fn a_source_that_stops_has_its_last_windows_closed_as_its_service_moves_on() {
+    let mut e = Engine::new(EngineConfig::default());
+    let mut closed = Vec::new();
+    for t in 0..=900 {
+        let mut batch = vec![sample("svc", "a", "running", t as f64, Signal::RssEnd, 1.0)];
+        if t <= 100 {
+            batch.push(sample("svc", "a", "stopped", t as f64, Signal::RssEnd, 1.0));
+        }
+        e.ingest(&batch);
+        closed.extend(e.advance());
+    }
+    let last_of = |id: &str| {
+        closed
+            .iter()
+            .filter(|w| instance_keys(w).iter().any(|i| i == id))
+            .map(|w| (w.end_unix_nano - T0) / S)
+            .max()
+    };
+    // Every window holding its last sample (at 100 s, ends 110-160 s) closed, once "running" was 5 minutes ahead, before the
+    // group could expire (10 minutes).
+    assert_eq!(last_of("stopped"), Some(160));
+    assert_eq!(e.stats().expired_groups, 1);
 }

@@ -23,14 +23,16 @@ pub enum DropReason {
     NoTimestamp,
     /// Stamped further in the future than the receiver's allowed clock skew.
     FutureTimestamp,
-    /// Behind the event-time watermark when it arrived.
+    /// Behind its own source's progress when it arrived: the windows it belongs to had closed.
     Late,
+    /// Kept for its instance, but its cohort's window had closed (the service's slower sources had moved on).
+    LateForCohort,
     /// Its key would have exceeded the cap on live keys.
     KeyOverflow,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::WrongType,
         DropReason::String,
         DropReason::Negative,
@@ -40,6 +42,7 @@ impl DropReason {
         DropReason::NoTimestamp,
         DropReason::FutureTimestamp,
         DropReason::Late,
+        DropReason::LateForCohort,
         DropReason::KeyOverflow,
     ];
 
@@ -54,6 +57,7 @@ impl DropReason {
             DropReason::NoTimestamp => "no_timestamp",
             DropReason::FutureTimestamp => "future_timestamp",
             DropReason::Late => "late",
+            DropReason::LateForCohort => "late_for_cohort",
             DropReason::KeyOverflow => "key_overflow",
         }
     }

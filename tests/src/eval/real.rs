@@ -297,7 +297,11 @@ pub struct RealReport {
     pub bad_rows: u64,
     pub converted: Converted,
     pub values: u64,
+    /// Values dropped: their pod's windows had closed.
     pub late_values: u64,
+    /// Values kept for their pod but too late for the cohort's windows (a pod first heard from after the
+    /// others had moved on).
+    pub late_for_cohort_values: u64,
     pub broken_lines: u64,
     pub opens_by_kind: BTreeMap<String, u64>,
     pub findings: Vec<Finding>,
@@ -444,6 +448,7 @@ pub fn replay_rows(
         converted,
         values: summary.extract.values_by_signal.iter().sum(),
         late_values: summary.late_values,
+        late_for_cohort_values: summary.late_for_cohort_values,
         broken_lines: summary.broken_lines,
         opens_by_kind,
         findings,
@@ -462,9 +467,9 @@ impl RealReport {
         };
         let _ = writeln!(
             out,
-            "| input | layout | limit | pods | points | pod-hours | lines | late values | findings | per 100 pod-h |"
+            "| input | layout | limit | pods | points | pod-hours | lines | late values | late for the cohort only | findings | per 100 pod-h |"
         );
-        let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         let kinds: Vec<String> = self
             .opens_by_kind
             .iter()
@@ -472,7 +477,7 @@ impl RealReport {
             .collect();
         let _ = writeln!(
             out,
-            "| {} | {layout} | {} | {} | {} | {:.0} | {} | {} ({:.1}%) | {} ({}) | {:.2} |",
+            "| {} | {layout} | {} | {} | {} | {:.0} | {} | {} ({:.1}%) | {} | {} ({}) | {:.2} |",
             Path::new(&self.input)
                 .file_name()
                 .map_or(self.input.clone(), |n| n.to_string_lossy().into_owned()),
@@ -484,6 +489,7 @@ impl RealReport {
             c.lines,
             self.late_values,
             100.0 * self.late_values as f64 / (self.values.max(1)) as f64,
+            self.late_for_cohort_values,
             self.opens(),
             if kinds.is_empty() {
                 "none".into()

@@ -22,7 +22,8 @@ pub struct ScenarioResult {
     pub instance_hours: f64,
     pub lines: u64,
     pub bytes: u64,
-    /// Values extracted (one per signal of a span or point), and those dropped as late by the engine.
+    /// Values extracted (one per signal of a span or point), and those late: dropped, or kept for their instance
+    /// but too late for their cohort's windows.
     pub values: u64,
     pub late_values: u64,
     pub memdrift: Score,
@@ -139,7 +140,7 @@ pub fn run_scenario(
         lines,
         bytes: summary.bytes,
         values: summary.extract.values_by_signal.iter().sum(),
-        late_values: summary.late_values,
+        late_values: summary.late_values + summary.late_for_cohort_values,
         memdrift,
         predict_linear,
         seconds: started.elapsed().as_secs_f64(),

@@ -1,0 +1,243 @@
+//! The state of one group (a cohort or an instance of a service): per signal, one pane per step of its recent
+//! past, each with exact moments, a bounded reservoir of values and the exemplars of its largest values.
+
+use std::collections::VecDeque;
+
+use super::summary::{robust_summary, Moments};
+use super::{EngineConfig, GroupKey, PaneSummary, SeriesKey, WindowSummary};
+use crate::sample::{Exemplar, MemorySample};
+use crate::signal::Signal;
+
+struct Pane {
+    index: i64,
+    moments: Moments,
+    min: f64,
+    max: f64,
+    last: (u64, f64),
+    reservoir: Vec<f64>,
+    /// The instance of each reservoir value (a hash of its id), so detectors can split a cohort by process.
+    tags: Vec<u32>,
+    /// (value, request), largest first, at most `exemplars` long.
+    exemplars: Vec<(f64, Exemplar)>,
+}
+
+impl Pane {
+    fn new(index: i64) -> Pane {
+        Pane {
+            index,
+            moments: Moments::default(),
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            last: (0, f64::NAN),
+            reservoir: Vec::new(),
+            tags: Vec::new(),
+            exemplars: Vec::new(),
+        }
+    }
+
+    fn push(
+        &mut self,
+        t: u64,
+        v: f64,
+        tag: u32,
+        trace: Option<Exemplar>,
+        cfg: &EngineConfig,
+        rng: &mut u64,
+    ) {
+        self.moments.push(v);
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        if t >= self.last.0 {
+            self.last = (t, v);
+        }
+        if self.reservoir.len() < cfg.max_samples_per_pane {
+            self.reservoir.push(v);
+            self.tags.push(tag);
+        } else {
+            // Algorithm R: keep each of the n values seen with probability cap / n.
+            let j = (next_random(rng) % self.moments.n) as usize;
+            if j < self.reservoir.len() {
+                self.reservoir[j] = v;
+                self.tags[j] = tag;
+            }
+        }
+        if let Some(id) = trace {
+            let pos = self.exemplars.partition_point(|(x, _)| *x >= v);
+            if pos < cfg.exemplars {
+                self.exemplars.insert(pos, (v, id));
+                self.exemplars.truncate(cfg.exemplars);
+            }
+        }
+    }
+}
+
+/// xorshift64*: a tiny deterministic generator, so reservoir sampling replays identically.
+fn next_random(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+struct Series {
+    panes: VecDeque<Pane>,
+    rng: u64,
+}
+
+/// The series of one group, by signal.
+pub(super) struct Group {
+    series: [Option<Series>; Signal::COUNT],
+    /// The newest event time of a sample added to it.
+    pub last_seen: u64,
+}
+
+impl Group {
+    pub fn new() -> Group {
+        Group {
+            series: Default::default(),
+            last_seen: 0,
+        }
+    }
+
+    /// Live series in this group.
+    pub fn series_count(&self) -> usize {
+        self.series.iter().flatten().count()
+    }
+
+    pub fn has(&self, signal: Signal) -> bool {
+        self.series[signal as usize].is_some()
+    }
+
+    /// Adds `v` of `signal` to pane `pane`; the series must exist or `open` be true.
+    pub fn push(
+        &mut self,
+        pane: i64,
+        sample: &MemorySample,
+        signal: Signal,
+        v: f64,
+        tag: u32,
+        cfg: &EngineConfig,
+    ) {
+        self.last_seen = self.last_seen.max(sample.time_unix_nano);
+        let series = self.series[signal as usize].get_or_insert_with(|| Series {
+            panes: VecDeque::new(),
+            rng: 0x9e37_79b9_7f4a_7c15 ^ (signal as u64 + 1),
+        });
+        let idx = match series.panes.binary_search_by_key(&pane, |p| p.index) {
+            Ok(i) => i,
+            Err(i) => {
+                series.panes.insert(i, Pane::new(pane));
+                i
+            }
+        };
+        series.panes[idx].push(
+            sample.time_unix_nano,
+            v,
+            tag,
+            sample.trace_id.map(|trace_id| Exemplar {
+                trace_id,
+                span_id: sample.span_id,
+            }),
+            cfg,
+            &mut series.rng,
+        );
+    }
+
+    /// The oldest pane index held by any series.
+    pub fn earliest_pane(&self) -> Option<i64> {
+        self.series
+            .iter()
+            .flatten()
+            .filter_map(|s| s.panes.front().map(|p| p.index))
+            .min()
+    }
+
+    /// Drops the panes before `first_needed`.
+    pub fn evict_before(&mut self, first_needed: i64) {
+        for series in self.series.iter_mut().flatten() {
+            while series.panes.front().is_some_and(|p| p.index < first_needed) {
+                series.panes.pop_front();
+            }
+        }
+    }
+
+    /// The summary of each series with a pane in `first_pane..=last_pane`.
+    pub fn summaries(
+        &self,
+        key: &GroupKey,
+        first_pane: i64,
+        last_pane: i64,
+        exemplars: usize,
+        out: &mut Vec<WindowSummary>,
+    ) {
+        for signal in Signal::ALL {
+            let Some(series) = &self.series[signal as usize] else {
+                continue;
+            };
+            let panes: Vec<&Pane> = series
+                .panes
+                .iter()
+                .filter(|p| p.index >= first_pane && p.index <= last_pane)
+                .collect();
+            if panes.is_empty() {
+                continue;
+            }
+            out.push(summarize(
+                SeriesKey {
+                    group: key.clone(),
+                    signal,
+                },
+                &panes,
+                last_pane,
+                exemplars,
+            ));
+        }
+    }
+}
+
+fn summarize(key: SeriesKey, panes: &[&Pane], last_pane: i64, exemplars: usize) -> WindowSummary {
+    let mut moments = Moments::default();
+    let mut min = f64::INFINITY;
+    let mut max = f64::NEG_INFINITY;
+    let mut values = Vec::with_capacity(panes.iter().map(|p| p.reservoir.len()).sum());
+    let mut instance_tags = Vec::with_capacity(values.capacity());
+    let mut ex: Vec<(f64, Exemplar)> = Vec::new();
+    for p in panes {
+        moments.merge(&p.moments);
+        min = min.min(p.min);
+        max = max.max(p.max);
+        values.extend_from_slice(&p.reservoir);
+        instance_tags.extend_from_slice(&p.tags);
+        ex.extend_from_slice(&p.exemplars);
+    }
+    ex.sort_by(|a, b| b.0.total_cmp(&a.0));
+    ex.truncate(exemplars);
+    let mut sorted = values.clone();
+    let (median, mad, p95) = robust_summary(&mut sorted);
+    let newest_pane = panes
+        .iter()
+        .find(|p| p.index == last_pane)
+        .map(|p| PaneSummary {
+            count: p.moments.n,
+            min: p.min,
+            max: p.max,
+            last: p.last.1,
+        });
+    WindowSummary {
+        key,
+        count: moments.n,
+        mean: moments.mean,
+        sd: moments.sd(),
+        median,
+        mad,
+        p95,
+        min,
+        max,
+        values,
+        instance_tags,
+        exemplars: ex.into_iter().map(|(_, id)| id).collect(),
+        newest_pane,
+    }
+}
