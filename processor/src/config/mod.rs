@@ -238,10 +238,15 @@ fn build_engine(name: &str, text: &str, file: &PipelineFile) -> Result<EngineCon
             "set idle_timeout to at least the window size",
         );
     }
-    if cfg.source_idle_ns < cfg.step_ns {
+    if cfg.source_idle_ns < cfg.step_ns || cfg.source_idle_ns > cfg.idle_timeout_ns {
         return bad(
             "source_idle",
-            "processors.windows: source_idle is shorter than a step".into(),
+            format!(
+                "processors.windows: source_idle ({}) must be between a step ({}) and idle_timeout ({})",
+                Duration(cfg.source_idle_ns),
+                Duration(cfg.step_ns),
+                Duration(cfg.idle_timeout_ns)
+            ),
             "set source_idle to a few scrape intervals, e.g. source_idle: 5m",
         );
     }

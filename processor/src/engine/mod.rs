@@ -292,6 +292,9 @@ impl Engine {
         let cfg = &self.config;
         let pane = (s.time_unix_nano / cfg.step_ns) as i64;
         let earliest_end = (s.time_unix_nano / cfg.step_ns + 1).saturating_mul(cfg.step_ns);
+        // Progress of the whole input, for expiry: a sample refused over the key cap still moves it, so that
+        // idle groups go and new ones can enter.
+        self.max_event_time = self.max_event_time.max(s.time_unix_nano);
         let full = self.live_series >= cfg.max_keys;
         if full && !self.services.contains_key(&s.service) {
             self.stats.overflow_values += s.values.len() as u64;
@@ -333,7 +336,6 @@ impl Engine {
         instance.newest = instance.newest.max(s.time_unix_nano);
         service.newest = service.newest.max(s.time_unix_nano);
         service.oldest = service.oldest.min(s.time_unix_nano);
-        self.max_event_time = self.max_event_time.max(s.time_unix_nano);
         let tag = instance_tag(&s.instance);
         // Late for the cohort's windows (the service's slower clock has passed it) but not for the instance's.
         let mut cohort = (earliest_end > service.clock.closed_end).then(|| {
@@ -382,7 +384,7 @@ impl Engine {
                 close_service(&name, svc, &self.config, self.floor, false, &mut out);
             }
         }
-        self.expire_if_due();
+        self.expire_if_due(&mut out);
         self.stats.windows_closed += out.count;
         out.into_windows()
     }
@@ -403,7 +405,7 @@ impl Engine {
             close_service(name, svc, &self.config, self.floor, false, &mut out);
         }
         self.touched.clear();
-        self.expire(self.floor.max(self.max_event_time));
+        self.expire(self.floor.max(self.max_event_time), &mut out);
         self.stats.windows_closed += out.count;
         out.into_windows()
     }
@@ -425,23 +427,27 @@ impl Engine {
     }
 
     /// Looks for idle groups once the newest event time has moved a step since the last look.
-    fn expire_if_due(&mut self) {
+    fn expire_if_due(&mut self, out: &mut Closing) {
         if self.max_event_time >= self.expired_at.saturating_add(self.config.step_ns) {
-            self.expire(self.max_event_time);
+            self.expire(self.max_event_time, out);
         }
     }
 
     /// Forgets services, instances and cohorts that have sent nothing for `idle_timeout` of event time: a
     /// service against `now`, its instances and cohorts against the service's newest sample.
-    fn expire(&mut self, now: u64) {
+    /// A service that goes has its last windows closed first (its instances that went before it were idle,
+    /// and so closed, long before).
+    fn expire(&mut self, now: u64, out: &mut Closing) {
         self.expired_at = now;
-        let idle = self.config.idle_timeout_ns;
+        let cfg = &self.config;
+        let idle = cfg.idle_timeout_ns;
         let mut expired = 0;
         let mut freed = [0usize; 2];
-        self.services.retain(|_, svc| {
+        self.services.retain(|name, svc| {
             // A service silent for the idle timeout goes whole; in a live one, what its own newest sample has
             // left behind by that much.
             let horizon = if svc.newest.saturating_add(idle) < now {
+                close_service(name, svc, cfg, u64::MAX, true, out);
                 u64::MAX
             } else {
                 svc.newest

@@ -380,3 +380,28 @@ fn a_source_that_stops_has_its_last_windows_closed_as_its_service_moves_on() {
     assert_eq!(last_of("stopped"), Some(160));
     assert_eq!(e.stats().expired_groups, 1);
 }
+
+#[test]
+fn a_service_that_goes_quiet_has_its_windows_closed_before_it_expires() {
+    let mut e = Engine::new(EngineConfig {
+        idle_timeout_ns: 120 * S,
+        source_idle_ns: 60 * S,
+        ..EngineConfig::default()
+    });
+    let mut closed = Vec::new();
+    e.ingest(&[sample("once", "a", "i1", 0.0, Signal::RssEnd, 7.0)]);
+    closed.extend(e.advance());
+    for t in 0..=300 {
+        e.ingest(&[sample("busy", "a", "i1", t as f64, Signal::RssEnd, 1.0)]);
+        closed.extend(e.advance());
+    }
+    assert_eq!(e.stats().expired_groups, 2);
+    // All six windows that held the lone sample closed, for its instance and its cohort.
+    let once: Vec<_> = closed
+        .iter()
+        .flat_map(|w| &w.summaries)
+        .filter(|s| &*s.key.group.service == "once")
+        .collect();
+    assert_eq!(once.len(), 12);
+    assert!(once.iter().all(|s| s.count == 1 && s.max == 7.0));
+}
