@@ -59,9 +59,9 @@ fn at_most(f: &FamilyScore, false_alarms: u64, late_values: u64) {
 fn calm_families_stay_within_main_false_alarms() {
     for (name, false_alarms, late) in [
         ("calm-noise", 16, 0),
-        ("calm-shapes-spans", 18, 0),
-        ("calm-collector", 17, 11286),
-        ("ab-calm", 5, 0),
+        ("calm-shapes-spans", 7, 0),
+        ("calm-collector", 8, 11286),
+        ("ab-calm", 4, 0),
     ] {
         at_most(&run(name, QUICK), false_alarms, late);
     }
@@ -69,7 +69,7 @@ fn calm_families_stay_within_main_false_alarms() {
 
 #[test]
 fn calm_metric_shapes_stay_within_main_false_alarms() {
-    at_most(&run("calm-shapes", QUICK), 26, 0);
+    at_most(&run("calm-shapes", QUICK), 6, 0);
 }
 
 #[test]
@@ -84,9 +84,13 @@ fn leaks_are_forecast_15_minutes_before_the_crossing_and_found() {
         let g = required(&f, Kind::Growth);
         assert_eq!(g.expected, growth, "{}", why(&f));
         assert_eq!(g.timely, g.expected, "{g:?}: {}", why(&f));
-        // Every leak of at least 1 MB/s is found, though not yet within 15 minutes; spans tell its class.
+        // Every leak of at least 1 MB/s is found within 15 minutes; spans tell its class.
         let l = required(&f, Kind::Leak);
-        assert!(l.expected > 0 && l.missed == 0, "{l:?}: {}", why(&f));
+        assert!(
+            l.expected > 0 && l.timely == l.expected,
+            "{l:?}: {}",
+            why(&f)
+        );
         assert_eq!(l.wrong_class, 0, "{}", why(&f));
         // Warned earlier than predict_linear, which sees the same points.
         let p = f.required(&f.predict_linear, Kind::Growth);
@@ -108,7 +112,7 @@ fn dense_spread_changes_are_found() {
 
 #[test]
 fn sparse_services_stay_within_main_false_alarms() {
-    at_most(&run("ab-sparse", 0..2), 2, 0);
+    at_most(&run("ab-sparse", 0..2), 0, 0);
 }
 
 // The targets.
@@ -148,7 +152,7 @@ fn collector_order_drops_no_values_as_late_over_20_seeds() {
 }
 
 #[test]
-#[ignore = "target: leaks are found 16-30 minutes after their onset on main"]
+#[ignore = "target: one leak in Collector order is found after 15 minutes (30/31 in time)"]
 fn leaks_of_1_mb_per_s_are_found_within_15_minutes_with_their_class_over_20_seeds() {
     for f in full(&["leak-spans", "leak-metrics", "leak-collector"]) {
         let l = required(&f, Kind::Leak);

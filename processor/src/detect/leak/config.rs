@@ -8,6 +8,22 @@ use crate::duration::Duration;
 /// The leak test needs this much floor history, in buckets (10m on the default 10 s grid).
 const MIN_SPAN_STEPS: u64 = 60;
 
+/// A fast rise is judged on at least this many buckets (8 floor points).
+const MIN_FAST_STEPS: u64 = 48;
+
+/// `value`, or the default, when positive and finite; else an error naming `key`.
+fn positive(key: &'static str, value: Option<f64>, default: f64) -> Result<f64, SettingsError> {
+    let v = value.unwrap_or(default);
+    if v > 0.0 && v.is_finite() {
+        Ok(v)
+    } else {
+        Err((
+            key,
+            format!("processors.leak.{key} must be positive, got {v}"),
+        ))
+    }
+}
+
 /// `processors.leak` in the pipeline file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,9 +34,18 @@ pub struct LeakSection {
     pub alpha: Option<f64>,
     /// Smallest floor slope worth a finding, bytes per second. Default 50000 (about 4 GB a day).
     pub min_slope_bytes_per_s: Option<f64>,
-    /// Longest stretch of floor history tested. Default 60m.
+    /// Smallest floor rise worth a finding, as a fraction of the floor's own level per hour. Default 0.1.
+    pub min_growth_per_hour: Option<f64>,
+    /// A floor rising by at least this fraction of its own level per hour (1.0: it would double within the hour)
+    /// is a leak as soon as `fast_span` shows it; slower rises must last `min_span`. Default 1.0.
+    pub fast_growth_per_hour: Option<f64>,
+    /// The stretch a fast rise is judged on (beside as much history before it, for the floor's earlier range).
+    /// Default 10m.
+    pub fast_span: Option<Duration>,
+    /// Floor history held per instance (one point a minute). Default 2h.
     pub lookback: Option<Duration>,
-    /// Shortest stretch of floor history tested. Default 20m.
+    /// How long a slower rise must have lasted, without slowing, to be a leak: longer than a cache filling up
+    /// or a warm-up. Default 90m.
     pub min_span: Option<Duration>,
     /// The post-GC floor is the running minimum over this span: at least one GC cycle. Default 5m.
     pub floor_window: Option<Duration>,
@@ -41,6 +66,9 @@ pub struct LeakSettings {
     pub grid: GridSettings,
     pub alpha: f64,
     pub min_slope: f64,
+    pub min_growth: f64,
+    pub fast_growth: f64,
+    pub fast_span_ns: u64,
     pub lookback_ns: u64,
     pub min_span_ns: u64,
     pub floor_window_ns: u64,
@@ -53,8 +81,11 @@ impl Default for LeakSettings {
             grid: GridSettings::default(),
             alpha: 0.01,
             min_slope: 50_000.0,
-            lookback_ns: 3600 * S,
-            min_span_ns: 1200 * S,
+            min_growth: 0.1,
+            fast_growth: 1.0,
+            fast_span_ns: 600 * S,
+            lookback_ns: 7200 * S,
+            min_span_ns: 5400 * S,
             floor_window_ns: 300 * S,
             resolve_after: 3,
         }
@@ -82,13 +113,11 @@ impl LeakSettings {
                 format!("processors.leak.alpha must be in (0, 0.5), got {alpha}"),
             ));
         }
-        let min_slope = s.min_slope_bytes_per_s.unwrap_or(d.min_slope);
-        if !(min_slope > 0.0 && min_slope.is_finite()) {
-            return Err((
-                "min_slope_bytes_per_s",
-                format!("processors.leak.min_slope_bytes_per_s must be positive, got {min_slope}"),
-            ));
-        }
+        let min_slope = positive(
+            "min_slope_bytes_per_s",
+            s.min_slope_bytes_per_s,
+            d.min_slope,
+        )?;
         let lookback_ns = s.lookback.map_or(d.lookback_ns, |x| x.as_nanos());
         let min_span_ns = s.min_span.map_or(d.min_span_ns, |x| x.as_nanos());
         if min_span_ns < MIN_SPAN_STEPS * step_ns || min_span_ns > lookback_ns {
@@ -100,10 +129,29 @@ impl LeakSettings {
                 ),
             ));
         }
+        let min_growth = positive("min_growth_per_hour", s.min_growth_per_hour, d.min_growth)?;
+        let fast_growth = positive(
+            "fast_growth_per_hour",
+            s.fast_growth_per_hour,
+            d.fast_growth,
+        )?;
+        let fast_span_ns = s.fast_span.map_or(d.fast_span_ns, |x| x.as_nanos());
+        if fast_span_ns < MIN_FAST_STEPS * step_ns || fast_span_ns > min_span_ns {
+            return Err((
+                "fast_span",
+                format!(
+                    "processors.leak.fast_span must be at least {MIN_FAST_STEPS} steps ({}) and at most min_span",
+                    steps(MIN_FAST_STEPS, step_ns)
+                ),
+            ));
+        }
         Ok(LeakSettings {
             grid: g,
             alpha,
             min_slope,
+            min_growth,
+            fast_growth,
+            fast_span_ns,
             lookback_ns,
             min_span_ns,
             floor_window_ns: s.floor_window.map_or(d.floor_window_ns, |x| x.as_nanos()),

@@ -1,21 +1,33 @@
 //! `leak`: a sustained upward trend of an instance's post-GC floor, and what kind of leak it is.
 //!
 //! Every minute, per instance, on the grid of [`super::grid`]:
-//! 1. The floor is the running minimum of bucket minima over `floor_window` (at least one GC cycle), read once a
-//!    minute from the end of warm-up over at most `lookback` (at least `min_span` is needed).
-//! 2. Mann-Kendall on the floor with the Hamed-Rao correction (the running minimum is strongly autocorrelated),
-//!    and the Theil-Sen floor slope. A finding needs p < `alpha`, a slope of at least `min_slope_bytes_per_s`,
-//!    and the trend in both halves of the most recent `min_span` (each half's slope at least half the minimum):
-//!    a one-time step is flat on one side of it, a leak rises on both), and a line must fit the stretch better
-//!    than a single level shift.
-//!    A finding opens after three consecutive positive tests (minutes).
-//! 3. Classification from the heap signals' floors, tested the same way: `heap` when allocator live bytes
-//!    (memspan.heap.allocated) rise; else `fragmentation` when resident or retained bytes rise; else `off_heap`
-//!    when live heap data is there and flat (native buffers, mmap, C memory); `unknown` without heap data.
+//! 1. The minute's minimum of the memory signal (and of each heap signal) joins a per-minute history of up to
+//!    `lookback` ([`Minutes`]); the floor is its running minimum over `floor_window` (at least one GC cycle),
+//!    from the end of warm-up on.
+//! 2. A leak is a rise that is material and sustained, judged two ways:
+//!    - fast: over the last `fast_span`, the Theil-Sen floor slope is at least `fast_growth_per_hour` of the
+//!      floor's own level per hour (the floor would double within the hour), the newest floor is a new high
+//!      above its earlier range (the `2 fast_span` before, which must be held), it still rises over the last
+//!      floor window and in both halves of the stretch (a one-time step rises in one), and the rise before was
+//!      not steeper (a warm-up slows down);
+//!    - sustained: over the last `min_span`, Mann-Kendall with the Hamed-Rao correction (the floor is strongly
+//!      autocorrelated) at `alpha`, a slope of at least `min_growth_per_hour` of the level per hour, every third
+//!      of the stretch rising at least half as fast as the whole (a creep that started or stopped within it, or
+//!      a warm-up, does not), and a line fitting better than a single level shift.
+//!
+//!    Both need a slope of at least `min_slope_bytes_per_s`. A finding opens after three positive minutes in a
+//!    row and holds while the floor still rises by `min_growth_per_hour`.
+//! 3. Classification from the heap signals' floors over the same stretch: `heap` when allocator live bytes
+//!    (memspan.heap.allocated) rise at least half as fast; else `fragmentation` when resident or retained bytes
+//!    do; else `off_heap` when live heap data is there and flat (native buffers, mmap, C memory); `unknown`
+//!    without heap data.
 //!
 //! A leak calls for a rollback or a restart, not more replicas.
 
 pub mod config;
+mod floor;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 
@@ -24,14 +36,15 @@ use memdrift_anomaly::{
 };
 
 pub use config::{LeakSection, LeakSettings};
+pub use floor::{Minutes, STRIDE};
 
 use super::alarm::{Alarm, Look, Rules};
 use super::grid::{
-    admit, buckets, expire, instance_event, observations, InstanceKey, Observation, Track,
+    admit, buckets, expire, instance_event, observations, InstanceKey, Observation, Track, S,
 };
 use super::{Detector, Findings, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig};
-use crate::stats::{mann_kendall_sen, mann_kendall_slope, theil_sen};
+use crate::stats::{mann_kendall_sen, theil_sen, MannKendall, SenSlope};
 
 impl Settings for LeakSettings {
     const NAME: &'static str = "leak";
@@ -46,10 +59,10 @@ impl Settings for LeakSettings {
     }
 }
 
-/// The floor is read every this many buckets (a minute at the default 10 s step).
-const FLOOR_STRIDE: usize = 6;
 /// Consecutive positive tests (minutes) before a finding opens.
 const CONFIRM: u32 = 3;
+/// The bucket grid holds this much history (the floor history is held per minute, in [`Minutes`]).
+const GRID_SPAN_NS: u64 = 3600 * S;
 
 /// A leak test's outcome.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,26 +71,69 @@ pub struct LeakTest {
     pub slope: f64,
     pub z: f64,
     pub p_value: f64,
+    /// Evidence enough to open a finding.
     pub leaking: bool,
-    /// The kind of leak, when leaking.
+    /// Evidence enough to keep an open finding open: the floor still rising, materially.
+    pub holding: bool,
+    /// Whether the fast test (a steep rise over `fast_span`) spoke, rather than the sustained one.
+    pub fast: bool,
+    /// The kind of leak, when leaking or holding.
     pub classification: Option<LeakClass>,
     /// Grid index of the first floor point.
     pub from: i64,
 }
 
-struct Trend {
-    slope: f64,
-    z: f64,
-    p: f64,
-    /// Slopes of the two halves of the recent stretch (NaN when not asked for).
-    halves: (f64, f64),
-    /// Sen's line, when asked for.
-    line: Option<crate::stats::SenSlope>,
+/// Floor points per second and per hour.
+struct Scales {
+    per_s: f64,
+    per_hour: f64,
+}
+
+/// What one stretch of floor points says.
+struct Verdict {
+    /// Position in the floors of the stretch's first point.
+    start: usize,
+    mk: MannKendall,
+    line: SenSlope,
+    alarm: bool,
+    hold: bool,
+}
+
+fn finite(p: &[f64]) -> impl Iterator<Item = f64> + '_ {
+    p.iter().copied().filter(|v| v.is_finite())
+}
+
+/// Newest minus oldest present point; NaN with fewer than one.
+fn rise(p: &[f64]) -> f64 {
+    finite(p)
+        .last()
+        .zip(finite(p).next())
+        .map_or(f64::NAN, |(b, a)| b - a)
+}
+
+fn highest(p: &[f64]) -> f64 {
+    finite(p).fold(f64::NAN, f64::max)
+}
+
+/// The line's rise per hour as a fraction of the stretch's own level (its median floor); 0 when that level is
+/// not positive.
+fn growth(line: &SenSlope, points: &[f64], per_hour: f64) -> f64 {
+    let mut v: Vec<f64> = finite(points).collect();
+    let level = if v.is_empty() {
+        0.0
+    } else {
+        crate::stats::median_in_place(&mut v)
+    };
+    if level > 0.0 {
+        line.slope * per_hour / level
+    } else {
+        0.0
+    }
 }
 
 /// Whether one level shift (two medians) fits `points` better (sum of absolute residuals) than the Theil-Sen
 /// line: a one-time step, not a trend.
-fn looks_like_step(points: &[f64], line: &crate::stats::SenSlope) -> bool {
+fn looks_like_step(points: &[f64], line: &SenSlope) -> bool {
     let (x, y): (Vec<f64>, Vec<f64>) = points
         .iter()
         .enumerate()
@@ -103,56 +159,96 @@ fn looks_like_step(points: &[f64], line: &crate::stats::SenSlope) -> bool {
     (3..n - 2).any(|k| l1(&y[..k]) + l1(&y[k..]) < linear)
 }
 
-/// Mann-Kendall (Hamed-Rao) and the Theil-Sen slope on `points`; with `full` (the RSS floor), also Sen's line
-/// (for the level-shift check) and the slopes of the two halves of the most recent `recent` points
-/// (persistence). The heap floors need neither.
-fn trend(points: &[f64], per_s: f64, recent: usize, full: bool) -> Option<Trend> {
-    let (mk, slope, line) = if full {
-        let (mk, ts) = mann_kendall_sen(points, 0.95)?;
-        (mk, ts.slope, Some(ts))
-    } else {
-        let (mk, slope) = mann_kendall_slope(points)?;
-        (mk, slope, None)
-    };
-    let (a, b) = if full {
-        let tail = &points[points.len().saturating_sub(recent)..];
-        let h = tail.len() / 2;
-        let half = |p: &[f64]| theil_sen(p, 0.95).map_or(f64::NAN, |s| s.slope * per_s);
-        (half(&tail[..h]), half(&tail[h..]))
-    } else {
-        (f64::NAN, f64::NAN)
-    };
-    Some(Trend {
-        slope: slope * per_s,
-        z: mk.z,
-        p: mk.p_value,
-        halves: (a, b),
+/// The fast test on the last `l` floors `r` (running minima over `w` points): a steep rise (at least
+/// `fast_growth` of its level per hour) that is a new high above the floor's earlier range (the `2 l` points
+/// before, which must be held), still rising over the last floor window, not slower than the rise before it (a warm-up slows down)
+/// and not a single level shift.
+fn fast(r: &[f64], w: usize, l: usize, s: &LeakSettings, k: &Scales) -> Option<Verdict> {
+    let n = r.len();
+    // The whole earlier range is needed: a warm-up's steep start is past by then.
+    if n < 3 * l || l <= w + 1 {
+        return None;
+    }
+    let start = n - l;
+    let (win, before) = (&r[start..], &r[start.saturating_sub(2 * l)..start]);
+    if finite(win).count() * 10 < l * 7 || finite(before).count() * 2 < l {
+        return None;
+    }
+    let (mk, line) = mann_kendall_sen(win, 0.95)?;
+    let b = line.slope;
+    let last = finite(win).last()?;
+    let still = last - highest(&win[..l - w - 1]) >= 0.25 * b * (w + 1) as f64;
+    let material = b * k.per_s >= s.min_slope;
+    let steady = theil_sen(before, 0.95).is_none_or(|t| t.slope <= b);
+    let high = last >= highest(before) + 0.5 * b * (l - 1) as f64;
+    let g = growth(&line, win, k.per_hour);
+    // A one-time step rises in one half of the stretch; a leak in both.
+    let h = l / 2;
+    let halves = [&win[..=h], &win[h..]]
+        .iter()
+        .all(|p| rise(p) >= 0.3 * b * h as f64);
+    let alarm = material && g >= s.fast_growth && still && high && steady && halves;
+    let hold = material && g >= s.min_growth && still;
+    Some(Verdict {
+        start,
+        mk,
         line,
+        alarm,
+        hold,
     })
 }
 
-/// The kind of a leak whose RSS floor trend is `rss`, from the floors of the heap signals (in the order of
-/// [`super::grid::HEAP_SIGNALS`]) past their first `skip` points, the stretch `rss` was fitted on: `heap` when allocator live bytes rise with a fair share of
-/// the growth; else `fragmentation` when resident or retained bytes do; else `off_heap` when live heap data is
-/// there and flat; `unknown` without heap data.
+/// The sustained test on the last `span` floors `r`: Mann-Kendall (Hamed-Rao) significant at `alpha`, a material
+/// Theil-Sen slope, every third of the stretch rising at least half as fast as the whole (not a creep that began
+/// or stopped within it, not a warm-up slowing down) and not a single level shift.
+fn sustained(r: &[f64], span: usize, s: &LeakSettings, k: &Scales) -> Option<Verdict> {
+    let n = r.len();
+    if n < span || span < 9 {
+        return None;
+    }
+    let start = n - span;
+    let win = &r[start..];
+    if finite(win).count() * 2 < span {
+        return None;
+    }
+    let (mk, line) = mann_kendall_sen(win, 0.95)?;
+    let b = line.slope;
+    let third = span / 3;
+    let thirds = win
+        .chunks(third)
+        .take(3)
+        .all(|c| theil_sen(c, 0.95).is_some_and(|t| t.slope >= 0.5 * b));
+    let alarm = mk.p_value < s.alpha
+        && mk.z > 0.0
+        && b * k.per_s >= s.min_slope
+        && growth(&line, win, k.per_hour) >= s.min_growth
+        && thirds
+        && !looks_like_step(win, &line);
+    Some(Verdict {
+        start,
+        mk,
+        line,
+        alarm,
+        hold: alarm,
+    })
+}
+
+/// The kind of a leak whose RSS floor rises along `rss`, from the floors of the heap signals (in the order of
+/// [`super::grid::HEAP_SIGNALS`]) over the same points: `heap` when allocator live bytes rise at least half as
+/// fast; else `fragmentation` when resident or retained bytes do; else `off_heap` when live heap data is there
+/// and flat; `unknown` without heap data.
 fn classify(
     heap_floors: impl Iterator<Item = Vec<f64>>,
-    skip: usize,
-    rss: &Trend,
-    alpha: f64,
-    per_s: f64,
-    recent: usize,
+    start: usize,
+    rss: &SenSlope,
 ) -> LeakClass {
     let mut seen = [false; 3];
     let mut rising = [false; 3];
     for (k, pts) in heap_floors.enumerate().take(3) {
-        let pts = &pts[skip.min(pts.len())..];
-        if pts.iter().filter(|v| v.is_finite()).count() >= 10 {
+        let pts = &pts[start.min(pts.len())..];
+        if finite(pts).count() * 10 >= pts.len() * 7 && pts.len() >= 4 {
             seen[k] = true;
-            if let Some(h) = trend(pts, per_s, recent, false) {
-                // Rising, and carrying a fair share of the RSS floor's growth.
-                rising[k] = h.p < alpha && h.z > 0.0 && h.slope >= 0.25 * rss.slope.max(0.0);
-            }
+            rising[k] = theil_sen(pts, 0.95).is_some_and(|h| h.slope >= 0.5 * rss.slope);
         }
     }
     if rising[0] {
@@ -166,72 +262,69 @@ fn classify(
     }
 }
 
-/// Tests one instance's floor: pure, for the simulations and the benchmark.
+/// Tests one instance's floor from its grid alone (the history the grid holds): for the benchmark.
 pub fn test(track: &Track, s: &LeakSettings, step_ns: u64) -> Option<LeakTest> {
+    let mut m = Minutes::new(buckets(s.lookback_ns, step_ns).div_ceil(STRIDE as usize));
+    m.update(track);
+    test_minutes(track, &m, s, step_ns)
+}
+
+/// Tests one instance's floor history `m` (its grid `track` says when it started and how dense it is): the
+/// fast test first, then the sustained one. Pure, for the simulations.
+pub fn test_minutes(
+    track: &Track,
+    m: &Minutes,
+    s: &LeakSettings,
+    step_ns: u64,
+) -> Option<LeakTest> {
+    let stride = STRIDE as usize;
     let warm = buckets(s.grid.warmup_ns, step_ns) as i64;
-    let look = buckets(s.lookback_ns, step_ns) as i64;
-    let min_span = buckets(s.min_span_ns, step_ns) as i64;
-    let win = track.adapted_span(buckets(s.floor_window_ns, step_ns), look as usize / 3);
-    let from = (track.started + warm).max(track.last - look + 1);
-    if track.last - from + 1 < min_span {
-        return None;
-    }
-    let floor_of = |series| {
-        let mut points = Vec::new();
-        let mut i = track.last;
-        while i >= from {
-            points.push(track.extreme(series, i, win, false));
-            i -= FLOOR_STRIDE as i64;
-        }
-        points.reverse();
-        points
+    let skip = m.since((track.started + warm + 2 * STRIDE - 2).div_euclid(STRIDE));
+    let floors = |series: &std::collections::VecDeque<f64>, w: usize| {
+        floor::running_min(series.iter().skip(skip).copied(), w)
     };
-    let per_s = 1e9 / (FLOOR_STRIDE as f64 * step_ns as f64);
-    let rss = floor_of(&track.min);
-    let first = track.last - (rss.len() as i64 - 1) * FLOOR_STRIDE as i64;
-    if rss.iter().filter(|v| v.is_finite()).count() < 10 {
-        return None;
-    }
-    let recent = min_span as usize / FLOOR_STRIDE;
-    // The level-shift check, the dearest, last.
-    let rising = |t: &Trend, points: &[f64]| {
-        t.p < s.alpha
-            && t.z > 0.0
-            && t.slope >= s.min_slope
-            && t.halves.0 >= s.min_slope / 2.0
-            && t.halves.1 >= s.min_slope / 2.0
-            && t.line.is_some_and(|l| !looks_like_step(points, &l))
+    let k = Scales {
+        per_s: 1e9 / (stride as f64 * step_ns as f64),
+        per_hour: 3600e9 / (stride as f64 * step_ns as f64),
     };
-    // The whole lookback, or only its most recent `min_span`: a leak that began after a long flat stretch is
-    // a change of regime, which the whole-lookback test reads as autocorrelation and discounts.
-    let full = trend(&rss, per_s, recent, true)?;
-    let (t, skip, leaking) = if rising(&full, &rss) {
-        (full, 0, true)
-    } else {
-        let skip = rss.len().saturating_sub(recent);
-        match trend(&rss[skip..], per_s, recent, true) {
-            Some(r) if rising(&r, &rss[skip..]) => (r, skip, true),
-            _ => (full, 0, false),
+    let window = buckets(s.floor_window_ns, step_ns);
+    let w_fast = window.div_ceil(stride);
+    let l = buckets(s.fast_span_ns, step_ns) / stride;
+    let quick = fast(&floors(&m.rss, w_fast), w_fast, l, s, &k);
+    let (v, w, is_fast) = match quick {
+        Some(v) if v.alarm => (v, w_fast, true),
+        quick => {
+            let most = buckets(s.min_span_ns, step_ns) / 3;
+            let w_slow = track.adapted_span(window, most).div_ceil(stride);
+            let span = buckets(s.min_span_ns, step_ns) / stride;
+            let slow = sustained(&floors(&m.rss, w_slow), span, s, &k);
+            match (quick, slow) {
+                (_, Some(v)) if v.alarm => (v, w_slow, false),
+                (Some(v), _) if v.hold => (v, w_fast, true),
+                (_, Some(v)) => (v, w_slow, false),
+                (Some(v), None) => (v, w_fast, true),
+                (None, None) => return None,
+            }
         }
     };
-    let first = first + (skip * FLOOR_STRIDE) as i64;
-    // Classified only when leaking: what is reported with the finding.
-    let classification = leaking.then(|| {
-        let heap_floors = track.heap.iter().map(&floor_of);
-        classify(heap_floors, skip, &t, s.alpha, per_s, recent)
-    });
+    let classification = (v.alarm || v.hold)
+        .then(|| classify(m.heap.iter().map(|h| floors(h, w)), v.start, &v.line));
+    let oldest = m.last - m.rss.len() as i64 + 1;
     Some(LeakTest {
-        slope: t.slope,
-        z: t.z,
-        p_value: t.p,
-        leaking,
+        slope: v.line.slope * k.per_s,
+        z: v.mk.z,
+        p_value: v.mk.p_value,
+        leaking: v.alarm,
+        holding: v.alarm || v.hold,
+        fast: is_fast,
         classification,
-        from: first,
+        from: (oldest + (skip + v.start) as i64) * STRIDE,
     })
 }
 
 struct InstanceState {
     track: Track,
+    minutes: Minutes,
     alarm: Alarm,
     /// The latest test while closed; the evidence last reported while open.
     last: Option<LeakTest>,
@@ -285,7 +378,11 @@ impl Leak {
             limit_bytes: t.limit,
         };
         let window = ((r.from.max(0) as u64).saturating_mul(self.step_ns), end);
-        let method = "mann_kendall_hamed_rao+theil_sen_floor";
+        let method = if r.fast {
+            "floor_new_high+theil_sen"
+        } else {
+            "mann_kendall_hamed_rao+theil_sen_floor"
+        };
         instance_event(due, key, t, window, method, evidence)
     }
 
@@ -297,10 +394,8 @@ impl Leak {
         index: i64,
         end: u64,
     ) -> Option<Anomaly> {
-        let cap = buckets(
-            self.settings.lookback_ns + self.settings.floor_window_ns,
-            self.step_ns,
-        ) + 1;
+        let cap = buckets(GRID_SPAN_NS + self.settings.floor_window_ns, self.step_ns) + 1;
+        let minutes = buckets(self.settings.lookback_ns, self.step_ns).div_ceil(STRIDE as usize);
         let signal = o.memory?.0;
         let (rules, step_ns) = (self.rules(), self.step_ns);
         let st = admit(
@@ -310,21 +405,24 @@ impl Leak {
             &mut self.overflow,
             || InstanceState {
                 track: Track::new(signal, index, cap),
+                minutes: Minutes::new(minutes),
                 alarm: Alarm::default(),
                 last: None,
             },
         )?;
         let due = if st.track.push(index, o, &self.settings.grid, end) {
             // A restart ends the finding, resolved with the evidence it last reported.
+            st.minutes.clear();
             let open = st.alarm.reset();
             open.zip(st.last.take())
                 .map(|(e, r)| ((AnomalyState::Resolved, e), r))
-        } else if index.rem_euclid(FLOOR_STRIDE as i64) == 0 {
-            let r = test(&st.track, &self.settings, step_ns);
-            let look = if r.as_ref().is_some_and(|r| r.leaking) {
-                Look::Alarm
-            } else {
-                Look::Clear
+        } else if index.rem_euclid(STRIDE) == 0 {
+            st.minutes.update(&st.track);
+            let r = test_minutes(&st.track, &st.minutes, &self.settings, step_ns);
+            let look = match &r {
+                Some(r) if r.leaking => Look::Alarm,
+                Some(r) if r.holding => Look::Hold,
+                _ => Look::Clear,
             };
             let identity = Identity {
                 kind: AnomalyKind::Leak,
