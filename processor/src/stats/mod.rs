@@ -44,9 +44,9 @@ pub fn benjamini_hochberg_cutoff(p_values: &[f64], q: f64) -> Option<f64> {
     sorted
         .iter()
         .enumerate()
-        .filter(|(rank, p)| **p <= (rank + 1) as f64 * q / m as f64)
+        .rev()
+        .find(|(rank, p)| **p <= (rank + 1) as f64 * q / m as f64)
         .map(|(_, p)| *p)
-        .last()
 }
 
 /// The decision threshold `h` of a one-sided CUSUM on N(0, 1) observations with reference value `k`, for an

@@ -82,7 +82,7 @@ impl SpreadSummary {
     /// with the spread like the sd, but its variance stays finite wherever the data's does (Student-t(3)
     /// included), where the sd's needs a fourth moment. `None` when every value equals the median.
     pub fn log_mean_abs_dev(&self) -> Option<(f64, f64)> {
-        if !(self.z_mean > 0.0) || self.n < 2 {
+        if self.z_mean.is_nan() || self.z_mean <= 0.0 || self.n < 2 {
             return None;
         }
         let var_z = self.z_ss / (self.n - 1) as f64;
