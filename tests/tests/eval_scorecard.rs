@@ -61,7 +61,7 @@ fn calm_families_stay_within_main_false_alarms() {
         ("calm-noise", 16, 0),
         ("calm-shapes-spans", 7, 0),
         ("calm-collector", 8, 11286),
-        ("ab-calm", 4, 0),
+        ("ab-calm", 1, 0),
     ] {
         at_most(&run(name, QUICK), false_alarms, late);
     }
@@ -75,7 +75,7 @@ fn calm_metric_shapes_stay_within_main_false_alarms() {
 #[test]
 fn leaks_are_forecast_15_minutes_before_the_crossing_and_found() {
     for (name, false_alarms, late, growth) in [
-        ("leak-spans", 7, 0, 13),
+        ("leak-spans", 0, 0, 13),
         ("leak-metrics", 0, 0, 10),
         ("leak-collector", 1, 1114, 11),
     ] {
@@ -100,7 +100,7 @@ fn leaks_are_forecast_15_minutes_before_the_crossing_and_found() {
 
 #[test]
 fn dense_spread_changes_are_found() {
-    for (name, false_alarms, late, timely) in [("ab-dense", 0, 0, 3), ("ab-collector", 1, 12564, 4)]
+    for (name, false_alarms, late, timely) in [("ab-dense", 0, 0, 6), ("ab-collector", 1, 12564, 7)]
     {
         let f = run(name, QUICK);
         at_most(&f, false_alarms, late);
@@ -112,7 +112,12 @@ fn dense_spread_changes_are_found() {
 
 #[test]
 fn sparse_services_stay_within_main_false_alarms() {
-    at_most(&run("ab-sparse", 0..2), 0, 0);
+    let f = run("ab-sparse", 0..2);
+    at_most(&f, 0, 0);
+    // Sparse cohorts are compared (looks pool windows): every change is found, one of four in time.
+    let s = required(&f, Kind::SpreadDrift);
+    assert!(s.expected > 0 && s.missed == 0, "{s:?}: {}", why(&f));
+    assert!(s.timely >= 1, "{s:?}: {}", why(&f));
 }
 
 // The targets.
@@ -175,7 +180,7 @@ fn every_crossing_is_warned_15_minutes_ahead_over_20_seeds() {
 }
 
 #[test]
-#[ignore = "target: half the dense spread changes are found late on main"]
+#[ignore = "target: one of 85 dense spread changes is found a few seconds late"]
 fn dense_spread_changes_are_found_within_3_and_10_minutes_over_20_seeds() {
     for f in full(&["ab-dense", "ab-collector"]) {
         let s = required(&f, Kind::SpreadDrift);
@@ -184,7 +189,7 @@ fn dense_spread_changes_are_found_within_3_and_10_minutes_over_20_seeds() {
 }
 
 #[test]
-#[ignore = "target: sparse cohorts (under 20 samples a window) are never compared on main"]
+#[ignore = "target: 27 of 43 sparse spread changes are found after 10 minutes"]
 fn sparse_spread_changes_are_found_within_10_minutes_over_20_seeds() {
     let f = run("ab-sparse", FULL);
     let s = required(&f, Kind::SpreadDrift);

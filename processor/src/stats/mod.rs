@@ -6,7 +6,7 @@ mod msprt;
 mod scale;
 mod trend;
 
-pub use msprt::Msprt;
+pub use msprt::{Msprt, MsprtChange};
 pub use scale::{
     bonett_sd_ratio, bonett_sd_ratio_from, brown_forsythe, brown_forsythe_from,
     lag1_autocorrelation, lag_autocorrelations, median_in_place, variance_inflation, Interval,
@@ -28,22 +28,25 @@ pub fn normal_quantile(p: f64) -> f64 {
 /// Benjamini-Hochberg at level `q`: which of `p_values` are discoveries. Controls the false discovery rate across
 /// the keys evaluated together (independent or positively dependent tests).
 pub fn benjamini_hochberg(p_values: &[f64], q: f64) -> Vec<bool> {
+    let cutoff = benjamini_hochberg_cutoff(p_values, q);
+    p_values
+        .iter()
+        .map(|p| cutoff.is_some_and(|c| *p <= c))
+        .collect()
+}
+
+/// Benjamini-Hochberg's rejection threshold: the largest p_(k) with p_(k) <= k q / m; every p-value up to it is
+/// a discovery. `None` when there is none.
+pub fn benjamini_hochberg_cutoff(p_values: &[f64], q: f64) -> Option<f64> {
     let m = p_values.len();
-    let mut order: Vec<usize> = (0..m).collect();
-    order.sort_by(|&a, &b| p_values[a].total_cmp(&p_values[b]));
-    // The largest rank k with p_(k) <= k q / m; every p up to it is a discovery.
-    let cutoff = order
+    let mut sorted = p_values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted
         .iter()
         .enumerate()
-        .filter(|(rank, &i)| p_values[i] <= (rank + 1) as f64 * q / m as f64)
-        .map(|(rank, _)| rank + 1)
-        .max()
-        .unwrap_or(0);
-    let mut out = vec![false; m];
-    for &i in &order[..cutoff] {
-        out[i] = true;
-    }
-    out
+        .rev()
+        .find(|(rank, p)| **p <= (rank + 1) as f64 * q / m as f64)
+        .map(|(_, p)| *p)
 }
 
 /// The decision threshold `h` of a one-sided CUSUM on N(0, 1) observations with reference value `k`, for an

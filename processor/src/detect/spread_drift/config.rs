@@ -25,15 +25,17 @@ pub struct SpreadDriftSection {
     pub signals: Option<Vec<String>>,
     /// The baseline cohort's label, when guessing is not wanted (see the README for the guess).
     pub baseline: Option<String>,
-    /// Level of the sequential test, and of Benjamini-Hochberg across keys at each evaluation. Default 0.01.
+    /// Level of the sequential test per hour of looks (a pair's p-value falls this low within an hour of equal
+    /// spreads with at most this probability), and of Benjamini-Hochberg across all live pairs. Default 0.01.
     pub alpha: Option<f64>,
     /// Smallest sd ratio (canary / baseline) worth an alert. Default 1.25.
     pub min_ratio: Option<f64>,
     /// wider (default), narrower or both.
     pub direction: Option<Direction>,
-    /// Fewest samples per cohort in a window for it to be compared. Default 20.
+    /// Fewest samples per cohort in a look: non-overlapping windows are pooled until both cohorts have this many
+    /// (at most 10 windows; a look still short then is begun again). Default 12.
     pub min_samples: Option<usize>,
-    /// Evaluations (one per window length) without evidence before an open finding resolves. Default 3.
+    /// Looks without evidence before an open finding resolves. Default 3.
     pub resolve_after: Option<u32>,
     /// Watch each cohort's spread over time too (CUSUM). Default true.
     pub change_over_time: Option<bool>,
@@ -71,7 +73,7 @@ impl Default for SpreadDriftSettings {
             alpha: 0.01,
             min_ratio: 1.25,
             direction: Direction::Wider,
-            min_samples: 20,
+            min_samples: 12,
             resolve_after: 3,
             change_over_time: true,
             change_arl_ns: 30 * 24 * 3600 * 1_000_000_000,

@@ -1,20 +1,27 @@
 //! `spread_drift`: is a canary's memory more erratic than its baseline's? And has a cohort's spread changed?
 //!
-//! Per (service, signal) and closed window, each canary cohort is compared with the baseline cohort:
+//! Per (service, signal), each canary cohort is compared with the baseline cohort in **looks**:
 //!
-//! 1. **Test.** Brown-Forsythe (median-centred Levene), which holds its false-alarm rate on heavy-tailed and
-//!    skewed data. For process-level signals (RSS, heap: strongly autocorrelated from one request to the next
-//!    on a process) the lag-1 autocorrelation of the test's deviations is estimated per instance and the test
-//!    is corrected by the variance inflation factor (effective sample size). Per-request signals are tested
-//!    directly.
-//! 2. **Effect.** The sd ratio with Bonett's kurtosis-robust interval, and the MAD ratio.
-//! 3. **Repeated looks.** Every window length (non-overlapping windows, so the estimates are independent), the
-//!    window's ln(sd ratio) and its standard error feed a mixture SPRT per pair, whose always-valid p-value may
-//!    be read at every evaluation; Benjamini-Hochberg across all pairs evaluated together controls the false
-//!    discovery rate across services and signals.
-//! 4. **Decision.** A pair opens when its sequential p-value is a BH discovery *and* the window's sd ratio
-//!    passes `min_ratio` in the configured direction with its interval excluding 1; it updates at each
-//!    evaluation while that holds, and resolves after `resolve_after` evaluations without it.
+//! 1. **Look.** Non-overlapping windows are pooled until both cohorts have `min_samples` values (one window for
+//!    dense traffic, several for a cohort with a few requests a minute; at most [`MAX_LOOK_WINDOWS`]), so
+//!    sparse cohorts are compared too and every look's estimates are independent of the last. Per-request
+//!    signals are compared as they are; process-level signals (RSS, heap) as successive differences within each
+//!    instance ([`LookValues`]), with the lag-1 autocorrelation of the deviations corrected for by the variance
+//!    inflation factor.
+//! 2. **Test and effect.** Each look gives Brown-Forsythe (median-centred Levene), the sd ratio with Bonett's
+//!    kurtosis-robust interval, the MAD ratio, and ln of the ratio of mean absolute deviations from the median
+//!    with its standard error: a scale ratio that stays well-behaved on Student-t(3), lognormal and spiky data,
+//!    and that a change of mean (each cohort is centred on its own median) does not move.
+//! 3. **Repeated looks.** That log ratio feeds a sequential change test per pair ([`MsprtChange`]: the
+//!    Shiryaev-Roberts sum of mixture likelihood ratios begun at each recent look), so a change after a long
+//!    equal stretch is not diluted by it. Its p-value, H / R with H the looks in an hour, falls to alpha within
+//!    an hour of equal spreads with probability at most alpha, however often it is read. Benjamini-Hochberg over
+//!    the current p-values of all live pairs (kept across windows) controls the false discovery rate across
+//!    services and signals.
+//! 4. **Decision.** A pair alarms when its p-value is a BH discovery *and* the ratio passes `min_ratio` in the
+//!    configured direction both in the look and since the change began (the estimate of the start with the
+//!    most evidence); it updates at each look while that holds, and resolves after `resolve_after` looks without
+//!    it.
 //!
 //! Within each cohort a CUSUM watches the spread over time ([`change`]).
 
@@ -39,8 +46,9 @@ use crate::engine::{ClosedWindow, EngineConfig, Scope, WindowSummary};
 use crate::sample::Exemplar;
 use crate::signal::Signal;
 use crate::stats::{
-    benjamini_hochberg, bonett_sd_ratio_from, brown_forsythe_from, cusum_threshold,
-    lag_autocorrelations, median_in_place, variance_inflation, Interval, Msprt, SpreadSummary,
+    benjamini_hochberg_cutoff, bonett_sd_ratio_from, brown_forsythe_from, cusum_threshold,
+    lag_autocorrelations, median_in_place, variance_inflation, Interval, MsprtChange,
+    SpreadSummary,
 };
 use change::{ChangeReading, SpreadChange};
 
@@ -57,15 +65,66 @@ impl Settings for SpreadDriftSettings {
     }
 }
 
-/// The mSPRT mixing scale on ln(sd ratio): tuned to ratios around 1.35, the middle of what matters.
-const MSPRT_TAU: f64 = 0.3;
+/// The mixing scale of the sequential test on ln(dispersion ratio): tuned to ratios of 1.6-2.5, where a change
+/// must be found within minutes (a smaller scale would favour ratios near 1.25 and find large ones later).
+const MIXTURE_TAU: f64 = 0.5;
+/// Looks at which a change may have begun that the sequential test keeps (besides the first): evidence builds
+/// from any of the last this many looks.
+const RECENT_STARTS: usize = 20;
 /// Cohorts tracked per (service, signal); more are ignored (a service rarely runs more than a few at once).
 const MAX_COHORTS: usize = 16;
+/// Fewest values in a window for the CUSUM of a cohort's spread over time (its variance floor assumes a MAD of
+/// at least this many).
+const CHANGE_MIN_SAMPLES: usize = 20;
+/// Windows a look may pool while waiting for `min_samples` in both cohorts; a look still short after this many
+/// is dropped and begun again, so that what a look compares is never older than this.
+const MAX_LOOK_WINDOWS: u32 = 10;
 
 struct PairState {
-    msprt: Msprt,
+    evidence: MsprtChange,
+    /// The latest sequential p-value, what Benjamini-Hochberg reads across all live pairs.
+    p_value: f64,
+    /// The look being gathered: (canary, baseline) values and the windows pooled so far.
+    look: (LookValues, LookValues),
+    look_windows: u32,
     alarm: Alarm,
     last_seen: u64,
+}
+
+impl PairState {
+    fn new(end: u64) -> PairState {
+        PairState {
+            evidence: MsprtChange::new(MIXTURE_TAU, RECENT_STARTS),
+            p_value: 1.0,
+            look: Default::default(),
+            look_windows: 0,
+            alarm: Alarm::default(),
+            last_seen: end,
+        }
+    }
+
+    /// Adds one window of both cohorts to the look; the look's two cohorts once both have `min_samples`.
+    fn gather(
+        &mut self,
+        canary: &LookValues,
+        baseline: &LookValues,
+        min_samples: usize,
+    ) -> Option<(CohortSpread, CohortSpread)> {
+        self.look.0.append(canary);
+        self.look.1.append(baseline);
+        self.look_windows += 1;
+        let ready =
+            self.look.0.values.len() >= min_samples && self.look.1.values.len() >= min_samples;
+        let spreads = ready
+            .then(|| Some((self.look.0.spread()?, self.look.1.spread()?)))
+            .flatten();
+        if ready || self.look_windows >= MAX_LOOK_WINDOWS {
+            self.look.0.clear();
+            self.look.1.clear();
+            self.look_windows = 0;
+        }
+        spreads
+    }
 }
 
 struct CohortState {
@@ -83,17 +142,13 @@ struct SeriesState {
     last_seen: u64,
 }
 
-/// One canary-baseline comparison in one window.
+/// One canary-baseline look.
 struct Comparison {
     service: Arc<str>,
     signal: Signal,
     baseline: Arc<str>,
     canary: Arc<str>,
-    test_statistic: f64,
-    window_p: f64,
-    sd_ratio: Interval,
-    mad_ratio: f64,
-    rho: Option<f64>,
+    result: PairResult,
     counts: (u64, u64),
     exemplars: Vec<Exemplar>,
 }
@@ -104,6 +159,8 @@ type CohortWindow<'a> = (Arc<str>, &'a WindowSummary);
 pub struct SpreadDrift {
     settings: SpreadDriftSettings,
     cusum_h: f64,
+    /// Looks (window lengths) in an hour: the sequential p-value is per hour of looks.
+    looks_per_hour: f64,
     series: HashMap<(Arc<str>, Signal), SeriesState>,
 }
 
@@ -112,45 +169,49 @@ impl SpreadDrift {
         let arl_windows = (settings.change_arl_ns / window_ns.max(1)).max(10) as f64;
         SpreadDrift {
             cusum_h: cusum_threshold(change::K, arl_windows),
+            looks_per_hour: (3_600_000_000_000 / window_ns.max(1)).max(1) as f64,
             settings,
             series: HashMap::new(),
         }
     }
 
-    fn passes(&self, ratio: &Interval) -> bool {
+    /// Whether a ratio passes `min_ratio` in the configured direction.
+    fn passes(&self, ratio: f64) -> bool {
         let r = self.settings.min_ratio;
-        let wider = ratio.value >= r && ratio.low > 1.0;
-        let narrower = ratio.value <= 1.0 / r && ratio.high < 1.0;
         match self.settings.direction {
-            Direction::Wider => wider,
-            Direction::Narrower => narrower,
-            Direction::Both => wider || narrower,
+            Direction::Wider => ratio >= r,
+            Direction::Narrower => ratio <= 1.0 / r,
+            Direction::Both => ratio >= r || ratio <= 1.0 / r,
         }
     }
 }
 
-/// What one cohort's window contributes to comparisons: its spread summary and, for process-level signals, the
-/// autocorrelation of the test's deviations within each instance.
+/// What one cohort contributes to a look: the values compared and the autocorrelation of their deviations.
 ///
-/// Process-level signals (RSS, heap) are centred on each instance's own median first: their level differs from
-/// process to process for reasons unrelated to the release (uptime, caches), and with a handful of instances
-/// per cohort those differences would dominate the spread. What is compared is how erratic each process is from
-/// request to request. Per-request signals are compared as they are.
-#[derive(Clone, Debug)]
-pub struct CohortSpread {
-    pub summary: SpreadSummary,
-    /// Pooled over instances: (lag-1, lag-2 autocorrelation, values they were estimated from).
-    pub rho: Option<(f64, f64, usize)>,
+/// Per-request signals (bytes allocated by a request, RSS delta) are compared as they are. Process-level signals
+/// (RSS, heap) are levels that wander slowly (AR(1) with phi near 1 from one request to the next) and differ from
+/// process to process for reasons unrelated to the release (uptime, caches); a leak or a GC sawtooth moves them
+/// within a window. They are compared as successive differences within each instance (the RSS delta between
+/// requests): what differs between releases is how erratic each process is from request to request, and the
+/// differences of a near-unit-root series are nearly independent, while a trend (a leak, the rise of a
+/// sawtooth) becomes a constant that centring each instance's differences on their own median removes.
+#[derive(Clone, Debug, Default)]
+pub struct LookValues {
+    pub values: Vec<f64>,
+    /// Lag-1 and lag-2 autocorrelations of the deviations, each summed weighted by the values behind it, and
+    /// the number of those values (process-level signals only).
+    rho: (f64, f64, usize),
 }
 
-impl CohortSpread {
-    /// `values` in time order within each instance, `tags` naming each value's instance.
-    pub fn from_values(values: &[f64], tags: &[u32], per_request: bool) -> Option<CohortSpread> {
+impl LookValues {
+    /// One window's values of a cohort: `values` in time order within each instance, `tags` naming each value's
+    /// instance.
+    pub fn from_window(values: &[f64], tags: &[u32], per_request: bool) -> LookValues {
         if per_request {
-            return Some(CohortSpread {
-                summary: SpreadSummary::new(values)?,
-                rho: None,
-            });
+            return LookValues {
+                values: values.to_vec(),
+                rho: (0.0, 0.0, 0),
+            };
         }
         // A cohort has a handful of instances: a linear scan beats a map.
         let mut by_instance: Vec<(u32, Vec<f64>)> = Vec::new();
@@ -160,47 +221,80 @@ impl CohortSpread {
                 None => by_instance.push((*tag, vec![*v])),
             }
         }
-        let mut centred = Vec::with_capacity(values.len());
+        let mut out = LookValues::default();
         let mut scratch = Vec::new();
-        let (mut r1, mut r2, mut n) = (0.0, 0.0, 0usize);
         for (_, seq) in by_instance.iter().filter(|(_, s)| s.len() >= 3) {
+            let diffs: Vec<f64> = seq.windows(2).map(|w| w[1] - w[0]).collect();
             scratch.clear();
-            scratch.extend_from_slice(seq);
+            scratch.extend_from_slice(&diffs);
             let median = median_in_place(&mut scratch);
-            let z: Vec<f64> = seq.iter().map(|v| (v - median).abs()).collect();
+            let z: Vec<f64> = diffs.iter().map(|v| (v - median).abs()).collect();
             if let Some((a, b, len)) = lag_autocorrelations(&z) {
-                r1 += a * len as f64;
-                r2 += b * len as f64;
-                n += len;
+                out.rho.0 += a * len as f64;
+                out.rho.1 += b * len as f64;
+                out.rho.2 += len;
             }
-            centred.extend(seq.iter().map(|v| v - median));
+            // Each instance's own median: a leak's or a sawtooth's rise differs from process to process.
+            out.values.extend(diffs.iter().map(|v| v - median));
         }
+        out
+    }
+
+    fn append(&mut self, other: &LookValues) {
+        self.values.extend_from_slice(&other.values);
+        self.rho.0 += other.rho.0;
+        self.rho.1 += other.rho.1;
+        self.rho.2 += other.rho.2;
+    }
+
+    fn clear(&mut self) {
+        self.values.clear();
+        self.rho = (0.0, 0.0, 0);
+    }
+
+    /// The spread summary of these values.
+    pub fn spread(&self) -> Option<CohortSpread> {
+        let (r1, r2, n) = self.rho;
         Some(CohortSpread {
-            summary: SpreadSummary::new(&centred)?,
+            summary: SpreadSummary::new(&self.values)?,
             rho: (n > 0).then(|| (r1 / n as f64, r2 / n as f64, n)),
         })
     }
+}
 
-    fn of(s: &WindowSummary) -> Option<CohortSpread> {
-        CohortSpread::from_values(&s.values, &s.instance_tags, s.key.signal.is_per_request())
+/// A cohort's spread in a look.
+#[derive(Clone, Debug)]
+pub struct CohortSpread {
+    pub summary: SpreadSummary,
+    /// Pooled over instances: (lag-1, lag-2 autocorrelation, values they were estimated from).
+    pub rho: Option<(f64, f64, usize)>,
+}
+
+impl CohortSpread {
+    /// `values` in time order within each instance, `tags` naming each value's instance; see [`LookValues`].
+    pub fn from_values(values: &[f64], tags: &[u32], per_request: bool) -> Option<CohortSpread> {
+        LookValues::from_window(values, tags, per_request).spread()
     }
 }
 
-/// One window's comparison of a canary with its baseline.
+/// One look's comparison of a canary with its baseline.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PairResult {
     /// Brown-Forsythe statistic, corrected for autocorrelation.
     pub statistic: f64,
     pub p_value: f64,
     pub sd_ratio: Interval,
-    /// Standard error of ln(sd ratio), for the sequential test.
+    /// ln of the ratio of mean absolute deviations from the median (canary / baseline): what the sequential
+    /// test accumulates. It is the sd ratio's log for a change of scale, with a finite variance on heavy tails.
+    pub log_ratio: f64,
+    /// Its standard error (delta method, inflated for autocorrelation).
     pub se_log_ratio: f64,
     pub mad_ratio: f64,
     /// The pooled lag-1 autocorrelation corrected for, if any.
     pub rho: Option<f64>,
 }
 
-/// Compares a canary's spread with its baseline's in one window.
+/// Compares a canary's spread with its baseline's in one look.
 pub fn compare(canary: &CohortSpread, baseline: &CohortSpread) -> Option<PairResult> {
     // Pool the two cohorts' estimates, weighted by the values behind them.
     let pooled = match (canary.rho, baseline.rho) {
@@ -219,23 +313,25 @@ pub fn compare(canary: &CohortSpread, baseline: &CohortSpread) -> Option<PairRes
     let (c, b) = (&canary.summary, &baseline.summary);
     let test = brown_forsythe_from(&[c.clone(), b.clone()], inflation)?;
     let n_eff = (c.n as f64 / inflation, b.n as f64 / inflation);
-    let (sd_ratio, se_log_ratio) = bonett_sd_ratio_from(c, b, n_eff, 0.95)?;
+    let (sd_ratio, _) = bonett_sd_ratio_from(c, b, n_eff, 0.95)?;
+    let ((lc, vc), (lb, vb)) = (c.log_mean_abs_dev()?, b.log_mean_abs_dev()?);
     Some(PairResult {
         statistic: test.statistic,
         p_value: test.p_value,
         sd_ratio,
-        se_log_ratio,
+        log_ratio: lc - lb,
+        se_log_ratio: ((vc + vb) * inflation).sqrt(),
         mad_ratio: if b.mad > 0.0 { c.mad / b.mad } else { f64::NAN },
         rho,
     })
 }
 
-/// The usable cohorts of one (service, signal) in a window, with their spreads.
+/// The cohorts of one (service, signal) in a window, with the values each adds to a look.
 struct Group<'a> {
     service: Arc<str>,
     signal: Signal,
     cohorts: Vec<&'a CohortWindow<'a>>,
-    spreads: Vec<Option<CohortSpread>>,
+    values: Vec<LookValues>,
 }
 
 impl SpreadDrift {
@@ -268,7 +364,7 @@ impl SpreadDrift {
         groups
     }
 
-    /// Registers the group's cohorts (up to [`MAX_COHORTS`]) and keeps those with enough samples.
+    /// Registers the group's cohorts (up to [`MAX_COHORTS`]) and takes the values each adds to a look.
     fn usable<'a>(
         &mut self,
         (service, signal): (Arc<str>, Signal),
@@ -292,21 +388,26 @@ impl SpreadDrift {
                 });
             c.last_seen = end;
         }
-        let min_samples = self.settings.min_samples;
         let usable: Vec<&CohortWindow<'_>> = cohorts
             .iter()
-            .filter(|(label, s)| state.cohorts.contains_key(label) && s.values.len() >= min_samples)
+            .filter(|(label, _)| state.cohorts.contains_key(label))
             .collect();
-        let spreads = usable.iter().map(|(_, s)| CohortSpread::of(s)).collect();
+        let values = usable
+            .iter()
+            .map(|(_, s)| {
+                LookValues::from_window(&s.values, &s.instance_tags, signal.is_per_request())
+            })
+            .collect();
         Group {
             service,
             signal,
             cohorts: usable,
-            spreads,
+            values,
         }
     }
 
-    /// Each cohort's spread against its own past (CUSUM), one look per non-overlapping window.
+    /// Each cohort's spread against its own past (CUSUM), one look per non-overlapping window with at least
+    /// [`CHANGE_MIN_SAMPLES`] (and `min_samples`) values.
     fn watch_changes(&mut self, g: &Group<'_>, window: &ClosedWindow, out: &mut Findings) {
         let (end, rules, h) = (window.end_unix_nano, self.rules(), self.cusum_h);
         let (m, direction) = (self.settings.min_ratio, self.settings.direction);
@@ -323,11 +424,15 @@ impl SpreadDrift {
         let Some(state) = self.series.get_mut(&(g.service.clone(), g.signal)) else {
             return;
         };
-        for ((label, s), spread) in g.cohorts.iter().zip(&g.spreads) {
+        let min_samples = self.settings.min_samples.max(CHANGE_MIN_SAMPLES);
+        for ((label, s), values) in g.cohorts.iter().zip(&g.values) {
+            let spread = (values.values.len() >= min_samples)
+                .then(|| values.spread())
+                .flatten();
             let (Some(spread), Some(c)) = (spread, state.cohorts.get_mut(label)) else {
                 continue;
             };
-            let Some(reading) = c.change.update(spread.summary.mad, s.values.len(), h) else {
+            let Some(reading) = c.change.update(spread.summary.mad, spread.summary.n, h) else {
                 continue;
             };
             let identity = Identity {
@@ -362,14 +467,10 @@ impl SpreadDrift {
         }
     }
 
-    /// Compares each canary of the group with the baseline, feeding each pair's sequential test.
-    fn compare_pairs(
-        &mut self,
-        g: &Group<'_>,
-        end: u64,
-        evaluate: bool,
-        into: &mut Vec<Comparison>,
-    ) {
+    /// Adds the window to each canary-baseline pair's look; a look with `min_samples` in both cohorts is compared
+    /// and feeds the pair's sequential test.
+    fn feed_pairs(&mut self, g: &Group<'_>, end: u64, into: &mut Vec<Comparison>) {
+        let (min_samples, per_hour) = (self.settings.min_samples, self.looks_per_hour);
         let Some(state) = self.series.get_mut(&(g.service.clone(), g.signal)) else {
             return;
         };
@@ -385,55 +486,51 @@ impl SpreadDrift {
         let Some(b) = choose_baseline(&infos, self.settings.baseline.as_deref()) else {
             return;
         };
-        let Some(base) = &g.spreads[b] else { return };
         let baseline = g.cohorts[b].0.clone();
-        for (i, (label, s)) in g.cohorts.iter().enumerate() {
-            let Some(r) = g.spreads[i]
-                .as_ref()
-                .filter(|_| i != b)
-                .and_then(|c| compare(c, base))
-            else {
-                continue;
-            };
+        for (i, (label, s)) in g.cohorts.iter().enumerate().filter(|(i, _)| *i != b) {
             let p = state
                 .pairs
                 .entry((baseline.clone(), label.clone()))
-                .or_insert_with(|| PairState {
-                    msprt: Msprt::new(MSPRT_TAU),
-                    alarm: Alarm::default(),
-                    last_seen: end,
-                });
+                .or_insert_with(|| PairState::new(end));
             p.last_seen = end;
-            if evaluate {
-                p.msprt.update(r.sd_ratio.value.ln(), r.se_log_ratio);
-            }
+            let Some(result) = p
+                .gather(&g.values[i], &g.values[b], min_samples)
+                .and_then(|(c, base)| compare(&c, &base))
+            else {
+                continue;
+            };
+            p.evidence.update(result.log_ratio, result.se_log_ratio);
+            p.p_value = (per_hour.ln() - p.evidence.log_sr()).exp().min(1.0);
             into.push(Comparison {
                 service: g.service.clone(),
                 signal: g.signal,
                 baseline: baseline.clone(),
                 canary: label.clone(),
-                test_statistic: r.statistic,
-                window_p: r.p_value,
-                sd_ratio: r.sd_ratio,
-                mad_ratio: r.mad_ratio,
-                rho: r.rho,
+                result,
                 counts: (g.cohorts[b].1.count, s.count),
                 exemplars: s.exemplars.clone(),
             });
         }
     }
 
-    /// Decisions: Benjamini-Hochberg across every pair evaluated in this window, on the always-valid p-values,
-    /// and the practical effect; one look per pair.
+    /// Decisions for the pairs that looked: Benjamini-Hochberg across the sequential p-values of every live pair
+    /// (whether or not it looked now: with few samples, pairs look at different times), and the practical
+    /// effect, in the look and since the change began.
     fn decide(&mut self, comparisons: &[Comparison], window: &ClosedWindow, out: &mut Findings) {
-        let p_seq: Vec<f64> = comparisons
-            .iter()
-            .map(|c| self.pair(c).map_or(1.0, |p| p.msprt.p_value()))
+        let live: Vec<f64> = self
+            .series
+            .values()
+            .flat_map(|s| s.pairs.values().map(|p| p.p_value))
             .collect();
-        let discoveries = benjamini_hochberg(&p_seq, self.settings.alpha);
+        let cutoff = benjamini_hochberg_cutoff(&live, self.settings.alpha);
         let rules = self.rules();
-        for (i, c) in comparisons.iter().enumerate() {
-            let evidence = discoveries[i] && self.passes(&c.sd_ratio);
+        for c in comparisons {
+            let Some(p) = self.pair(c) else { continue };
+            let since_change = p.evidence.estimate().map_or(1.0, f64::exp);
+            let evidence = cutoff.is_some_and(|t| p.p_value <= t)
+                && self.passes(c.result.log_ratio.exp())
+                && self.passes(since_change);
+            let p_value = p.p_value;
             let Some(p) = self.pair_mut(c) else { continue };
             let identity = Identity {
                 kind: AnomalyKind::SpreadDrift,
@@ -450,9 +547,10 @@ impl SpreadDrift {
             };
             if due.0 == AnomalyState::Resolved {
                 // Evidence starts afresh: what was found is closed.
-                p.msprt = Msprt::new(MSPRT_TAU);
+                p.evidence = MsprtChange::new(MIXTURE_TAU, RECENT_STARTS);
+                p.p_value = 1.0;
             }
-            out.anomalies.push(c.event(due, p_seq[i], window));
+            out.anomalies.push(c.event(due, p_value, window));
         }
     }
 
@@ -465,22 +563,22 @@ impl SpreadDrift {
                 ("baseline", c.baseline.to_string()),
                 ("canary", c.canary.to_string()),
             ];
-            let log_lr = self.pair(c).map_or(0.0, |p| p.msprt.log_lr());
+            let log_sr = self.pair(c).map_or(0.0, |p| p.evidence.log_sr().max(0.0));
             for (name, help, value) in [
                 (
                     "memdrift_spread_sd_ratio",
-                    "Canary sd / baseline sd over the last window.",
-                    c.sd_ratio.value,
+                    "Canary sd / baseline sd over the last look.",
+                    c.result.sd_ratio.value,
                 ),
                 (
                     "memdrift_spread_p_value",
-                    "Brown-Forsythe p-value of the last window.",
-                    c.window_p,
+                    "Brown-Forsythe p-value of the last look.",
+                    c.result.p_value,
                 ),
                 (
                     "memdrift_spread_sequential_log_lr",
-                    "Log mixture likelihood ratio of the sequential spread test.",
-                    log_lr,
+                    "Log evidence of the sequential spread test (Shiryaev-Roberts sum of mixture likelihood ratios).",
+                    log_sr,
                 ),
             ] {
                 out.gauges.push(Gauge {
@@ -549,6 +647,7 @@ impl Comparison {
         p_value: f64,
         window: &ClosedWindow,
     ) -> Anomaly {
+        let r = &self.result;
         Anomaly {
             state,
             episode,
@@ -559,16 +658,16 @@ impl Comparison {
             window: Some((window.start_unix_nano, window.end_unix_nano)),
             method: "brown_forsythe+msprt",
             evidence: Evidence::Spread {
-                statistic: self.test_statistic,
+                statistic: r.statistic,
                 p_value,
-                window_p_value: self.window_p,
-                autocorrelation: self.rho,
+                window_p_value: r.p_value,
+                autocorrelation: r.rho,
                 sd_ratio: EventInterval {
-                    value: self.sd_ratio.value,
-                    low: self.sd_ratio.low,
-                    high: self.sd_ratio.high,
+                    value: r.sd_ratio.value,
+                    low: r.sd_ratio.low,
+                    high: r.sd_ratio.high,
                 },
-                mad_ratio: self.mad_ratio.is_finite().then_some(self.mad_ratio),
+                mad_ratio: r.mad_ratio.is_finite().then_some(r.mad_ratio),
                 cohorts: Cohorts {
                     baseline: self.baseline.to_string(),
                     canary: self.canary.to_string(),
@@ -596,20 +695,21 @@ impl Detector for SpreadDrift {
     fn on_window(&mut self, window: &ClosedWindow, out: &mut Findings) {
         let end = window.end_unix_nano;
         let window_ns = end - window.start_unix_nano;
-        // Sequential evidence and decisions use non-overlapping windows only, so their estimates are independent.
-        let evaluate = window_ns > 0 && end.is_multiple_of(window_ns);
-        let mut comparisons = Vec::new();
-        for (key, cohorts) in self.groups(window) {
-            let group = self.usable(key, &cohorts, end);
-            if self.settings.change_over_time && evaluate {
-                self.watch_changes(&group, window, out);
+        // Looks use non-overlapping windows only, so that their estimates are independent.
+        if window_ns > 0 && end.is_multiple_of(window_ns) {
+            let mut comparisons = Vec::new();
+            for (key, cohorts) in self.groups(window) {
+                let group = self.usable(key, &cohorts, end);
+                if self.settings.change_over_time {
+                    self.watch_changes(&group, window, out);
+                }
+                self.feed_pairs(&group, end, &mut comparisons);
             }
-            self.compare_pairs(&group, end, evaluate, &mut comparisons);
+            if !comparisons.is_empty() {
+                self.decide(&comparisons, window, out);
+            }
+            self.gauges(&comparisons, out);
         }
-        if evaluate && !comparisons.is_empty() {
-            self.decide(&comparisons, window, out);
-        }
-        self.gauges(&comparisons, out);
         self.expire(end);
     }
 }
