@@ -2,7 +2,7 @@
 //!
 //! Measured, on one instance's grid already filled (a GC sawtooth 1.0 -> 1.8 GiB with a 0.3 MB/s leak and heap
 //! signals, 10 s buckets, fixed seed):
-//! - `growth/forecast_30m`: one forecast as the detector runs it every step: the running-max envelope over
+//! - `growth/forecast_30m`: one forecast as the detector runs it every step: the robust envelope (3rd largest) over
 //!   5 minutes read every 3 buckets over the 30-minute lookback (60 points), two Theil-Sen fits with Sen's
 //!   interval (60 and 20 points), time to limit.
 //! - `leak/test_60m`: one leak test as it runs once a minute: running-min floors (5 minutes) of RSS and three

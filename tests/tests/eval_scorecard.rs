@@ -77,7 +77,7 @@ fn leaks_are_forecast_15_minutes_before_the_crossing_and_found() {
     for (name, false_alarms, late, growth) in [
         ("leak-spans", 0, 0, 13),
         ("leak-metrics", 0, 0, 10),
-        ("leak-collector", 1, 1114, 11),
+        ("leak-collector", 0, 1114, 11),
     ] {
         let f = run(name, QUICK);
         at_most(&f, false_alarms, late);

@@ -202,6 +202,35 @@ pub fn instance_event(
     }
 }
 
+/// Whether one level shift (two medians) fits `points` (NaN for gaps) better than `line`, by the sum of
+/// absolute residuals: the shift's at most `share` of the line's. A one-time step (or a lone spike's plateau)
+/// is not a trend.
+pub fn level_shift_fits(points: &[f64], line: &crate::stats::SenSlope, share: f64) -> bool {
+    let (x, y): (Vec<f64>, Vec<f64>) = points
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(i, v)| (i as f64, *v))
+        .unzip();
+    let n = y.len();
+    if n < 8 {
+        return false;
+    }
+    let linear: f64 = x
+        .iter()
+        .zip(&y)
+        .map(|(t, v)| (v - line.intercept - line.slope * t).abs())
+        .sum();
+    let mut scratch = Vec::with_capacity(n);
+    let mut spread = |seg: &[f64]| {
+        scratch.clear();
+        scratch.extend_from_slice(seg);
+        let m = crate::stats::median_in_place(&mut scratch);
+        seg.iter().map(|v| (v - m).abs()).sum::<f64>()
+    };
+    (3..n - 2).any(|k| spread(&y[..k]) + spread(&y[k..]) < share * linear)
+}
+
 /// Removes the instances whose grid (`track`) has seen nothing for `idle_ns` of event time before `end`, and
 /// returns them in key order, so that the resolutions they bring come out in the same order on every replay.
 pub fn expire<S>(

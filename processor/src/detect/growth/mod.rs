@@ -6,16 +6,23 @@
 //!
 //! `growth` forecasts the **peak envelope**, not the mean: a process dies at the top of its GC sawtooth. Every
 //! step:
-//! 1. The envelope is the running maximum over `envelope` (at least one GC cycle), read every 3 buckets from the
-//!    end of warm-up over at most `lookback`.
-//! 2. Theil-Sen slopes with Sen's interval are fitted on the whole stretch and on the `recent` part. The long fit
-//!    is used when the recent interval agrees with it; otherwise the recent one: a one-time step then flat
-//!    stops counting once it has left the recent stretch, and a new, steeper trend is not averaged away.
-//! 3. Time to the limit = headroom / slope, with its interval from the slope's interval. A warning opens when
-//!    the lower bound of that time is within `horizon` plus the pipeline's own lag (allowed lateness and a step,
-//!    plus half the envelope span: the running maximum trails the rising peaks by up to a GC cycle), the slope's
-//!    lower bound is
-//!    positive (a flat series is never extrapolated) and the headroom is below `max_headroom` of the limit.
+//! 1. The envelope is a high order statistic of the bucket maxima over `envelope` (at least one GC cycle;
+//!    widened for sparse input): the 3rd largest of a 10 s grid's 30, the 2nd of a minute metric's 10, so one or
+//!    two tail samples (Student-t noise, a rare spike) never lift it. It is read every 3 buckets over at most
+//!    `lookback`, from windows that lie wholly past warm-up, once half the lookback is there.
+//! 2. Theil-Sen slopes with Sen's interval are fitted on the whole stretch and on the `recent` part (at least
+//!    two windows). The long fit is used when the recent interval agrees with it; otherwise the recent one: a
+//!    one-time step then flat stops counting once it has left the recent stretch, and a new, steeper trend is
+//!    not averaged away. Where the last half of that stretch rises significantly slower (a ramp settling on a
+//!    plateau), its rate is the one extrapolated.
+//! 3. The peak to expect is the envelope now, plus what its order statistic misses of the peaks (from the
+//!    spread of each window, as for samples at random phases of a cycle) and z times its scatter around the
+//!    trend. Time to the limit = headroom / slope, with its interval from the slope's interval. A warning opens
+//!    when the **point** forecast is within `horizon` plus the pipeline's own lag (allowed lateness and a step,
+//!    plus half a window: the envelope trails the rising peaks), the slope's lower bound is positive (a flat
+//!    series is never extrapolated), the headroom is below `max_headroom` of the limit, and the stretch does
+//!    not look like one level shift (a one-time step). A wide interval, from noisy or short data, makes the
+//!    warning wait; it never makes it fire.
 //! 4. An open warning holds while the widest upper bound of the two fits puts the limit within twice that
 //!    horizon, and resolves only after `resolve_after` evaluations with a fresh sample have failed to hold it:
 //!    on minute metrics the envelope is a staircase whose slope swings from point to point, and a clean minute
@@ -39,7 +46,8 @@ pub use config::{GrowthSection, GrowthSettings};
 
 use super::alarm::{Alarm, Look, Rules};
 use super::grid::{
-    admit, buckets, expire, instance_event, observations, InstanceKey, Observation, Track,
+    admit, buckets, expire, instance_event, level_shift_fits, observations, InstanceKey,
+    Observation, Track,
 };
 use super::{Detector, Findings, Gauge, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig};
@@ -110,83 +118,198 @@ fn ttl(headroom: f64, slope: f64) -> f64 {
     }
 }
 
-/// Forecasts one instance from its track: pure, so the simulations and the benchmark call it directly.
-pub fn forecast(track: &Track, s: &GrowthSettings, step_ns: u64, lag_ns: u64) -> Option<Forecast> {
+/// The envelope read from a track, every [`STRIDE`] buckets over the lookback.
+struct Envelope {
+    /// The robust envelope: per window, the [`robust_rank`]-th largest bucket maximum (NaN without data).
+    points: Vec<f64>,
+    /// How far the peaks (a GC cycle's top) sit above the robust envelope, the median over the windows of
+    /// what [`window_high`] finds: a lone spike does not lift it.
+    gap: f64,
+    /// Grid index of the first point.
+    first: i64,
+    /// Buckets per window (widened for sparse input, see [`Track::adapted_span`]).
+    span: usize,
+}
+
+/// Which order statistic of a window's `present` bucket maxima is its envelope: the maximum under 10, the 2nd
+/// largest under 20, else the 3rd (a 10 s grid's 5 minutes hold 30). One or two samples far out in a tail
+/// (Student-t, a rare spike) then never lift it; a GC cycle's top, seen in several buckets or cycles per window,
+/// still does.
+pub fn robust_rank(present: usize) -> usize {
+    (1 + present / 10).min(3)
+}
+
+/// The robust envelope of the `span` buckets of `track.max` ending at grid index `i` (within the current run),
+/// and how far the peak may sit above it: for `n` samples at random phases of a cycle between a floor and a
+/// peak, the k-th largest falls short of the peak by k/(n+1) of the range, and the k-th smallest is as far
+/// above the floor, so the shortfall is k (high - low) / (n + 1 - 2k). Sparse samples (a minute metric)
+/// rarely catch a GC cycle's top: this is what they miss. NaN when all are gaps.
+fn window_high(track: &Track, i: i64, span: usize, scratch: &mut Vec<f64>) -> (f64, f64) {
+    scratch.clear();
+    if let Some(end) = track.pos(i) {
+        let start = track
+            .pos((i - span as i64 + 1).max(track.started))
+            .unwrap_or(0);
+        scratch.extend(track.max.range(start..=end).filter(|v| v.is_finite()));
+    }
+    let n = scratch.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let k = robust_rank(n).min(n);
+    scratch.sort_unstable_by(|a, b| b.total_cmp(a));
+    let (high, low) = (scratch[k - 1], scratch[n - k]);
+    let room = (n + 1).saturating_sub(2 * k).max(1);
+    (high, k as f64 * (high - low) / room as f64)
+}
+
+/// Reads the envelope, or `None` before the run holds half the lookback (and at least `recent`) of windows
+/// that lie wholly within it, past warm-up: right after a start a window still filling finds fewer GC peaks
+/// than a full one (a rise that is not there), and a start-up ramp is still climbing.
+fn envelope(track: &Track, s: &GrowthSettings, step_ns: u64) -> Option<Envelope> {
     let warm = buckets(s.grid.warmup_ns, step_ns) as i64;
     let look = buckets(s.lookback_ns, step_ns) as i64;
-    let env = track.adapted_span(buckets(s.envelope_ns, step_ns), look as usize / 3);
-    let recent = buckets(s.recent_ns, step_ns) / STRIDE;
-    let from = (track.started + warm).max(track.last - look + 1);
-    // At least half the recent stretch past warm-up before anything is said.
-    if track.last - from + 1 < (recent * STRIDE / 2) as i64 {
+    let span = track.adapted_span(buckets(s.envelope_ns, step_ns), look as usize / 3);
+    let from = (track.started + warm.max(span as i64 - 1)).max(track.last - look + 1);
+    // The long fit must reach further back than the recent one to tell a trend from a ramp settling.
+    let needed = buckets(s.recent_ns, step_ns).max(look as usize / 2) as i64;
+    if track.last - from + 1 < needed {
         return None;
     }
     let mut points = Vec::with_capacity(look as usize / STRIDE + 1);
+    let mut gaps = Vec::with_capacity(points.capacity());
+    let mut scratch = Vec::with_capacity(span);
     let mut i = track.last;
     while i >= from {
-        points.push(track.extreme(&track.max, i, env, true));
+        let (robust, short) = window_high(track, i, span, &mut scratch);
+        points.push(robust);
+        if robust.is_finite() {
+            gaps.push(short);
+        }
         i -= STRIDE as i64;
     }
     points.reverse();
     let first = track.last - (points.len() as i64 - 1) * STRIDE as i64;
-    let present = points.iter().filter(|v| v.is_finite()).count();
-    if present < 8 {
+    let gap = if gaps.is_empty() {
+        0.0
+    } else {
+        median_in_place(&mut gaps)
+    };
+    Some(Envelope {
+        points,
+        gap,
+        first,
+        span,
+    })
+}
+
+/// A level shift must leave at most this share of the line's absolute residuals to count as a step (see
+/// [`level_shift_fits`]): a leak seen through the staircase of a sparse envelope (a minute metric's new highs)
+/// may climb in few stairs, which one shift fits about as well as a line; a step large enough to forecast a
+/// crossing stands far above the noise on either side of it.
+pub const STEP_FIT: f64 = 0.5;
+
+/// The rate to forecast with: the fit's slope, moved into the interval of the slope over the last half of its
+/// stretch where it lies outside: a ramp settling on a plateau (a start-up, a cache warming) is extrapolated
+/// at the pace it has now, not the one it had, and so is a leak that began within the stretch (the fit
+/// averages in the flat part before it). A noisy leak's last half has a wide interval that holds the fit's
+/// slope, which then stands.
+fn latest_rate(stretch: &[f64], fit: SenSlope, level: f64) -> f64 {
+    let half = &stretch[stretch.len() / 2..];
+    match theil_sen(half, level) {
+        Some(h) if half.iter().filter(|v| v.is_finite()).count() >= 6 => {
+            fit.slope.min(h.high).max(h.low)
+        }
+        _ => fit.slope,
+    }
+}
+
+/// The robust sd of the points' residuals around `line`: how far a peak may sit above the trend.
+fn scatter(points: &[f64], line: &SenSlope) -> f64 {
+    let mut resid: Vec<f64> = points
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(k, v)| v - line.intercept - line.slope * k as f64)
+        .collect();
+    let centre = median_in_place(&mut resid);
+    for r in &mut resid {
+        *r = (*r - centre).abs();
+    }
+    1.4826 * median_in_place(&mut resid)
+}
+
+/// The long fit when the recent stretch agrees with it (with the higher of the two upper bounds: the long
+/// fit's interval is narrow for its strongly autocorrelated points; the recent one is not); otherwise the
+/// recent one: a one-time step then flat stops counting once it has left the recent stretch, and a new,
+/// steeper trend is not averaged away.
+fn choose(long: SenSlope, short: Option<SenSlope>) -> SenSlope {
+    match short {
+        Some(r) if r.low <= long.slope && long.slope <= r.high => SenSlope {
+            high: long.high.max(r.high),
+            ..long
+        },
+        Some(r) => r,
+        None => long,
+    }
+}
+
+/// Forecasts one instance from its track: pure, so the simulations and the benchmark call it directly.
+pub fn forecast(track: &Track, s: &GrowthSettings, step_ns: u64, lag_ns: u64) -> Option<Forecast> {
+    let Envelope {
+        points,
+        gap,
+        first,
+        span,
+    } = envelope(track, s, step_ns)?;
+    if points.iter().filter(|v| v.is_finite()).count() < 8 {
         return None;
     }
+    // The recent stretch spans at least two windows: over a sparse envelope's staircase a shorter one is
+    // often a single stair, flat.
+    let recent = buckets(s.recent_ns, step_ns).max(2 * span) / STRIDE;
     let per_s = 1e9 / (STRIDE as f64 * step_ns as f64);
     let long = theil_sen(&points, s.level)?;
     let tail = &points[points.len().saturating_sub(recent)..];
     let short =
         theil_sen(tail, s.level).filter(|_| tail.iter().filter(|v| v.is_finite()).count() >= 6);
     let widest_high = short.map_or(long.high, |r| r.high.max(long.high)) * per_s;
-    let fit: SenSlope = match short {
-        Some(r) => {
-            if r.low <= long.slope && long.slope <= r.high {
-                // The recent stretch agrees: the long fit, with the higher of the two upper bounds (the long
-                // fit's interval is narrow for its strongly autocorrelated points; the recent one is not).
-                SenSlope {
-                    high: long.high.max(r.high),
-                    ..long
-                }
-            } else {
-                r
-            }
-        }
-        _ => long,
-    };
+    let fit = choose(long, short);
     let now_pos = (points.len() - 1) as f64;
     let observed = points.iter().rev().find(|v| v.is_finite()).copied()?;
     let fitted = long.intercept + long.slope * now_pos;
-    // The next peak may sit above the trend by the envelope's own scatter around it (GC cycles differ): the
-    // headroom is measured from the envelope plus z times that scatter (a robust sd of the residuals).
-    let mut resid: Vec<f64> = points
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| v.is_finite())
-        .map(|(k, v)| v - long.intercept - long.slope * k as f64)
-        .collect();
-    let centre = median_in_place(&mut resid);
-    for r in &mut resid {
-        *r = (*r - centre).abs();
-    }
-    let scatter = 1.4826 * median_in_place(&mut resid);
-    let envelope = observed.max(if fit.slope == long.slope {
+    // The peak to expect: the robust envelope now (or the long trend's value, when that is the fit), the gap
+    // the peaks keep above it, and z times its scatter around the trend (GC cycles differ).
+    let base = observed.max(if fit.slope == long.slope {
         fitted
     } else {
         observed
-    }) + normal_quantile(s.level) * scatter;
+    });
+    let envelope = base + gap + normal_quantile(s.level) * scatter(&points, &long);
     let limit = track.limit.or(s.limit_bytes);
-    let (slope, slope_low, slope_high) = (fit.slope * per_s, fit.low * per_s, fit.high * per_s);
+    // The stretch the fit stands on (which must not look like one step).
+    let stretch = if fit.slope == long.slope {
+        &points[..]
+    } else {
+        tail
+    };
+    let point = latest_rate(stretch, fit, s.level) * per_s;
+    let (slope, slope_low, slope_high) = (point, (fit.low * per_s).min(point), fit.high * per_s);
     let ttl = limit.map(|l| {
         let h = l - envelope;
         (ttl(h, slope), ttl(h, slope_high), ttl(h, slope_low))
     });
-    let horizon = (s.horizon_ns + lag_ns + s.envelope_ns / 2) as f64 / 1e9;
+    // The pipeline's lag, and half a window: the envelope trails the rising peaks.
+    let horizon = (s.horizon_ns + lag_ns) as f64 / 1e9 + (span as u64 * step_ns / 2) as f64 / 1e9;
     let (warn, hold) = match (limit, ttl) {
-        (Some(l), Some((_, low, _))) => {
+        (Some(l), Some((point, _, _))) => {
             let headroom = l - envelope < s.max_headroom * l;
             (
-                slope_low > 0.0 && headroom && low < horizon,
+                // On the point forecast: a wide interval (noisy or short data) makes the warning wait.
+                slope_low > 0.0
+                    && headroom
+                    && point < horizon
+                    && !level_shift_fits(stretch, &fit, STEP_FIT),
                 // Hysteresis: an open warning holds while the most pessimistic upper bound (long or recent
                 // fit) puts the limit within twice the horizon, so a slow leak near the threshold, or one seen
                 // through sparse points whose recent slope swings to zero, does not flap.
