@@ -14,6 +14,8 @@ pub struct Minutes {
     /// Minute index of the newest minute held.
     pub last: i64,
     pub rss: VecDeque<f64>,
+    /// Per-minute maxima of the memory signal: the range the series covered.
+    pub top: VecDeque<f64>,
     pub heap: [VecDeque<f64>; 3],
     cap: usize,
 }
@@ -23,6 +25,7 @@ impl Minutes {
         Minutes {
             last: i64::MIN,
             rss: VecDeque::with_capacity(cap),
+            top: VecDeque::with_capacity(cap),
             heap: Default::default(),
             cap: cap.max(2),
         }
@@ -31,17 +34,20 @@ impl Minutes {
     pub fn clear(&mut self) {
         self.last = i64::MIN;
         self.rss.clear();
+        self.top.clear();
         self.heap.iter_mut().for_each(VecDeque::clear);
     }
 
-    fn push(&mut self, rss: f64, heap: [f64; 3]) {
+    fn push(&mut self, rss: f64, top: f64, heap: [f64; 3]) {
         if self.rss.len() == self.cap {
             self.rss.pop_front();
+            self.top.pop_front();
             self.heap.iter_mut().for_each(|h| {
                 h.pop_front();
             });
         }
         self.rss.push_back(rss);
+        self.top.push_back(top);
         for (h, v) in self.heap.iter_mut().zip(heap) {
             h.push_back(v);
         }
@@ -63,6 +69,7 @@ impl Minutes {
             let min = |s| track.extreme(s, at, STRIDE as usize, false);
             self.push(
                 min(&track.min),
+                track.extreme(&track.max, at, STRIDE as usize, true),
                 [
                     min(&track.heap[0]),
                     min(&track.heap[1]),

@@ -159,11 +159,28 @@ fn looks_like_step(points: &[f64], line: &SenSlope) -> bool {
     (3..n - 2).any(|k| l1(&y[..k]) + l1(&y[k..]) < linear)
 }
 
+/// Whether the series' top over the last `l` minutes (`tops`: per-minute maxima) is new: above every top held
+/// before it by a quarter of the floor's rise `b (l - 1)`. A leak lifts the whole series, its tops too; a load
+/// that lifts only the floor, into a range the series already covered, leaves them.
+fn new_top(tops: &[f64], l: usize, b: f64) -> bool {
+    let start = tops.len().saturating_sub(l);
+    let before = highest(&tops[..start]);
+    before.is_nan() || highest(&tops[start..]) >= before + 0.25 * b * (l - 1) as f64
+}
+
 /// The fast test on the last `l` floors `r` (running minima over `w` points): a steep rise (at least
 /// `fast_growth` of its level per hour) that is a new high above the floor's earlier range (the `2 l` points
-/// before, which must be held), still rising over the last floor window, not slower than the rise before it (a warm-up slows down)
-/// and not a single level shift.
-fn fast(r: &[f64], w: usize, l: usize, s: &LeakSettings, k: &Scales) -> Option<Verdict> {
+/// before, which must be held), whose tops (`tops`, aligned with `r`) are new too ([`new_top`]), still rising
+/// over the last floor window, not slower than the rise before it (a warm-up slows down) and not a single level
+/// shift.
+fn fast(
+    r: &[f64],
+    tops: &[f64],
+    w: usize,
+    l: usize,
+    s: &LeakSettings,
+    k: &Scales,
+) -> Option<Verdict> {
     let n = r.len();
     // The whole earlier range is needed: a warm-up's steep start is past by then.
     if n < 3 * l || l <= w + 1 {
@@ -187,7 +204,8 @@ fn fast(r: &[f64], w: usize, l: usize, s: &LeakSettings, k: &Scales) -> Option<V
     let halves = [&win[..=h], &win[h..]]
         .iter()
         .all(|p| rise(p) >= 0.3 * b * h as f64);
-    let alarm = material && g >= s.fast_growth && still && high && steady && halves;
+    let alarm =
+        material && g >= s.fast_growth && still && high && steady && halves && new_top(tops, l, b);
     let hold = material && g >= s.min_growth && still;
     Some(Verdict {
         start,
@@ -290,7 +308,8 @@ pub fn test_minutes(
     let window = buckets(s.floor_window_ns, step_ns);
     let w_fast = window.div_ceil(stride);
     let l = buckets(s.fast_span_ns, step_ns) / stride;
-    let quick = fast(&floors(&m.rss, w_fast), w_fast, l, s, &k);
+    let tops: Vec<f64> = m.top.iter().skip(skip).copied().collect();
+    let quick = fast(&floors(&m.rss, w_fast), &tops, w_fast, l, s, &k);
     let (v, w, is_fast) = match quick {
         Some(v) if v.alarm => (v, w_fast, true),
         quick => {
