@@ -58,10 +58,10 @@ fn at_most(f: &FamilyScore, false_alarms: u64, late_values: u64) {
 #[test]
 fn calm_families_stay_within_main_false_alarms() {
     for (name, false_alarms, late) in [
-        ("calm-noise", 16, 0),
-        ("calm-shapes-spans", 7, 0),
-        ("calm-collector", 8, 11286),
-        ("ab-calm", 1, 0),
+        ("calm-noise", 0, 0),
+        ("calm-shapes-spans", 1, 0),
+        ("calm-collector", 0, 0),
+        ("ab-calm", 0, 0),
     ] {
         at_most(&run(name, QUICK), false_alarms, late);
     }
@@ -69,7 +69,7 @@ fn calm_families_stay_within_main_false_alarms() {
 
 #[test]
 fn calm_metric_shapes_stay_within_main_false_alarms() {
-    at_most(&run("calm-shapes", QUICK), 6, 0);
+    at_most(&run("calm-shapes", QUICK), 0, 0);
 }
 
 #[test]
@@ -77,7 +77,7 @@ fn leaks_are_forecast_15_minutes_before_the_crossing_and_found() {
     for (name, false_alarms, late, growth) in [
         ("leak-spans", 0, 0, 13),
         ("leak-metrics", 0, 0, 10),
-        ("leak-collector", 0, 1114, 11),
+        ("leak-collector", 0, 0, 11),
     ] {
         let f = run(name, QUICK);
         at_most(&f, false_alarms, late);
@@ -100,7 +100,7 @@ fn leaks_are_forecast_15_minutes_before_the_crossing_and_found() {
 
 #[test]
 fn dense_spread_changes_are_found() {
-    for (name, false_alarms, late, timely) in [("ab-dense", 0, 0, 6), ("ab-collector", 1, 12564, 7)]
+    for (name, false_alarms, late, timely) in [("ab-dense", 0, 0, 6), ("ab-collector", 0, 10758, 7)]
     {
         let f = run(name, QUICK);
         at_most(&f, false_alarms, late);
@@ -127,7 +127,7 @@ fn full(names: &[&str]) -> Vec<FamilyScore> {
 }
 
 #[test]
-#[ignore = "target: calm data raises false alarms on main"]
+#[ignore = "target: 12 leak findings in 5,128 calm instance-hours (steps under AR(1) or lognormal noise, creeps that stop under t(3))"]
 fn calm_families_raise_no_false_alarm_over_20_seeds() {
     let calm: Vec<&str> = FAMILIES.iter().filter(|f| f.calm).map(|f| f.name).collect();
     for f in full(&calm) {
@@ -136,7 +136,7 @@ fn calm_families_raise_no_false_alarm_over_20_seeds() {
 }
 
 #[test]
-#[ignore = "target: leak and A/B families raise false alarms on main"]
+#[ignore = "target: one leak finding on a 0.16 MB/s leak just after it crossed its limit (leak-collector)"]
 fn trouble_families_raise_no_false_alarm_over_20_seeds() {
     let trouble: Vec<&str> = FAMILIES
         .iter()
@@ -149,7 +149,7 @@ fn trouble_families_raise_no_false_alarm_over_20_seeds() {
 }
 
 #[test]
-#[ignore = "target: a Collector's delivery order loses values on main"]
+#[ignore = "target: span exports retried 5-30 s late lose 1.4% of values (ab-collector); 10 values of pods first heard from mid-run miss a cohort window (calm-collector)"]
 fn collector_order_drops_no_values_as_late_over_20_seeds() {
     for f in full(&["calm-collector", "leak-collector", "ab-collector"]) {
         assert_eq!(f.late_values, 0, "{}", f.family);
@@ -171,7 +171,7 @@ fn leaks_of_1_mb_per_s_are_found_within_15_minutes_with_their_class_over_20_seed
 }
 
 #[test]
-#[ignore = "target: one crossing in Collector order is warned too late on main"]
+#[ignore = "target: one crossing on minute metrics (38 minutes after onset) is warned 13.7 minutes ahead"]
 fn every_crossing_is_warned_15_minutes_ahead_over_20_seeds() {
     for f in full(&["leak-spans", "leak-metrics", "leak-collector"]) {
         let g = required(&f, Kind::Growth);
@@ -180,7 +180,7 @@ fn every_crossing_is_warned_15_minutes_ahead_over_20_seeds() {
 }
 
 #[test]
-#[ignore = "target: one of 85 dense spread changes is found a few seconds late"]
+#[ignore = "target: one of 85 dense spread changes is found 12 s late"]
 fn dense_spread_changes_are_found_within_3_and_10_minutes_over_20_seeds() {
     for f in full(&["ab-dense", "ab-collector"]) {
         let s = required(&f, Kind::SpreadDrift);
@@ -250,7 +250,8 @@ fn three_hours_of_the_real_trace_replay_in_collector_order() {
 }
 
 #[test]
-fn the_real_trace_in_collector_order_loses_no_value() {
+fn the_real_trace_in_collector_order_loses_no_value_and_raises_at_most_1_finding_per_100_pod_hours()
+{
     let Some(path) = trace() else {
         return;
     };
@@ -258,14 +259,6 @@ fn the_real_trace_in_collector_order_loses_no_value() {
     assert_eq!(r.late_values, 0, "{}", r.markdown());
     // A pod first heard from after the others have moved on misses its first cohort window, nothing else.
     assert!(r.late_for_cohort_values <= 2, "{}", r.markdown());
-}
-
-#[test]
-#[ignore = "target: main raises 1.9 findings per 100 pod-hours on the (mostly healthy) trace"]
-fn the_real_trace_raises_at_most_1_finding_per_100_pod_hours() {
-    let Some(path) = trace() else {
-        return;
-    };
-    let r = replay_trace(&rows(&path), Layout::InOrder, None, "rate");
+    // Measured: 9 leak findings in 2,556 pod-hours (0.35 per 100), each listed in EVALUATION.md.
     assert!(r.per_pod_hour() <= 0.01, "{}", r.markdown());
 }
