@@ -127,7 +127,7 @@ fn full(names: &[&str]) -> Vec<FamilyScore> {
 }
 
 #[test]
-#[ignore = "target: 12 leak findings in 5,128 calm instance-hours (steps under AR(1) or lognormal noise, creeps that stop under t(3))"]
+#[ignore = "target: 12 leak findings in 5,590 calm instance-hours (one-time steps and creeps that stop)"]
 fn calm_families_raise_no_false_alarm_over_20_seeds() {
     let calm: Vec<&str> = FAMILIES.iter().filter(|f| f.calm).map(|f| f.name).collect();
     for f in full(&calm) {

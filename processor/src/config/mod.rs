@@ -188,6 +188,10 @@ fn build_engine(name: &str, text: &str, file: &PipelineFile) -> Result<EngineCon
     set(w.allowed_lateness, &mut cfg.allowed_lateness_ns);
     set(w.idle_timeout, &mut cfg.idle_timeout_ns);
     set(w.source_idle, &mut cfg.source_idle_ns);
+    if w.source_idle.is_none() {
+        // The default never outlives the groups themselves.
+        cfg.source_idle_ns = cfg.source_idle_ns.min(cfg.idle_timeout_ns);
+    }
     if let Some(n) = w.max_keys {
         cfg.max_keys = n;
     }

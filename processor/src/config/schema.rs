@@ -147,7 +147,8 @@ pub struct WindowsSection {
     /// moments do not make each other late. Default 5s.
     pub allowed_lateness: Option<Duration>,
     /// An instance whose newest event time is this far behind its service's newest stops holding back the
-    /// service's cohort windows (it is idle; its own windows still close on its own progress). Default 5m.
+    /// service's cohort windows (it is idle; its own windows still close on its own progress). Between a step
+    /// and `idle_timeout`. Default 5m (or `idle_timeout`, if shorter).
     pub source_idle: Option<Duration>,
     /// A group not seen for this long (event time) is forgotten. Default 10m.
     pub idle_timeout: Option<Duration>,

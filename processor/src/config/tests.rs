@@ -41,6 +41,24 @@ fn settings_reach_the_engine() {
 }
 
 #[test]
+fn source_idle_defaults_within_idle_timeout_and_is_checked() {
+    let short = GOOD.replace("    step: 5s", "    step: 5s\n    idle_timeout: 2m");
+    let p = Pipeline::parse("t.yaml", &short).expect("valid");
+    assert_eq!(p.engine.source_idle_ns, 120_000_000_000);
+    let set = GOOD.replace("    step: 5s", "    step: 5s\n    source_idle: 90s");
+    let p = Pipeline::parse("t.yaml", &set).expect("valid");
+    assert_eq!(p.engine.source_idle_ns, 90_000_000_000);
+    let bad = GOOD.replace("    step: 5s", "    step: 5s\n    source_idle: 1s");
+    let e = Pipeline::parse("t.yaml", &bad).expect_err("rejected");
+    assert_eq!(e.line, Some(10), "{e}");
+    assert!(
+        e.message
+            .contains("source_idle (1s) must be between a step (5s)"),
+        "{e}"
+    );
+}
+
+#[test]
 fn unknown_key_names_line_and_suggests_the_fix() {
     let bad = GOOD.replace("    step: 5s", "    stpe: 5s");
     let e = Pipeline::parse("t.yaml", &bad).expect_err("rejected");

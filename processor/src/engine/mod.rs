@@ -295,8 +295,9 @@ impl Engine {
         // Progress of the whole input, for expiry: a sample refused over the key cap still moves it, so that
         // idle groups go and new ones can enter.
         self.max_event_time = self.max_event_time.max(s.time_unix_nano);
-        let full = self.live_series >= cfg.max_keys;
-        if full && !self.services.contains_key(&s.service) {
+        let known =
+            (self.services.get(&s.service)).is_some_and(|v| v.instances.contains_key(&s.instance));
+        if self.live_series >= cfg.max_keys && !known {
             self.stats.overflow_values += s.values.len() as u64;
             dropped.extend(
                 s.values
@@ -314,15 +315,6 @@ impl Engine {
             self.touched.push(s.service.clone());
         }
         service.quiet_ticks = 0;
-        if full && !service.instances.contains_key(&s.instance) {
-            self.stats.overflow_values += s.values.len() as u64;
-            dropped.extend(
-                s.values
-                    .iter()
-                    .map(|(sig, _)| (DropReason::KeyOverflow, sig)),
-            );
-            return;
-        }
         let instance = service
             .instances
             .entry(s.instance.clone())
@@ -344,15 +336,16 @@ impl Engine {
                 .entry(s.cohort.clone())
                 .or_insert_with(Group::new)
         });
+        let mut live = Live {
+            series: &mut self.live_series,
+            by_kind: &mut self.live_by_kind,
+            max: cfg.max_keys,
+        };
         for (signal, v) in s.values.iter() {
-            if !instance.group.has(signal) {
-                if self.live_series >= cfg.max_keys {
-                    self.stats.overflow_values += 1;
-                    dropped.push((DropReason::KeyOverflow, signal));
-                    continue;
-                }
-                self.live_series += 1;
-                self.live_by_kind[1] += 1;
+            if !live.admit(&instance.group, signal, 1) {
+                self.stats.overflow_values += 1;
+                dropped.push((DropReason::KeyOverflow, signal));
+                continue;
             }
             instance.group.push(pane, s, signal, v, tag, cfg);
             let Some(group) = cohort.as_deref_mut() else {
@@ -360,14 +353,10 @@ impl Engine {
                 dropped.push((DropReason::LateForCohort, signal));
                 continue;
             };
-            if !group.has(signal) {
-                if self.live_series >= cfg.max_keys {
-                    self.stats.overflow_values += 1;
-                    dropped.push((DropReason::KeyOverflow, signal));
-                    continue;
-                }
-                self.live_series += 1;
-                self.live_by_kind[0] += 1;
+            if !live.admit(group, signal, 0) {
+                self.stats.overflow_values += 1;
+                dropped.push((DropReason::KeyOverflow, signal));
+                continue;
             }
             group.push(pane, s, signal, v, tag, cfg);
         }
@@ -475,6 +464,28 @@ impl Engine {
         self.live_by_kind[0] -= freed[0];
         self.live_by_kind[1] -= freed[1];
         self.live_series -= freed[0] + freed[1];
+    }
+}
+
+/// The count of live series against the cap, while one sample's values are added.
+struct Live<'a> {
+    series: &'a mut usize,
+    by_kind: &'a mut [usize; 2],
+    max: usize,
+}
+
+impl Live<'_> {
+    /// Whether `group` may hold `signal`: it already does, or a new series (of scope kind `kind`) fits the cap.
+    fn admit(&mut self, group: &Group, signal: Signal, kind: usize) -> bool {
+        if group.has(signal) {
+            return true;
+        }
+        if *self.series >= self.max {
+            return false;
+        }
+        *self.series += 1;
+        self.by_kind[kind] += 1;
+        true
     }
 }
 
