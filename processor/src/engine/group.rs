@@ -3,8 +3,9 @@
 
 use std::collections::VecDeque;
 
+use super::config::EngineConfig;
 use super::summary::{robust_summary, Moments};
-use super::{EngineConfig, GroupKey, PaneSummary, SeriesKey, WindowSummary};
+use super::window::{GroupKey, PaneSummary, SeriesKey, WindowSummary};
 use crate::sample::{Exemplar, MemorySample};
 use crate::signal::Signal;
 

@@ -21,130 +21,22 @@
 //! a group not seen for `idle_timeout` of event time is forgotten (a whole service once nothing newer than that
 //! has come from it; an instance or cohort once its service's newest sample is that far ahead).
 
+mod config;
 mod group;
 mod summary;
+mod window;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+pub use config::EngineConfig;
 pub use summary::{quantile_sorted, robust_summary, Moments};
+pub use window::{ClosedWindow, GroupKey, PaneSummary, Scope, SeriesKey, WindowSummary};
 
 use crate::extract::DropReason;
-use crate::sample::{Exemplar, MemorySample};
+use crate::sample::MemorySample;
 use crate::signal::Signal;
 use group::Group;
-
-/// Engine settings, in nanoseconds of event time. Built from the pipeline's `windows` processor.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EngineConfig {
-    pub window_ns: u64,
-    pub step_ns: u64,
-    /// How far behind its own newest event time a source's sample may arrive and still be used.
-    pub allowed_lateness_ns: u64,
-    /// An instance this far behind its service's newest event time no longer holds the cohort windows back.
-    pub source_idle_ns: u64,
-    pub idle_timeout_ns: u64,
-    pub max_keys: usize,
-    pub max_samples_per_pane: usize,
-    /// Trace ids kept per pane and reported per window: those of the largest values.
-    pub exemplars: usize,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        const S: u64 = 1_000_000_000;
-        EngineConfig {
-            window_ns: 60 * S,
-            step_ns: 10 * S,
-            allowed_lateness_ns: 5 * S,
-            source_idle_ns: 300 * S,
-            idle_timeout_ns: 600 * S,
-            max_keys: 100_000,
-            max_samples_per_pane: 2048,
-            exemplars: 5,
-        }
-    }
-}
-
-impl EngineConfig {
-    fn panes_per_window(&self) -> i64 {
-        (self.window_ns / self.step_ns) as i64
-    }
-}
-
-/// What a series is grouped by besides service and signal.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Scope {
-    /// An A/B cohort; `None` when the samples carried no cohort label.
-    Cohort(Option<Arc<str>>),
-    /// One instance (process or pod) of the service.
-    Instance(Arc<str>),
-}
-
-impl Scope {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Scope::Cohort(_) => "cohort",
-            Scope::Instance(_) => "instance",
-        }
-    }
-}
-
-/// (service, cohort) or (service, instance): the samples of one group share a key per signal.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GroupKey {
-    pub service: Arc<str>,
-    pub scope: Scope,
-}
-
-/// One series: a group and a signal.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SeriesKey {
-    pub group: GroupKey,
-    pub signal: Signal,
-}
-
-/// The newest pane of a window (its last `step`), for detectors that work on a regular grid.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PaneSummary {
-    pub count: u64,
-    pub min: f64,
-    pub max: f64,
-    /// The value with the latest event time.
-    pub last: f64,
-}
-
-/// The summary of one series over one closed window.
-#[derive(Clone, Debug, PartialEq)]
-pub struct WindowSummary {
-    pub key: SeriesKey,
-    pub count: u64,
-    pub mean: f64,
-    pub sd: f64,
-    pub median: f64,
-    /// Raw median absolute deviation from the median.
-    pub mad: f64,
-    pub p95: f64,
-    pub min: f64,
-    pub max: f64,
-    /// The values behind the order statistics (all of them, or a uniform sample when a pane overflowed its
-    /// reservoir), for detectors that test distributions; in arrival order within each step.
-    pub values: Vec<f64>,
-    /// For each value, a hash of the instance that sent it: a cohort's values split by process, in time order.
-    pub instance_tags: Vec<u32>,
-    /// The requests behind the largest values, largest first.
-    pub exemplars: Vec<Exemplar>,
-    /// The last step of the window; `None` when that step had no sample.
-    pub newest_pane: Option<PaneSummary>,
-}
-
-/// Every series with data in one window, ordered by key.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ClosedWindow {
-    pub start_unix_nano: u64,
-    pub end_unix_nano: u64,
-    pub summaries: Vec<WindowSummary>,
-}
 
 /// Counters the engine keeps; the service exports them as self-telemetry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,0 +1,39 @@
+//! The engine's settings, built from the pipeline's `windows` processor.
+
+/// Engine settings, in nanoseconds of event time. Built from the pipeline's `windows` processor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineConfig {
+    pub window_ns: u64,
+    pub step_ns: u64,
+    /// How far behind its own newest event time a source's sample may arrive and still be used.
+    pub allowed_lateness_ns: u64,
+    /// An instance this far behind its service's newest event time no longer holds the cohort windows back.
+    pub source_idle_ns: u64,
+    pub idle_timeout_ns: u64,
+    pub max_keys: usize,
+    pub max_samples_per_pane: usize,
+    /// Trace ids kept per pane and reported per window: those of the largest values.
+    pub exemplars: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        const S: u64 = 1_000_000_000;
+        EngineConfig {
+            window_ns: 60 * S,
+            step_ns: 10 * S,
+            allowed_lateness_ns: 5 * S,
+            source_idle_ns: 300 * S,
+            idle_timeout_ns: 600 * S,
+            max_keys: 100_000,
+            max_samples_per_pane: 2048,
+            exemplars: 5,
+        }
+    }
+}
+
+impl EngineConfig {
+    pub(super) fn panes_per_window(&self) -> i64 {
+        (self.window_ns / self.step_ns) as i64
+    }
+}
