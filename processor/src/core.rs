@@ -1,5 +1,7 @@
 //! The pure heart shared by `run` and `replay`: samples in; closed windows and anomaly events out.
 
+use std::collections::BTreeMap;
+
 use memdrift_anomaly::Anomaly;
 
 use crate::detect::{Detector, Findings, Gauge};
@@ -22,13 +24,20 @@ pub struct Output {
 pub struct Core {
     engine: Engine,
     detectors: Vec<Box<dyn Detector>>,
+    /// The latest value of every derived gauge (by name and labels) and the window end that set it: windows
+    /// close per source, so one window carries only some series' gauges.
+    gauges: BTreeMap<GaugeKey, (Gauge, u64)>,
 }
+
+/// A gauge's name and labels.
+type GaugeKey = (&'static str, Vec<(&'static str, String)>);
 
 impl Core {
     pub fn new(engine: EngineConfig, detectors: Vec<Box<dyn Detector>>) -> Core {
         Core {
             engine: Engine::new(engine),
             detectors,
+            gauges: BTreeMap::new(),
         }
     }
 
@@ -64,15 +73,25 @@ impl Core {
 
     fn detect(&mut self, windows: Vec<ClosedWindow>) -> Output {
         let mut anomalies = Vec::new();
-        let mut gauges = None;
+        let mut newest = None;
         for w in &windows {
             let mut findings = Findings::default();
             for d in &mut self.detectors {
                 d.on_window(w, &mut findings);
             }
             anomalies.append(&mut findings.anomalies);
-            gauges = Some(findings.gauges);
+            for g in findings.gauges {
+                self.gauges
+                    .insert((g.name, g.labels.clone()), (g, w.end_unix_nano));
+            }
+            newest = newest.max(Some(w.end_unix_nano));
         }
+        // A gauge no window has set for the idle timeout is gone with its series.
+        let gauges = newest.map(|end| {
+            let horizon = end.saturating_sub(self.engine.config().idle_timeout_ns);
+            self.gauges.retain(|_, (_, set)| *set >= horizon);
+            self.gauges.values().map(|(g, _)| g.clone()).collect()
+        });
         Output {
             windows,
             anomalies,
