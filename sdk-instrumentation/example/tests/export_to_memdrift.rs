@@ -148,11 +148,12 @@ async fn example_service_exports_over_grpc_and_http_under_its_cohort() {
         assert_samples(&text, sent);
     }
 
-    // A closed window covering both runs counts each cohort's requests exactly.
+    // A closed window covering both runs counts each cohort's requests exactly. Traffic has stopped: the
+    // service's timer closes a source's windows once it has been silent for a window and two steps (62 s here).
     let text = until(
         prom,
         "no closed window with every request of both cohorts",
-        Duration::from_secs(40),
+        Duration::from_secs(120),
         |t| {
             window_count(t, "canary") == Some(f64::from(REQUESTS))
                 && window_count(t, "baseline") == Some(f64::from(REQUESTS))
