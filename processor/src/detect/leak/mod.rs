@@ -40,7 +40,8 @@ pub use floor::{Minutes, STRIDE};
 
 use super::alarm::{Alarm, Look, Rules};
 use super::grid::{
-    admit, buckets, expire, instance_event, observations, InstanceKey, Observation, Track, S,
+    admit, buckets, expire, instance_event, level_shift_fits, observations, InstanceKey,
+    Observation, Track, S,
 };
 use super::{Detector, Findings, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig};
@@ -131,34 +132,6 @@ fn growth(line: &SenSlope, points: &[f64], per_hour: f64) -> f64 {
     }
 }
 
-/// Whether one level shift (two medians) fits `points` better (sum of absolute residuals) than the Theil-Sen
-/// line: a one-time step, not a trend.
-fn looks_like_step(points: &[f64], line: &SenSlope) -> bool {
-    let (x, y): (Vec<f64>, Vec<f64>) = points
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| v.is_finite())
-        .map(|(i, v)| (i as f64, *v))
-        .unzip();
-    let n = y.len();
-    if n < 8 {
-        return false;
-    }
-    let linear: f64 = x
-        .iter()
-        .zip(&y)
-        .map(|(t, v)| (v - line.intercept - line.slope * t).abs())
-        .sum();
-    let mut scratch = Vec::with_capacity(n);
-    let mut l1 = |seg: &[f64]| {
-        scratch.clear();
-        scratch.extend_from_slice(seg);
-        let m = crate::stats::median_in_place(&mut scratch);
-        seg.iter().map(|v| (v - m).abs()).sum::<f64>()
-    };
-    (3..n - 2).any(|k| l1(&y[..k]) + l1(&y[k..]) < linear)
-}
-
 /// Whether the series' top over the last `l` minutes (`tops`: per-minute maxima) is new: above every top held
 /// before it by a quarter of the floor's rise `b (l - 1)`. A leak lifts the whole series, its tops too; a load
 /// that lifts only the floor, into a range the series already covered, leaves them.
@@ -241,7 +214,7 @@ fn sustained(r: &[f64], span: usize, s: &LeakSettings, k: &Scales) -> Option<Ver
         && b * k.per_s >= s.min_slope
         && growth(&line, win, k.per_hour) >= s.min_growth
         && thirds
-        && !looks_like_step(win, &line);
+        && !level_shift_fits(win, &line, 1.0);
     Some(Verdict {
         start,
         mk,
