@@ -63,10 +63,12 @@ impl Msprt {
     }
 }
 
-/// ln of the mixture likelihood ratio of estimates with precision sum `w` and precision-weighted sum `s`.
-fn mixture_log_lr(tau2: f64, w: f64, s: f64) -> f64 {
-    let d = 1.0 + tau2 * w;
-    -0.5 * d.ln() + tau2 * s * s / (2.0 * d)
+/// ln of the mixture likelihood ratio of an effect estimated as `m` with variance `v`, theta ~ N(0, tau^2):
+/// sqrt(v / (v + tau^2)) exp(tau^2 m^2 / (2 v (v + tau^2))). For precision-weighted estimates (`m` = S / W,
+/// `v` = 1 / W) it is the mSPRT's Lambda above; a reference estimated with variance `v_ref` and subtracted from
+/// `m` adds `v_ref` to `v`.
+fn mixture_log_lr_of(tau2: f64, m: f64, v: f64) -> f64 {
+    0.5 * (v / (v + tau2)).ln() + tau2 * m * m / (2.0 * v * (v + tau2))
 }
 
 /// Evidence of a change that may have begun at any look: the Shiryaev-Roberts sum, over candidate starts, of
@@ -81,15 +83,26 @@ fn mixture_log_lr(tau2: f64, w: f64, s: f64) -> f64 {
 #[derive(Clone, Debug, PartialEq)]
 pub struct MsprtChange {
     tau2: f64,
-    /// (W, S) since the first look, once it is no longer among the recent starts.
-    first: Option<(f64, f64)>,
-    /// (W, S) since each of the recent starts, oldest first.
-    recent: std::collections::VecDeque<(f64, f64)>,
+    /// (W, S, V) since the first look, once it is no longer among the recent starts: the sum of the weights,
+    /// of weight x estimate, and of weight^2 x variance (the weighted mean is S / W, its variance V / W^2).
+    first: Option<(f64, f64, f64)>,
+    /// (W, S, V) since each of the recent starts, oldest first.
+    recent: std::collections::VecDeque<(f64, f64, f64)>,
     max_recent: usize,
     looks: u64,
+    /// The sign of the effects mixed over: +1 or -1 for a half-normal mixture on that side, 0 for both sides.
+    side: f64,
 }
 
 impl MsprtChange {
+    /// A test of effects of one sign only (`side` > 0: increases, < 0: decreases): the mixture is the
+    /// half-normal on that side, which doubles the likelihood ratio of a clear effect of that sign (about ln 2
+    /// less evidence needed) and gives none to the other sign.
+    pub fn one_sided(mut self, side: f64) -> MsprtChange {
+        self.side = side.signum();
+        self
+    }
+
     /// `tau`: the scale of effects the mixture is tuned to; `recent`: how many recent starts are kept (>= 1).
     pub fn new(tau: f64, recent: usize) -> MsprtChange {
         MsprtChange {
@@ -98,13 +111,22 @@ impl MsprtChange {
             recent: std::collections::VecDeque::with_capacity(recent.max(1)),
             max_recent: recent.max(1),
             looks: 0,
+            side: 0.0,
         }
     }
 
-    /// Adds one independent estimate and its standard error (a look at which a change may also begin).
-    /// Non-finite input is ignored.
+    /// Adds one independent estimate and its standard error (a look at which a change may also begin), weighted
+    /// by its precision. Non-finite input is ignored.
     pub fn update(&mut self, y: f64, se: f64) {
-        if !(y.is_finite() && se.is_finite() && se > 0.0) {
+        self.update_weighted(y, se * se, 1.0 / (se * se));
+    }
+
+    /// Adds one independent estimate `y` with variance `var`, weighted by `weight` in the means since each start.
+    /// Weights that do not depend on the estimate (a sample size) keep the means unbiased where estimated
+    /// variances would not: on skewed data a look's estimated variance grows with its estimate. Non-finite or
+    /// non-positive input is ignored.
+    pub fn update_weighted(&mut self, y: f64, var: f64, weight: f64) {
+        if !(y.is_finite() && var.is_finite() && var > 0.0 && weight.is_finite() && weight > 0.0) {
             return;
         }
         if self.recent.len() == self.max_recent {
@@ -113,22 +135,32 @@ impl MsprtChange {
                 self.first = oldest;
             }
         }
-        self.recent.push_back((0.0, 0.0));
-        let precision = 1.0 / (se * se);
-        for (w, s) in self.first.iter_mut().chain(self.recent.iter_mut()) {
-            *w += precision;
-            *s += y * precision;
+        self.recent.push_back((0.0, 0.0, 0.0));
+        for (w, s, v) in self.first.iter_mut().chain(self.recent.iter_mut()) {
+            *w += weight;
+            *s += y * weight;
+            *v += weight * weight * var;
         }
         self.looks += 1;
     }
 
-    fn terms(&self) -> impl Iterator<Item = &(f64, f64)> + Clone {
+    fn terms(&self) -> impl Iterator<Item = &(f64, f64, f64)> + Clone {
         self.first.iter().chain(self.recent.iter())
     }
 
     /// ln R_T (negative infinity before any look).
     pub fn log_sr(&self) -> f64 {
-        let logs = self.terms().map(|&(w, s)| mixture_log_lr(self.tau2, w, s));
+        self.log_sr_against((0.0, 0.0))
+    }
+
+    /// ln R_T of the estimates less a reference level `(r, v_r)` (its value and variance): for estimates of one
+    /// cohort's level compared with a reference estimated from a longer stretch of another. Each start's term is
+    /// the mixture likelihood ratio of (mean since the start - r) with variance 1 / W + v_r.
+    pub fn log_sr_against(&self, reference: (f64, f64)) -> f64 {
+        let logs = self
+            .terms()
+            .filter(|t| t.0 > 0.0)
+            .map(|t| self.term(t, reference));
         let max = logs.clone().fold(f64::NEG_INFINITY, f64::max);
         if !max.is_finite() {
             return max;
@@ -138,12 +170,33 @@ impl MsprtChange {
 
     /// The precision-weighted mean of the estimates since the start with the most evidence.
     pub fn estimate(&self) -> Option<f64> {
+        self.estimate_against((0.0, 0.0))
+    }
+
+    /// [`Self::estimate`] less the reference `(r, v_r)`, the start chosen as in [`Self::log_sr_against`].
+    pub fn estimate_against(&self, reference: (f64, f64)) -> Option<f64> {
         self.terms()
-            .filter(|(w, _)| *w > 0.0)
-            .max_by(|a, b| {
-                mixture_log_lr(self.tau2, a.0, a.1).total_cmp(&mixture_log_lr(self.tau2, b.0, b.1))
-            })
-            .map(|(w, s)| s / w)
+            .filter(|t| t.0 > 0.0)
+            .max_by(|a, b| self.term(a, reference).total_cmp(&self.term(b, reference)))
+            .map(|&(w, s, _)| s / w - reference.0)
+    }
+
+    /// ln of one start's mixture likelihood ratio: (its weighted mean - r) with variance V / W^2 + v_r.
+    fn term(&self, &(w, s, v): &(f64, f64, f64), (r, v_r): (f64, f64)) -> f64 {
+        let (m, var) = (s / w - r, v / (w * w) + v_r);
+        let two_sided = mixture_log_lr_of(self.tau2, m, var);
+        if self.side == 0.0 {
+            return two_sided;
+        }
+        // The half-normal mixture: 2 Lambda P(theta on that side | m), the posterior N(m tau^2 / (var + tau^2),
+        // var tau^2 / (var + tau^2)).
+        let (mean, sd) = (
+            m * self.tau2 / (var + self.tau2),
+            (var * self.tau2 / (var + self.tau2)).sqrt(),
+        );
+        let side =
+            0.5 * statrs::function::erf::erfc(-self.side * mean / sd / std::f64::consts::SQRT_2);
+        two_sided + std::f64::consts::LN_2 + side.ln()
     }
 
     pub fn looks(&self) -> u64 {
@@ -234,6 +287,45 @@ mod tests {
         }
         assert!(crossed as f64 / runs as f64 <= 0.10, "{crossed} of {runs}");
         assert!(largest > 20f64.ln(), "{largest}");
+    }
+
+    #[test]
+    fn a_reference_is_the_same_as_differences_when_exact_and_widens_the_variance_when_not() {
+        // Estimates 1.3, 1.1 (se 0.2) against an exact reference 1.0 equal differences 0.3, 0.1; a reference
+        // with variance 0.01 gives the start-0 term sqrt(v / (v + tau^2)) exp(tau^2 m^2 / (2 v (v + tau^2)))
+        // with m = 0.2, v = 0.02 + 0.01 = 0.03, tau^2 = 0.25: ln = 0.5 ln(0.03 / 0.28) + 0.25 * 0.04 / (2 * 0.03
+        // * 0.28) = -1.11677 + 0.59524 = -0.52153.
+        let (mut a, mut b) = (MsprtChange::new(0.5, 1), MsprtChange::new(0.5, 1));
+        for y in [1.3, 1.1] {
+            a.update(y, 0.2);
+            b.update(y - 1.0, 0.2);
+        }
+        assert!((a.log_sr_against((1.0, 0.0)) - b.log_sr()).abs() < 1e-9);
+        assert!((a.estimate_against((1.0, 0.0)).unwrap() - 0.2).abs() < 1e-9);
+        let first = MsprtChange {
+            recent: Default::default(),
+            ..a.clone()
+        };
+        assert!((first.log_sr_against((1.0, 0.01)) + 0.52153).abs() < 1e-4);
+    }
+
+    #[test]
+    fn a_one_sided_mixture_doubles_a_clear_effect_on_its_side_and_ignores_the_other() {
+        // m = 1.0, se 0.1, tau 0.5: the posterior P(theta > 0) is 1 to many digits, so ln Lambda+ = ln Lambda +
+        // ln 2; for m = -1.0 it is Phi(-9.806) = 5.31e-23, so Lambda+ is 1.06e-22 Lambda.
+        for (m, gain) in [
+            (1.0, std::f64::consts::LN_2),
+            (-1.0, (2.0 * 5.31e-23f64).ln()),
+        ] {
+            let (mut two, mut one) = (
+                MsprtChange::new(0.5, 1),
+                MsprtChange::new(0.5, 1).one_sided(1.0),
+            );
+            two.update(m, 0.1);
+            one.update(m, 0.1);
+            let got = one.log_sr() - two.log_sr();
+            assert!((got - gain).abs() < 0.01, "m {m}: {got} vs {gain}");
+        }
     }
 
     #[test]

@@ -335,6 +335,18 @@ fn describe(p: &Process) -> String {
     if p.start_s > 0.0 {
         let _ = write!(s, ", from {:.0} min", p.start_s / 60.0);
     }
+    if let Some(c) = p.creep {
+        let _ = write!(
+            s,
+            ", creeps {:.0} MB over {:.0}-{:.0} min",
+            c.bytes_per_s * (c.until_s - c.from_s) / MB,
+            c.from_s / 60.0,
+            c.until_s / 60.0
+        );
+    }
+    if let Some((at, by)) = p.step {
+        let _ = write!(s, ", steps {:.0} MB at {:.0} min", by / MB, at / 60.0);
+    }
     if let Some(l) = p.leak {
         let _ = write!(
             s,

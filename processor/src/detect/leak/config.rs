@@ -39,6 +39,10 @@ pub struct LeakSection {
     /// A floor rising by at least this fraction of its own level per hour (1.0: it would double within the hour)
     /// is a leak as soon as `fast_span` shows it; slower rises must last `min_span`. Default 1.0.
     pub fast_growth_per_hour: Option<f64>,
+    /// Smallest floor slope the fast test names, bytes per second: in ten minutes a slower rise cannot be told
+    /// from a cache filling up or a creep that will stop, so it must last `min_span`. Default 500000 (1.8 GB an
+    /// hour).
+    pub fast_min_slope_bytes_per_s: Option<f64>,
     /// The stretch a fast rise is judged on (beside as much history before it, for the floor's earlier range).
     /// Default 10m.
     pub fast_span: Option<Duration>,
@@ -68,6 +72,7 @@ pub struct LeakSettings {
     pub min_slope: f64,
     pub min_growth: f64,
     pub fast_growth: f64,
+    pub fast_min_slope: f64,
     pub fast_span_ns: u64,
     pub lookback_ns: u64,
     pub min_span_ns: u64,
@@ -83,6 +88,7 @@ impl Default for LeakSettings {
             min_slope: 50_000.0,
             min_growth: 0.1,
             fast_growth: 1.0,
+            fast_min_slope: 500_000.0,
             fast_span_ns: 600 * S,
             lookback_ns: 7200 * S,
             min_span_ns: 5400 * S,
@@ -135,6 +141,11 @@ impl LeakSettings {
             s.fast_growth_per_hour,
             d.fast_growth,
         )?;
+        let fast_min_slope = positive(
+            "fast_min_slope_bytes_per_s",
+            s.fast_min_slope_bytes_per_s,
+            d.fast_min_slope,
+        )?;
         let fast_span_ns = s.fast_span.map_or(d.fast_span_ns, |x| x.as_nanos());
         if fast_span_ns < MIN_FAST_STEPS * step_ns || fast_span_ns > min_span_ns {
             return Err((
@@ -151,6 +162,7 @@ impl LeakSettings {
             min_slope,
             min_growth,
             fast_growth,
+            fast_min_slope,
             fast_span_ns,
             lookback_ns,
             min_span_ns,

@@ -101,3 +101,66 @@ pub fn running_min(p: impl Iterator<Item = f64>, w: usize) -> Vec<f64> {
         })
         .collect()
 }
+
+/// Whether the troughs of `p` (minute minima, NaN for gaps) still rise by at least `slope` a point after their
+/// largest jump, when that jump is at least twice any other: the lows after a GC are where a leak shows cycle
+/// after cycle, by about as much each time, while a one-time step lifts them once and then leaves them flat.
+/// True when no jump stands out or fewer than two troughs follow it (nothing to judge yet).
+/// A trough is a point below both neighbours.
+pub fn troughs_keep_rising(p: &[f64], slope: f64) -> bool {
+    let lows: Vec<(usize, f64)> = (1..p.len().saturating_sub(1))
+        .filter(|&i| p[i].is_finite() && p[i] < p[i - 1] && p[i] < p[i + 1])
+        .map(|i| (i, p[i]))
+        .collect();
+    let jumps: Vec<f64> = lows.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    let Some(jump) = (0..jumps.len()).max_by(|&a, &b| jumps[a].total_cmp(&jumps[b])) else {
+        return true;
+    };
+    // A leak's troughs rise by about as much each cycle: only a jump at least twice any other is a step's.
+    let second = (0..jumps.len())
+        .filter(|&k| k != jump)
+        .map(|k| jumps[k])
+        .fold(0.0, f64::max);
+    if jumps[jump] < 2.0 * second {
+        return true;
+    }
+    let jump = jump + 1;
+    let after = &lows[jump..];
+    match (after.first(), after.last()) {
+        (Some(&(i, a)), Some(&(j, z))) if j > i => z - a >= slope * (j - i) as f64,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn troughs_that_jump_once_and_stay_are_not_rising() {
+        // A sawtooth with lows 100, 102, then a step: lows 160, 161, 159 (flat after the jump).
+        let step = [
+            110.0, 100.0, 120.0, 140.0, 102.0, 125.0, 150.0, 160.0, 180.0, 161.0, 185.0, 159.0,
+            170.0,
+        ];
+        assert!(!troughs_keep_rising(&step, 1.0));
+        // A leak: lows 100, 112, 121, 130, 139, no jump twice another: rising, whatever the slope asked.
+        let leak = [
+            105.0, 100.0, 120.0, 130.0, 112.0, 130.0, 140.0, 121.0, 140.0, 150.0, 130.0, 150.0,
+            160.0, 139.0, 160.0,
+        ];
+        assert!(troughs_keep_rising(&leak, 5.0));
+        // A jump (lows 100, 102, then 160), after which the lows go on rising: 160, 170, 180 over 6 points.
+        let rising = [
+            110.0, 100.0, 120.0, 102.0, 130.0, 190.0, 160.0, 190.0, 200.0, 170.0, 200.0, 210.0,
+            180.0, 200.0,
+        ];
+        assert!(troughs_keep_rising(&rising, 1.0));
+        assert!(!troughs_keep_rising(&rising, 5.0));
+        // One trough after the largest jump: nothing to judge.
+        assert!(troughs_keep_rising(
+            &[110.0, 100.0, 120.0, 200.0, 150.0, 210.0],
+            1.0
+        ));
+    }
+}

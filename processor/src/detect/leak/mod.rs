@@ -6,14 +6,17 @@
 //!    from the end of warm-up on.
 //! 2. A leak is a rise that is material and sustained, judged two ways:
 //!    - fast: over the last `fast_span`, the Theil-Sen floor slope is at least `fast_growth_per_hour` of the
-//!      floor's own level per hour (the floor would double within the hour), the newest floor is a new high
+//!      floor's own level per hour (the floor would double within the hour) and `fast_min_slope_bytes_per_s`
+//!      (a slower rise cannot be told from a cache filling up in ten minutes), the newest floor is a new high
 //!      above its earlier range (the `2 fast_span` before, which must be held), it still rises over the last
 //!      floor window and in both halves of the stretch (a one-time step rises in one), and the rise before was
-//!      not steeper (a warm-up slows down);
+//!      not steeper (a warm-up slows down), and the minute minima do not show a step (one level shift fitting
+//!      clearly better than a line, or troughs that jumped once and stayed);
 //!    - sustained: over the last `min_span`, Mann-Kendall with the Hamed-Rao correction (the floor is strongly
 //!      autocorrelated) at `alpha`, a slope of at least `min_growth_per_hour` of the level per hour, every third
 //!      of the stretch rising at least half as fast as the whole (a creep that started or stopped within it, or
-//!      a warm-up, does not), and a line fitting better than a single level shift.
+//!      a warm-up, does not), and a line fitting better than a single level shift; it opens only while the
+//!      newest short-window floor is a new high (a creep that has stopped does not open one).
 //!
 //!    Both need a slope of at least `min_slope_bytes_per_s`. A finding opens after three positive minutes in a
 //!    row and holds while the floor still rises by `min_growth_per_hour`.
@@ -144,10 +147,14 @@ fn new_top(tops: &[f64], l: usize, b: f64) -> bool {
 /// The fast test on the last `l` floors `r` (running minima over `w` points): a steep rise (at least
 /// `fast_growth` of its level per hour) that is a new high above the floor's earlier range (the `2 l` points
 /// before, which must be held), whose tops (`tops`, aligned with `r`) are new too ([`new_top`]), still rising
-/// over the last floor window, not slower than the rise before it (a warm-up slows down) and not a single level
-/// shift.
+/// over the last floor window, not slower than the rise before it (a warm-up slows down), and not a step in the
+/// minute minima `raw` over the stretch and the floor window before it: one level shift fitting clearly better
+/// than a line, or troughs that jumped once and then stayed flat ([`floor::troughs_keep_rising`]). A step under
+/// a GC sawtooth makes the running minimum climb the sawtooth's last cycle for a floor window, a ramp the other
+/// checks take for a leak.
 fn fast(
     r: &[f64],
+    raw: &[f64],
     tops: &[f64],
     w: usize,
     l: usize,
@@ -177,8 +184,19 @@ fn fast(
     let halves = [&win[..=h], &win[h..]]
         .iter()
         .all(|p| rise(p) >= 0.3 * b * h as f64);
-    let alarm =
-        material && g >= s.fast_growth && still && high && steady && halves && new_top(tops, l, b);
+    // A step: one level shift fits the minute minima clearly better than a line (a leak under a sawtooth is
+    // fitted about as well by both), or the troughs jumped once and stayed (a leak lifts them every cycle).
+    let recent = &raw[raw.len().saturating_sub(l + w)..];
+    let stepped = theil_sen(recent, 0.95).is_some_and(|line| level_shift_fits(recent, &line, 0.8))
+        || !floor::troughs_keep_rising(recent, 0.5 * b);
+    let alarm = b * k.per_s >= s.fast_min_slope
+        && g >= s.fast_growth
+        && still
+        && high
+        && steady
+        && halves
+        && !stepped
+        && new_top(tops, l, b);
     let hold = material && g >= s.min_growth && still;
     Some(Verdict {
         start,
@@ -191,8 +209,17 @@ fn fast(
 
 /// The sustained test on the last `span` floors `r`: Mann-Kendall (Hamed-Rao) significant at `alpha`, a material
 /// Theil-Sen slope, every third of the stretch rising at least half as fast as the whole (not a creep that began
-/// or stopped within it, not a warm-up slowing down) and not a single level shift.
-fn sustained(r: &[f64], span: usize, s: &LeakSettings, k: &Scales) -> Option<Verdict> {
+/// or stopped within it, not a warm-up slowing down) and not a single level shift. A finding opens only while
+/// the rise goes on: the newest of the short-window floors `recent.0` is a new high over the `recent.1` points
+/// before it (`r`, the floor over a longer window, lags a rise's end by up to a third of the stretch); an open
+/// one holds without that.
+fn sustained(
+    r: &[f64],
+    recent: (&[f64], usize),
+    span: usize,
+    s: &LeakSettings,
+    k: &Scales,
+) -> Option<Verdict> {
     let n = r.len();
     if n < span || span < 9 {
         return None;
@@ -209,7 +236,15 @@ fn sustained(r: &[f64], span: usize, s: &LeakSettings, k: &Scales) -> Option<Ver
         .chunks(third)
         .take(3)
         .all(|c| theil_sen(c, 0.95).is_some_and(|t| t.slope >= 0.5 * b));
-    let alarm = mk.p_value < s.alpha
+    // Still rising now: the newest short-window floor (it lags a rise's end by one floor window, where the
+    // long one lags by up to a third of the stretch) is a new high above the stretch's floors before its
+    // last `l` points.
+    let (fresh, l) = recent;
+    let earlier = &fresh[fresh.len().saturating_sub(span)..fresh.len().saturating_sub(l)];
+    let rising = finite(fresh)
+        .last()
+        .is_some_and(|v| highest(earlier).is_nan() || v >= highest(earlier) + 0.25 * b * l as f64);
+    let hold = mk.p_value < s.alpha
         && mk.z > 0.0
         && b * k.per_s >= s.min_slope
         && growth(&line, win, k.per_hour) >= s.min_growth
@@ -219,8 +254,8 @@ fn sustained(r: &[f64], span: usize, s: &LeakSettings, k: &Scales) -> Option<Ver
         start,
         mk,
         line,
-        alarm,
-        hold: alarm,
+        alarm: hold && rising,
+        hold,
     })
 }
 
@@ -282,14 +317,16 @@ pub fn test_minutes(
     let w_fast = window.div_ceil(stride);
     let l = buckets(s.fast_span_ns, step_ns) / stride;
     let tops: Vec<f64> = m.top.iter().skip(skip).copied().collect();
-    let quick = fast(&floors(&m.rss, w_fast), &tops, w_fast, l, s, &k);
+    let raw: Vec<f64> = m.rss.iter().skip(skip).copied().collect();
+    let short = floors(&m.rss, w_fast);
+    let quick = fast(&short, &raw, &tops, w_fast, l, s, &k);
     let (v, w, is_fast) = match quick {
         Some(v) if v.alarm => (v, w_fast, true),
         quick => {
             let most = buckets(s.min_span_ns, step_ns) / 3;
             let w_slow = track.adapted_span(window, most).div_ceil(stride);
             let span = buckets(s.min_span_ns, step_ns) / stride;
-            let slow = sustained(&floors(&m.rss, w_slow), span, s, &k);
+            let slow = sustained(&floors(&m.rss, w_slow), (&short, l), span, s, &k);
             match (quick, slow) {
                 (_, Some(v)) if v.alarm => (v, w_slow, false),
                 (Some(v), _) if v.hold => (v, w_fast, true),

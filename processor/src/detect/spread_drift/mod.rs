@@ -12,12 +12,16 @@
 //!    kurtosis-robust interval, the MAD ratio, and ln of the ratio of mean absolute deviations from the median
 //!    with its standard error: a scale ratio that stays well-behaved on Student-t(3), lognormal and spiky data,
 //!    and that a change of mean (each cohort is centred on its own median) does not move.
-//! 3. **Repeated looks.** That log ratio feeds a sequential change test per pair ([`MsprtChange`]: the
-//!    Shiryaev-Roberts sum of mixture likelihood ratios begun at each recent look), so a change after a long
-//!    equal stretch is not diluted by it. Its p-value, H / R with H the looks in an hour, falls to alpha within
-//!    an hour of equal spreads with probability at most alpha, however often it is read. Benjamini-Hochberg over
-//!    the current p-values of all live pairs (kept across windows) controls the false discovery rate across
-//!    services and signals.
+//! 3. **Repeated looks.** The canary's log dispersion feeds a sequential change test per pair ([`MsprtChange`]:
+//!    the Shiryaev-Roberts sum of mixture likelihood ratios begun at each recent look), so a change after a long
+//!    equal stretch is not diluted by it. What it is compared with is the baseline's level over its last
+//!    [`REFERENCE_LOOKS`] looks (weighted by values, its variance added to each term's): the baseline, which
+//!    does not change, is then known far better than from the one look beside the canary's, and each
+//!    comparison's variance nearly halves when the cohorts are of a size. The mixture is one-sided when `direction` is `wider` or
+//!    `narrower`. Its p-value, H / R with H the pair's looks in an hour, falls to alpha within an hour of equal
+//!    spreads with probability at most alpha, however often it is read. Benjamini-Hochberg over the current
+//!    p-values of all live pairs (kept across windows) controls the false discovery rate across services and
+//!    signals.
 //! 4. **Decision.** A pair alarms when its p-value is a BH discovery *and* the ratio passes `min_ratio` in the
 //!    configured direction both in the look and since the change began (the estimate of the start with the
 //!    most evidence); it updates at each look while that holds, and resolves after `resolve_after` looks without
@@ -29,7 +33,7 @@ mod baseline;
 mod change;
 pub mod config;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use memdrift_anomaly::{
@@ -76,12 +80,25 @@ const MAX_COHORTS: usize = 16;
 /// Fewest values in a window for the CUSUM of a cohort's spread over time (its variance floor assumes a MAD of
 /// at least this many).
 const CHANGE_MIN_SAMPLES: usize = 20;
+/// Looks of the baseline whose log dispersions make the reference a canary's looks are compared with: the
+/// baseline's level is then known about this many times more precisely than from one look, which nearly halves
+/// the variance of each comparison (and the looks a change needs to show) when the cohorts are the same size.
+const REFERENCE_LOOKS: usize = 10;
 /// Windows a look may pool while waiting for `min_samples` in both cohorts; a look still short after this many
 /// is dropped and begun again, so that what a look compares is never older than this.
 const MAX_LOOK_WINDOWS: u32 = 10;
 
 struct PairState {
+    /// The canary's log dispersion, look by look, against the baseline's reference level.
     evidence: MsprtChange,
+    /// The baseline's log dispersion, its variance and its effective number of values in its last
+    /// [`REFERENCE_LOOKS`] looks, oldest first.
+    reference: VecDeque<(f64, f64, f64)>,
+    /// The latest ln Shiryaev-Roberts statistic and effect since the change began (as a ratio).
+    log_sr: f64,
+    since_change: f64,
+    /// Windows the last look pooled: the pair looks this much less often than once a window.
+    windows_per_look: u32,
     /// The latest sequential p-value, what Benjamini-Hochberg reads across all live pairs.
     p_value: f64,
     /// The look being gathered: (canary, baseline) values and the windows pooled so far.
@@ -91,16 +108,70 @@ struct PairState {
     last_seen: u64,
 }
 
+/// The sequential test of a pair: one-sided when only one direction of change is wanted.
+fn sequential_test(direction: Direction) -> MsprtChange {
+    let test = MsprtChange::new(MIXTURE_TAU, RECENT_STARTS);
+    match direction {
+        Direction::Wider => test.one_sided(1.0),
+        Direction::Narrower => test.one_sided(-1.0),
+        Direction::Both => test,
+    }
+}
+
 impl PairState {
-    fn new(end: u64) -> PairState {
+    fn new(end: u64, direction: Direction) -> PairState {
         PairState {
-            evidence: MsprtChange::new(MIXTURE_TAU, RECENT_STARTS),
+            evidence: sequential_test(direction),
+            windows_per_look: 1,
+            reference: VecDeque::with_capacity(REFERENCE_LOOKS),
+            log_sr: 0.0,
+            since_change: 1.0,
             p_value: 1.0,
             look: Default::default(),
             look_windows: 0,
             alarm: Alarm::default(),
             last_seen: end,
         }
+    }
+
+    /// The baseline's reference level: the mean of its recent looks' log dispersions weighted by their values,
+    /// and that mean's variance. (Not by their estimated precision: on skewed data a look's estimated variance
+    /// grows with its dispersion, and precision weights would pull the reference low.)
+    fn reference_level(&self) -> (f64, f64) {
+        let (w, s, v) = self
+            .reference
+            .iter()
+            .fold((0.0, 0.0, 0.0), |(w, s, v), &(l, var, n)| {
+                (w + n, s + n * l, v + n * n * var)
+            });
+        if w > 0.0 {
+            (s / w, v / (w * w))
+        } else {
+            (0.0, 0.0)
+        }
+    }
+
+    /// Feeds one look's comparison: the canary's level to the sequential test, the baseline's to the reference.
+    /// Returns the look's log ratio against the reference and its standard error.
+    fn feed(&mut self, r: &PairResult, per_hour: f64) -> (f64, f64) {
+        let ((lc, vc, nc), base) = r.log_dispersion;
+        if base.0.is_finite() && base.1.is_finite() && base.1 > 0.0 && base.2 > 0.0 {
+            if self.reference.len() == REFERENCE_LOOKS {
+                self.reference.pop_front();
+            }
+            self.reference.push_back(base);
+        }
+        let reference = self.reference_level();
+        self.evidence.update_weighted(lc, vc, nc);
+        self.log_sr = self.evidence.log_sr_against(reference);
+        self.since_change = self
+            .evidence
+            .estimate_against(reference)
+            .map_or(1.0, f64::exp);
+        // H / R with H the looks in an hour (Doob's bound is per look made, not per window).
+        let looks = (per_hour / f64::from(self.windows_per_look.max(1))).max(1.0);
+        self.p_value = (looks.ln() - self.log_sr).exp().min(1.0);
+        (lc - reference.0, (vc + reference.1).sqrt())
     }
 
     /// Adds one window of both cohorts to the look; the look's two cohorts once both have `min_samples`.
@@ -118,6 +189,9 @@ impl PairState {
         let spreads = ready
             .then(|| Some((self.look.0.spread()?, self.look.1.spread()?)))
             .flatten();
+        if spreads.is_some() {
+            self.windows_per_look = self.look_windows;
+        }
         if ready || self.look_windows >= MAX_LOOK_WINDOWS {
             self.look.0.clear();
             self.look.1.clear();
@@ -289,6 +363,9 @@ pub struct PairResult {
     pub log_ratio: f64,
     /// Its standard error (delta method, inflated for autocorrelation).
     pub se_log_ratio: f64,
+    /// ln of each cohort's mean absolute deviation from its median, its variance (inflated for autocorrelation)
+    /// and the effective number of values behind it: (canary, baseline).
+    pub log_dispersion: ((f64, f64, f64), (f64, f64, f64)),
     pub mad_ratio: f64,
     /// The pooled lag-1 autocorrelation corrected for, if any.
     pub rho: Option<f64>,
@@ -321,6 +398,7 @@ pub fn compare(canary: &CohortSpread, baseline: &CohortSpread) -> Option<PairRes
         sd_ratio,
         log_ratio: lc - lb,
         se_log_ratio: ((vc + vb) * inflation).sqrt(),
+        log_dispersion: ((lc, vc * inflation, n_eff.0), (lb, vb * inflation, n_eff.1)),
         mad_ratio: if b.mad > 0.0 { c.mad / b.mad } else { f64::NAN },
         rho,
     })
@@ -471,6 +549,7 @@ impl SpreadDrift {
     /// and feeds the pair's sequential test.
     fn feed_pairs(&mut self, g: &Group<'_>, end: u64, into: &mut Vec<Comparison>) {
         let (min_samples, per_hour) = (self.settings.min_samples, self.looks_per_hour);
+        let direction = self.settings.direction;
         let Some(state) = self.series.get_mut(&(g.service.clone(), g.signal)) else {
             return;
         };
@@ -491,16 +570,15 @@ impl SpreadDrift {
             let p = state
                 .pairs
                 .entry((baseline.clone(), label.clone()))
-                .or_insert_with(|| PairState::new(end));
+                .or_insert_with(|| PairState::new(end, direction));
             p.last_seen = end;
-            let Some(result) = p
+            let Some(mut result) = p
                 .gather(&g.values[i], &g.values[b], min_samples)
                 .and_then(|(c, base)| compare(&c, &base))
             else {
                 continue;
             };
-            p.evidence.update(result.log_ratio, result.se_log_ratio);
-            p.p_value = (per_hour.ln() - p.evidence.log_sr()).exp().min(1.0);
+            (result.log_ratio, result.se_log_ratio) = p.feed(&result, per_hour);
             into.push(Comparison {
                 service: g.service.clone(),
                 signal: g.signal,
@@ -523,10 +601,10 @@ impl SpreadDrift {
             .flat_map(|s| s.pairs.values().map(|p| p.p_value))
             .collect();
         let cutoff = benjamini_hochberg_cutoff(&live, self.settings.alpha);
-        let rules = self.rules();
+        let (rules, direction) = (self.rules(), self.settings.direction);
         for c in comparisons {
             let Some(p) = self.pair(c) else { continue };
-            let since_change = p.evidence.estimate().map_or(1.0, f64::exp);
+            let since_change = p.since_change;
             let evidence = cutoff.is_some_and(|t| p.p_value <= t)
                 && self.passes(c.result.log_ratio.exp())
                 && self.passes(since_change);
@@ -547,8 +625,8 @@ impl SpreadDrift {
             };
             if due.0 == AnomalyState::Resolved {
                 // Evidence starts afresh: what was found is closed.
-                p.evidence = MsprtChange::new(MIXTURE_TAU, RECENT_STARTS);
-                p.p_value = 1.0;
+                p.evidence = sequential_test(direction);
+                (p.p_value, p.log_sr, p.since_change) = (1.0, 0.0, 1.0);
             }
             out.anomalies.push(c.event(due, p_value, window));
         }
@@ -563,7 +641,7 @@ impl SpreadDrift {
                 ("baseline", c.baseline.to_string()),
                 ("canary", c.canary.to_string()),
             ];
-            let log_sr = self.pair(c).map_or(0.0, |p| p.evidence.log_sr().max(0.0));
+            let log_sr = self.pair(c).map_or(0.0, |p| p.log_sr.max(0.0));
             for (name, help, value) in [
                 (
                     "memdrift_spread_sd_ratio",

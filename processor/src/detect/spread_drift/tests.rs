@@ -456,8 +456,9 @@ fn sparse_cohorts_find_a_ratio_of_2_5_and_nothing_else() {
     // the canaries of svc-00 (normal), svc-01 (Student-t(3)) and svc-02 (lognormal) widen x2.5 at minute 15;
     // 45 minutes, 10 seeds. Known truth: the three changes, nothing else.
     // Tolerances: no other service ever flagged and nothing before the change; every change found within 30
-    // minutes, and at least 10 of the 30 within 10 minutes (measured: 12 within 10 minutes, 29 within 20,
-    // the slowest 25; the 10-minute target for every change is not met yet with a dozen values a minute).
+    // minutes, and at least 17 of the 30 within 10 minutes (measured: 20 within 10 minutes, 29 within 20,
+    // the slowest 27; over seeds 0-29, 58 of 90 within 10 minutes, none false; the 10-minute target for every
+    // change is not met yet with 5-10 values a minute).
     let services = sparse_services(40, |i| 5 + i % 6);
     let (mut within_10, mut found) = (0, 0);
     for seed in 0..10 {
@@ -494,7 +495,7 @@ fn sparse_cohorts_find_a_ratio_of_2_5_and_nothing_else() {
         }
     }
     assert_eq!(found, 30, "found within 30 minutes");
-    assert!(within_10 >= 10, "{within_10} of 30 within 10 minutes");
+    assert!(within_10 >= 17, "{within_10} of 30 within 10 minutes");
 }
 
 #[test]
