@@ -136,6 +136,22 @@ pub fn troughs_keep_rising(p: &[f64], slope: f64) -> bool {
 mod tests {
     use super::*;
 
+    /// The leak detector's history per instance is bounded: the default 2 h lookback holds 120 minutes in five
+    /// rings (minimum, maximum, three heap signals) of 8-byte values, under 5 KB however long the instance runs.
+    #[test]
+    fn the_minute_history_is_bounded_in_count_and_bytes() {
+        let mut m = Minutes::new(120);
+        for k in 0..10_000 {
+            let v = k as f64;
+            m.push(v, v + 1.0, [v; 3]);
+        }
+        let rings = [&m.rss, &m.top, &m.heap[0], &m.heap[1], &m.heap[2]];
+        assert!(rings.iter().all(|r| r.len() == 120));
+        assert_eq!(m.rss.back(), Some(&9_999.0));
+        let bytes: usize = rings.iter().map(|r| r.capacity() * 8).sum();
+        assert!(bytes <= 5 * 1024, "{bytes} bytes");
+    }
+
     #[test]
     fn troughs_that_jump_once_and_stay_are_not_rising() {
         // A sawtooth with lows 100, 102, then a step: lows 160, 161, 159 (flat after the jump).
