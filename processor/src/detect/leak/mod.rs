@@ -229,13 +229,22 @@ fn sustained(
     if finite(win).count() * 2 < span {
         return None;
     }
-    let (mk, line) = mann_kendall_sen(win, 0.95)?;
-    let b = line.slope;
     let third = span / 3;
-    let thirds = win
+    let slopes: Vec<Option<f64>> = win
         .chunks(third)
         .take(3)
-        .all(|c| theil_sen(c, 0.95).is_some_and(|t| t.slope >= 0.5 * b));
+        .map(|c| theil_sen(c, 0.95).map(|t| t.slope))
+        .collect();
+    // Every third must rise at half the stretch's slope, which must be material: a stretch with a third below
+    // half the least material slope can neither open nor hold a finding, and the costly trend test over the
+    // whole stretch is skipped (most instances, which are calm).
+    let least = 0.5 * s.min_slope / k.per_s * (1.0 - 1e-9);
+    if slopes.iter().any(|t| t.is_none_or(|t| t < least)) {
+        return None;
+    }
+    let (mk, line) = mann_kendall_sen(win, 0.95)?;
+    let b = line.slope;
+    let thirds = slopes.iter().all(|t| t.is_some_and(|t| t >= 0.5 * b));
     // Still rising now: the newest short-window floor (it lags a rise's end by one floor window, where the
     // long one lags by up to a third of the stretch) is a new high above the stretch's floors before its
     // last `l` points.
