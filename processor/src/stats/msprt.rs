@@ -155,7 +155,7 @@ impl MsprtChange {
 
     /// ln R_T of the estimates less a reference level `(r, v_r)` (its value and variance): for estimates of one
     /// cohort's level compared with a reference estimated from a longer stretch of another. Each start's term is
-    /// the mixture likelihood ratio of (mean since the start - r) with variance 1 / W + v_r.
+    /// the mixture likelihood ratio of (weighted mean since the start - r) with variance V / W^2 + v_r.
     pub fn log_sr_against(&self, reference: (f64, f64)) -> f64 {
         let logs = self
             .terms()

@@ -186,17 +186,20 @@ fn fast(
         .all(|p| rise(p) >= 0.3 * b * h as f64);
     // A step: one level shift fits the minute minima clearly better than a line (a leak under a sawtooth is
     // fitted about as well by both), or the troughs jumped once and stayed (a leak lifts them every cycle).
-    let recent = &raw[raw.len().saturating_sub(l + w)..];
-    let stepped = theil_sen(recent, 0.95).is_some_and(|line| level_shift_fits(recent, &line, 0.8))
-        || !floor::troughs_keep_rising(recent, 0.5 * b);
+    // Asked last, only when everything else says leak.
+    let stepped = || {
+        let recent = &raw[raw.len().saturating_sub(l + w)..];
+        theil_sen(recent, 0.95).is_some_and(|line| level_shift_fits(recent, &line, 0.8))
+            || !floor::troughs_keep_rising(recent, 0.5 * b)
+    };
     let alarm = b * k.per_s >= s.fast_min_slope
         && g >= s.fast_growth
         && still
         && high
         && steady
         && halves
-        && !stepped
-        && new_top(tops, l, b);
+        && new_top(tops, l, b)
+        && !stepped();
     let hold = material && g >= s.min_growth && still;
     Some(Verdict {
         start,

@@ -1,6 +1,7 @@
 //! Seeded simulations of the leak test against known truth: one instance on the 10 s grid (five samples a
 //! bucket), a GC sawtooth of 2-6 minute cycles under calm shapes (flat with AR(1) noise, a warm-up ramp, a
-//! creep that stops, a one-time step) and under leaks. A finding opens, as in the detector, after three positive minutes in a row.
+//! creep that stops, a one-time step) and under leaks. A finding opens, as in the detector, after three
+//! positive minutes in a row.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -56,7 +57,13 @@ fn run(seed: u64, shape: Shape, hours: f64) -> Vec<(f64, Option<LeakClass>)> {
     let s = LeakSettings::default();
     let floor = rng.random_range(1.0..2.5) * GB;
     let amplitude = rng.random_range(0.1..0.4) * floor;
-    let sd = 0.02 * floor;
+    // AR(1) noise: 2% of the floor when it is the shape, 1% under a step.
+    let ar_sd = floor
+        * if matches!(shape, Shape::Step(_)) {
+            0.01
+        } else {
+            0.02
+        };
     let (mut cycle, mut phase, mut ar) = (rng.random_range(120.0..360.0), 0.0, 0.0);
     let first = 1_000_000;
     let mut track = Track::new(Signal::RssEnd, first, 391);
@@ -73,8 +80,9 @@ fn run(seed: u64, shape: Shape, hours: f64) -> Vec<(f64, Option<LeakClass>)> {
             }
             let e: f64 = rng.sample(StandardNormal);
             ar = match shape {
-                Shape::Ar1 => 0.95 * ar + (1.0f64 - 0.95 * 0.95).sqrt() * sd * e,
-                Shape::Step(_) => 0.95 * ar + (1.0f64 - 0.95 * 0.95).sqrt() * 0.01 * floor * e,
+                Shape::Ar1 | Shape::Step(_) => {
+                    0.95 * ar + (1.0f64 - 0.95 * 0.95).sqrt() * ar_sd * e
+                }
                 _ => 0.005 * floor * e,
             };
             let (rss, live) = level(shape, t, floor);
