@@ -12,6 +12,11 @@ pub type SpanId = [u8; 8];
 /// A request an anomaly points at: its trace, and its span when the sender gave a valid one.
 pub use memdrift_anomaly::Exemplar;
 
+/// The latest event time memdrift accepts: 2262-04-11, the last instant an OTLP/JSON signed int64 of nanoseconds
+/// can say. Later times are dropped at extraction as `future_timestamp`, so every window and pane computation
+/// on event time (a window and a step past the newest sample) stays far inside `u64` and `i64`.
+pub const LATEST_EVENT_TIME: u64 = i64::MAX as u64;
+
 /// What one span (one request) or one metric point said about memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemorySample {

@@ -16,6 +16,7 @@ pub struct Telemetry {
     pub refused_spans: IntCounterVec,
     pub accepted_metric_points: IntCounter,
     pub log_records: IntCounter,
+    pub labels_shortened: IntCounter,
     pub samples: IntCounterVec,
     pub dropped_values: IntCounterVec,
     pub failed_requests: IntCounterVec,
@@ -93,6 +94,11 @@ impl Telemetry {
                 "memdrift_receiver_log_records_total",
                 "Log records received (accepted and not used: logs carry no memory samples).",
             ),
+            labels_shortened: counter(
+                r,
+                "memdrift_receiver_labels_shortened_total",
+                "Service, instance or cohort labels over 128 bytes, kept as their first bytes and a hash.",
+            ),
             samples: counter_vec(
                 r,
                 "memdrift_samples_total",
@@ -166,6 +172,7 @@ impl Telemetry {
         for (signal, n) in stats.samples_by_signal() {
             self.samples.with_label_values(&[signal.name()]).inc_by(n);
         }
+        self.labels_shortened.inc_by(stats.labels_shortened);
     }
 
     pub fn record_engine_drops(&self, dropped: &[(DropReason, Signal)]) {

@@ -5,7 +5,9 @@
 //! batches over a bounded channel; when it is full they answer "retry later".
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -19,6 +21,7 @@ use crate::config::Pipeline;
 use crate::core::{Core, Output};
 use crate::detect::Detector;
 use crate::outputs::Outputs;
+use crate::receivers::otlp::budget::DecodeBudget;
 use crate::receivers::otlp::{grpc, http, Ingest, SampleBatch};
 use crate::telemetry::Telemetry;
 
@@ -27,6 +30,10 @@ const QUEUE_BATCHES: usize = 1024;
 const DEFAULT_MAX_CLOCK_SKEW_NS: u64 = 300_000_000_000;
 /// Events a slow [`Service::events`] subscriber may fall behind by before it misses some (it is told how many).
 const EVENT_TAP_CAPACITY: usize = 1024;
+/// `service.shutdown_timeout` when the pipeline does not set it.
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The engine thread looks this often whether it has been told to stop (it also wakes for every batch).
+const ENGINE_POLL: Duration = Duration::from_millis(100);
 
 /// A running service: its bound addresses (useful when the pipeline asked for port 0) and its telemetry.
 pub struct Service {
@@ -37,6 +44,10 @@ pub struct Service {
     stop: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<Result<()>>)>,
     engine: std::thread::JoinHandle<()>,
+    /// Tells the engine thread to drain what is queued and return, even while a cut connection's task still
+    /// holds a sender.
+    engine_stop: Arc<AtomicBool>,
+    shutdown_timeout: Duration,
     otlp: Option<OtlpExporter>,
     events: broadcast::Sender<Anomaly>,
 }
@@ -82,7 +93,14 @@ impl Service {
             let skew = otlp
                 .max_clock_skew
                 .map_or(DEFAULT_MAX_CLOCK_SKEW_NS, |d| d.as_nanos());
-            let ingest = Ingest::new(pipeline.extract.clone(), telemetry.clone(), tx, skew);
+            let budget = DecodeBudget::new(otlp.decode_budget_bytes);
+            let ingest = Ingest::new(
+                pipeline.extract.clone(),
+                telemetry.clone(),
+                tx,
+                skew,
+                budget,
+            );
             let max = otlp.max_request_bytes;
             if let Some(g) = &otlp.protocols.grpc {
                 let listener = bind("OTLP/gRPC", &g.endpoint).await?;
@@ -144,10 +162,18 @@ impl Service {
         let sinks = Outputs::of_pipeline(&pipeline, otlp.as_ref(), events.clone())?;
         let core = Core::new(pipeline.engine.clone(), detectors);
         let engine_telemetry = telemetry.clone();
+        let engine_stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&engine_stop);
         let engine = std::thread::Builder::new()
             .name("memdrift-engine".into())
-            .spawn(move || engine_loop(core, rx, engine_telemetry, sinks))
+            .spawn(move || engine_loop(core, rx, engine_telemetry, sinks, &stop_flag))
             .context("cannot start the engine thread")?;
+        let shutdown_timeout = file
+            .service
+            .shutdown_timeout
+            .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| {
+                Duration::from_nanos(d.as_nanos())
+            });
 
         Ok(Service {
             grpc_addr,
@@ -157,6 +183,8 @@ impl Service {
             stop,
             tasks,
             engine,
+            engine_stop,
+            shutdown_timeout,
             otlp,
             events,
         })
@@ -168,12 +196,14 @@ impl Service {
         self.events.subscribe()
     }
 
-    /// Stops accepting, lets in-flight requests finish, drains the engine queue and flushes the sinks.
+    /// Stops accepting, gives requests in flight `service.shutdown_timeout` to finish and cuts the connections
+    /// still open then, drains the engine queue and flushes the sinks.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         let mut first_error = None;
-        for (name, task) in self.tasks {
-            match tokio::time::timeout(Duration::from_secs(10), task).await {
+        for (name, mut task) in self.tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => {
                     first_error.get_or_insert(e.context(format!("{name} failed")));
@@ -181,10 +211,20 @@ impl Service {
                 Ok(Err(e)) => {
                     first_error.get_or_insert(anyhow::anyhow!("{name} panicked: {e}"));
                 }
-                Err(_) => tracing::warn!(component = name, "did not stop within 10 s"),
+                Err(_) => {
+                    // Its connections' tasks end with the runtime, when `run` returns.
+                    tracing::warn!(
+                        component = name,
+                        timeout = ?self.shutdown_timeout,
+                        "requests still in flight at service.shutdown_timeout; cutting their connections"
+                    );
+                    task.abort();
+                }
             }
         }
-        // Every sender is gone with the servers, so the engine drains what is queued and returns.
+        // Whatever was accepted is in the queue: the engine drains it and returns, even if a cut connection's
+        // task still holds a sender.
+        self.engine_stop.store(true, Ordering::Release);
         let engine = self.engine;
         let engine_panicked = !matches!(
             tokio::task::spawn_blocking(move || engine.join()).await,
@@ -258,15 +298,24 @@ fn engine_loop(
     rx: Receiver<SampleBatch>,
     telemetry: Telemetry,
     mut sinks: Outputs,
+    stop: &AtomicBool,
 ) {
     let cfg = core.engine().config().clone();
     let tick = Duration::from_nanos(cfg.step_ns);
     // When traffic stops, windows still close once the wall clock has passed them by the allowed lateness
     // plus a step.
-    let idle_delay = cfg.allowed_lateness_ns + cfg.step_ns;
+    let idle_delay = cfg.allowed_lateness_ns.saturating_add(cfg.step_ns);
     let mut last_tick = Instant::now();
     loop {
-        let out = match rx.recv_timeout(tick) {
+        if stop.load(Ordering::Acquire) {
+            // What was queued when the stop came, and no more: a connection not yet cut cannot keep it going.
+            for batch in rx.try_iter().take(QUEUE_BATCHES) {
+                let out = core.ingest(&batch);
+                emit(&out, &telemetry, &mut sinks);
+            }
+            break;
+        }
+        let out = match rx.recv_timeout(ENGINE_POLL.min(tick)) {
             Ok(batch) => core.ingest(&batch),
             Err(RecvTimeoutError::Timeout) => Output::default(),
             Err(RecvTimeoutError::Disconnected) => break,

@@ -2,20 +2,15 @@
 //! prints its summary and writes its outputs, `demo` finds what it plants.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, TracesData};
 
-const BIN: &str = env!("CARGO_BIN_EXE_memdrift");
-
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("memdrift-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+mod common;
+use common::{pipeline_file, tempdir, wait_within, Running, BIN};
 
 fn kv(key: &str, v: Value) -> KeyValue {
     KeyValue {
@@ -184,58 +179,10 @@ fn validate_names_the_line_and_the_fix() {
 
 #[test]
 fn run_serves_on_the_default_pipeline_and_stops_cleanly_on_sigterm() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
-
-    let mut child = Command::new(BIN)
-        .env("MEMDRIFT_GRPC_ENDPOINT", "127.0.0.1:0")
-        .env("MEMDRIFT_HTTP_ENDPOINT", "127.0.0.1:0")
-        .env("MEMDRIFT_PROMETHEUS_ENDPOINT", "127.0.0.1:0")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !seen
-        .iter()
-        .any(|l: &String| l.contains("memdrift is running"))
-    {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("memdrift did not start: {seen:?}"));
-        seen.push(line);
-    }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().expect("wait") {
-            break exit;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("memdrift did not stop within 15 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(exit.success(), "exit status {exit}");
-    // The reader thread may still hold the last lines; it ends (and the channel closes) at end of file.
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
-        seen.push(line);
-    }
+    let running = Running::start(None);
+    let (exit, took, seen) = running.terminate(std::time::Duration::from_secs(15));
+    assert!(exit.success(), "exit status {exit}: {seen:?}");
+    assert!(took.as_secs() < 15, "{took:?}");
     assert!(seen.iter().any(|l| l.contains("shutting down")), "{seen:?}");
 }
 
@@ -269,4 +216,138 @@ fn demo_finds_what_it_plants_and_nothing_else() {
         stdout.contains("OPEN     leak") && stdout.contains("off_heap"),
         "{stdout}"
     );
+}
+
+/// A span stamped within seconds of `u64::MAX` nanoseconds once sent replay into an endless window loop: it is
+/// now dropped as `future_timestamp` and the replay ends with the ordinary spans' windows.
+#[test]
+fn replay_of_a_span_stamped_near_the_end_of_u64_time_finishes_and_counts_it() {
+    let dir = tempdir("far-future");
+    let input = dir.join("traces.jsonl");
+    write_collector_file(&input, 3);
+    let far = u64::MAX - 5_000_000_000;
+    let line = format!(
+        concat!(
+            r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"svc-0"}}}}]}},"#,
+            r#""scopeSpans":[{{"spans":[{{"name":"x","startTimeUnixNano":"{}","endTimeUnixNano":"{}","#,
+            r#""attributes":[{{"key":"memspan.rss.end","value":{{"intValue":"1000000"}}}}]}}]}}]}}]}}"#
+        ),
+        far - 1000,
+        far
+    );
+    let mut text = std::fs::read_to_string(&input).expect("input");
+    text.push_str(&line);
+    text.push('\n');
+    std::fs::write(&input, text).expect("write");
+    let mut child = Command::new(BIN)
+        .args(["replay", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.join("anomalies.jsonl"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let exit = wait_within(&mut child, std::time::Duration::from_secs(60), "replay");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(exit.success(), "{stderr}");
+    assert!(stderr.contains("future_timestamp=1"), "{stderr}");
+    assert!(stderr.contains("301 read, 300 gave samples"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One HPACK literal header field without indexing, new name (names and values under 127 bytes).
+fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(0);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+}
+
+fn h2_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The start of a gRPC Export call that never finishes: the HTTP/2 preface and settings, the call's headers,
+/// and the first 10 bytes of a message announced as 1000.
+fn partial_grpc_call() -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    h2_frame(&mut out, 4, 0, 0, &[]);
+    let mut headers = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (
+            ":path",
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        ),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        hpack_literal(&mut headers, name, value);
+    }
+    h2_frame(&mut out, 1, 0x4, 1, &headers);
+    let mut data = vec![0u8];
+    data.extend_from_slice(&1000u32.to_be_bytes());
+    data.extend_from_slice(&[0x0a; 10]);
+    h2_frame(&mut out, 0, 0, 1, &data);
+    out
+}
+
+/// SIGTERM while clients hold connections mid-request on every port (an idle connection, a partial header, a
+/// short body, an unfinished chunked body, a partial gRPC message): the process cuts them at
+/// `service.shutdown_timeout` and exits cleanly within a second more.
+#[test]
+fn sigterm_with_clients_stuck_mid_request_exits_within_the_shutdown_timeout() {
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    let dir = tempdir("stuck-clients");
+    let config = pipeline_file(&dir, "  shutdown_timeout: 2s\n", "");
+    let running = Running::start(Some(&config));
+    let (grpc, http, prometheus) = (running.grpc, running.http, running.prometheus);
+    let short_body =
+        "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n\
+                      Content-Length: 1000\r\n\r\n0123456789";
+    let chunked = "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n\
+                   Transfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n";
+    let partial_header = "POST /v1/traces HTTP/1.1\r\nHost: x\r\n";
+    let stuck: Vec<(std::net::SocketAddr, Vec<u8>)> = vec![
+        (grpc, Vec::new()),
+        (grpc, partial_grpc_call()),
+        (http, Vec::new()),
+        (http, partial_header.into()),
+        (http, short_body.into()),
+        (http, chunked.into()),
+        (prometheus, Vec::new()),
+        (prometheus, b"GET /metrics HTTP/1.1\r\nHost".to_vec()),
+    ];
+    let _held: Vec<TcpStream> = stuck
+        .iter()
+        .map(|(addr, bytes)| {
+            let mut c = TcpStream::connect(addr).expect("connects");
+            c.write_all(bytes).expect("writes");
+            c
+        })
+        .collect();
+    // Let the servers accept and start reading every one of them.
+    std::thread::sleep(Duration::from_millis(500));
+    let (exit, took, seen) = running.terminate(Duration::from_secs(10));
+    assert!(exit.success(), "exit status {exit}: {seen:#?}");
+    assert!(
+        took <= Duration::from_secs(3),
+        "stopped {took:?} after SIGTERM, over shutdown_timeout (2 s) + 1 s: {seen:#?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("cutting their connections")),
+        "{seen:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use memdrift::extract::model::{from_proto, TraceRequest};
 use memdrift::extract::{extract_spans, ExtractConfig, ExtractStats};
+use memdrift::receivers::otlp::budget::DecodeBudget;
 use memdrift::receivers::otlp::{grpc, http, Ingest, RpcStatus, SampleBatch};
 use memdrift::sample::MemorySample;
 use memdrift::telemetry::Telemetry;
@@ -24,6 +25,8 @@ use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 
 const LIMIT: usize = 256 * 1024;
+/// The decode budget of these receivers: 4 MiB, room for several requests at the size limit.
+const BUDGET: usize = 4 << 20;
 
 struct Receivers {
     grpc: String,
@@ -41,6 +44,7 @@ async fn start() -> Receivers {
         telemetry.clone(),
         tx,
         300_000_000_000,
+        DecodeBudget::new(BUDGET),
     );
     let g = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let h = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -334,7 +338,13 @@ async fn malformed_and_oversized_requests_get_otlp_errors_and_service_goes_on() 
 async fn a_full_queue_answers_retry_later() {
     let telemetry = Telemetry::new();
     let (tx, _rx) = sync_channel(1);
-    let ingest = Ingest::new(ExtractConfig::default(), telemetry, tx, 300_000_000_000);
+    let ingest = Ingest::new(
+        ExtractConfig::default(),
+        telemetry,
+        tx,
+        300_000_000_000,
+        DecodeBudget::new(BUDGET),
+    );
     let h = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/v1/traces", h.local_addr().expect("addr"));
     tokio::spawn(http::serve(h, ingest, LIMIT, std::future::pending()));

@@ -129,6 +129,9 @@ pub struct RetryConfig {
     /// never, as in the Collector (with an on-disk queue, that keeps events through an outage of any length).
     /// Collector default 300 s.
     pub max_elapsed_time: Duration,
+    /// The longest wait a server's `Retry-After` or RetryInfo may ask for; a longer one is cut to it, so that a
+    /// broken or hostile backend (`Retry-After: 3600`, or 2^64-1) cannot park delivery. Default 60 s.
+    pub max_server_delay: Duration,
 }
 
 impl Default for RetryConfig {
@@ -137,6 +140,7 @@ impl Default for RetryConfig {
             initial_interval: Duration::from_secs(5),
             max_interval: Duration::from_secs(30),
             max_elapsed_time: Duration::from_secs(300),
+            max_server_delay: Duration::from_secs(60),
         }
     }
 }
@@ -162,8 +166,10 @@ impl Backoff {
         }
     }
 
-    /// The wait before the next attempt: the jittered interval, but never less than what the server asked for.
+    /// The wait before the next attempt: the jittered interval, but never less than what the server asked for
+    /// (itself at most `max_server_delay`).
     pub fn next_delay(&mut self, server_delay: Option<Duration>, rng: &mut impl Rng) -> Duration {
+        let server_delay = server_delay.map(|s| s.min(self.config.max_server_delay));
         let base = self.interval.as_secs_f64();
         let jittered = base * (1.0 - RANDOMIZATION + 2.0 * RANDOMIZATION * rng.random::<f64>());
         let max = self.config.max_interval.as_secs_f64();
@@ -373,6 +379,39 @@ mod tests {
         assert!(
             waits.iter().any(|w| *w != waits[0]),
             "waits are jittered: {waits:?}"
+        );
+    }
+
+    #[test]
+    fn a_server_cannot_park_delivery_with_a_huge_retry_after() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut rng = StdRng::seed_from_u64(3);
+        let config = RetryConfig::default();
+        for header in ["3600", "18446744073709551615"] {
+            let Verdict::Retry { after } = classify_http(429, Some(header), now) else {
+                panic!("429 is retryable");
+            };
+            let mut b = Backoff::new(config);
+            let d = b.next_delay(after, &mut rng);
+            assert_eq!(d, config.max_server_delay, "Retry-After: {header}");
+            // With the default give-up time, a long Retry-After no longer gives the batch up at once.
+            assert!(!b.gives_up(Duration::ZERO, d), "Retry-After: {header}");
+        }
+        // Past u64 seconds the header does not parse: the backoff decides.
+        assert_eq!(
+            classify_http(429, Some("184467440737095516150"), now),
+            Verdict::Retry { after: None }
+        );
+        // The cap is the configured one.
+        let short = RetryConfig {
+            max_server_delay: Duration::from_secs(7),
+            ..config
+        };
+        // (the first wait is the 5 s interval +-50 %, so it may itself exceed the cut 7 s, to 7.5 s).
+        let d = Backoff::new(short).next_delay(Some(Duration::from_secs(3600)), &mut rng);
+        assert!(
+            d >= Duration::from_secs(7) && d <= Duration::from_millis(7500),
+            "{d:?}"
         );
     }
 

@@ -313,6 +313,10 @@ fn retry(r: &Resolver<'_>, s: &OtlpExporter) -> Result<RetryConfig, ConfigError>
             .retry
             .max_elapsed_time
             .map_or(d.max_elapsed_time, std_duration),
+        max_server_delay: s
+            .retry
+            .max_server_delay
+            .map_or(d.max_server_delay, std_duration),
     };
     if retry.initial_interval.is_zero() || retry.max_interval < retry.initial_interval {
         return Err(r.file_error(

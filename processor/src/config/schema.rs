@@ -42,10 +42,20 @@ pub struct OtlpReceiver {
     /// one bad clock cannot push the watermark ahead and make everyone else's data late. Default 5m.
     #[serde(default)]
     pub max_clock_skew: Option<Duration>,
+    /// Memory for the requests being decoded at once, both transports together, in bytes: each request
+    /// reserves its body and what decoding it builds (weighed on the wire first). One that does not fit beside
+    /// the others is refused for now (HTTP 503 + Retry-After, gRPC UNAVAILABLE: the sender retries); one bigger
+    /// than the whole budget is refused for good (HTTP 413, gRPC RESOURCE_EXHAUSTED). Default 256 MiB.
+    #[serde(default = "default_decode_budget_bytes")]
+    pub decode_budget_bytes: usize,
 }
 
 fn default_max_request_bytes() -> usize {
     16 << 20
+}
+
+fn default_decode_budget_bytes() -> usize {
+    256 << 20
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -254,6 +264,9 @@ pub struct OtlpRetry {
     /// A batch still failing this long after its first attempt is given up and counted as failed; 0s means
     /// never (with `queue.directory`, nothing is lost however long the backend is away). Default 5m.
     pub max_elapsed_time: Option<Duration>,
+    /// The longest wait a backend's `Retry-After` (HTTP) or RetryInfo (gRPC) is obeyed for; a longer one is cut
+    /// to it. Default 60s.
+    pub max_server_delay: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -273,6 +286,11 @@ pub struct OtlpQueue {
 #[serde(deny_unknown_fields)]
 pub struct Service {
     pub pipelines: BTreeMap<String, PipelineDef>,
+    /// On SIGTERM, how long requests in flight get to finish; connections still open then (a client stuck
+    /// mid-request) are cut, what was accepted is run through the engine, and the exporters flush (each within
+    /// its own `shutdown_timeout`). Default 5s.
+    #[serde(default)]
+    pub shutdown_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -34,7 +34,7 @@ pub use summary::{quantile_sorted, robust_summary, Moments};
 pub use window::{ClosedWindow, GroupKey, PaneSummary, Scope, SeriesKey, WindowSummary};
 
 use crate::extract::DropReason;
-use crate::sample::MemorySample;
+use crate::sample::{MemorySample, LATEST_EVENT_TIME};
 use crate::signal::Signal;
 use group::Group;
 
@@ -182,6 +182,15 @@ impl Engine {
 
     fn add(&mut self, s: &MemorySample, dropped: &mut Vec<(DropReason, Signal)>) {
         let cfg = &self.config;
+        // Extraction drops these already; the check keeps the window arithmetic below in range for any caller.
+        if s.time_unix_nano > LATEST_EVENT_TIME {
+            dropped.extend(
+                s.values
+                    .iter()
+                    .map(|(sig, _)| (DropReason::FutureTimestamp, sig)),
+            );
+            return;
+        }
         let pane = (s.time_unix_nano / cfg.step_ns) as i64;
         let earliest_end = (s.time_unix_nano / cfg.step_ns + 1).saturating_mul(cfg.step_ns);
         // Progress of the whole input, for expiry: a sample refused over the key cap still moves it, so that
@@ -293,7 +302,9 @@ impl Engine {
 
     /// Closes every window that holds data, whatever the progress: the end of a replay.
     pub fn finish(&mut self) -> Vec<ClosedWindow> {
-        let wm = self.max_event_time + self.config.window_ns + self.config.step_ns;
+        let wm = (self.max_event_time)
+            .saturating_add(self.config.window_ns)
+            .saturating_add(self.config.step_ns);
         self.floor = self.floor.max(wm);
         let mut out = Closing::new(&self.config);
         for (name, svc) in &mut self.services {

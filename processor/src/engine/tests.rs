@@ -405,3 +405,25 @@ fn a_service_that_goes_quiet_has_its_windows_closed_before_it_expires() {
     assert_eq!(once.len(), 12);
     assert!(once.iter().all(|s| s.count == 1 && s.max == 7.0));
 }
+
+#[test]
+fn event_times_past_the_latest_are_dropped_and_the_rest_still_close() {
+    let mut e = Engine::new(EngineConfig::default());
+    let mut far = sample("svc", "a", "i1", 0.0, Signal::RssEnd, 1.0);
+    far.time_unix_nano = u64::MAX - 5 * S;
+    let mut latest = sample("svc", "a", "i2", 0.0, Signal::RssEnd, 1.0);
+    latest.time_unix_nano = LATEST_EVENT_TIME;
+    let dropped = e.ingest(&[
+        sample("svc", "a", "i1", 0.0, Signal::RssEnd, 1.0),
+        far,
+        latest,
+    ]);
+    assert_eq!(dropped, vec![(DropReason::FutureTimestamp, Signal::RssEnd)]);
+    // The sample at the latest time and the ordinary one close their windows; nothing loops or wraps.
+    let mut closed = e.advance();
+    closed.extend(e.tick(u64::MAX));
+    closed.extend(e.finish());
+    let ends: std::collections::BTreeSet<u64> = closed.iter().map(|w| w.end_unix_nano).collect();
+    assert!(ends.iter().any(|t| *t < LATEST_EVENT_TIME / 2), "{ends:?}");
+    assert!(ends.iter().any(|t| *t > LATEST_EVENT_TIME), "{ends:?}");
+}

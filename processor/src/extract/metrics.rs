@@ -6,7 +6,7 @@ use super::spans::{item_cohort, ResourceContext};
 use super::value::check_bytes;
 use super::{ExtractConfig, ExtractStats};
 use crate::extract::DropReason;
-use crate::sample::MemorySample;
+use crate::sample::{MemorySample, LATEST_EVENT_TIME};
 use crate::signal::SignalValues;
 
 /// Extracts one sample per number point of every metric named in the metric table. Other metrics, and
@@ -18,7 +18,7 @@ pub fn extract_metrics(
     stats: &mut ExtractStats,
 ) {
     for rm in resource_metrics {
-        let ctx = ResourceContext::new(rm.resource.as_ref(), config);
+        let ctx = ResourceContext::new(rm.resource.as_ref(), config, stats);
         for metric in rm.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
             let Some(&signal) = config.metric_signals.get(&metric.name) else {
                 continue;
@@ -49,6 +49,10 @@ pub fn extract_metrics(
                     stats.drop_value(DropReason::NoTimestamp);
                     continue;
                 }
+                if point.time_unix_nano > LATEST_EVENT_TIME {
+                    stats.drop_value(DropReason::FutureTimestamp);
+                    continue;
+                }
                 let mut values = SignalValues::default();
                 values.set(signal, value);
                 stats.values_by_signal[signal as usize] += 1;
@@ -56,7 +60,7 @@ pub fn extract_metrics(
                 out.push(MemorySample {
                     service: ctx.service.clone(),
                     instance: ctx.instance.clone(),
-                    cohort: ctx.cohort(item_cohort(&point.attributes, config)),
+                    cohort: ctx.cohort(item_cohort(&point.attributes, config, stats)),
                     time_unix_nano: point.time_unix_nano,
                     trace_id: None,
                     span_id: None,

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 pub use metrics::extract_metrics;
 pub use spans::extract_spans;
-pub use value::{bytes_value, DropReason, MAX_PLAUSIBLE_BYTES};
+pub use value::{bytes_value, DropReason, MAX_LABEL_BYTES, MAX_PLAUSIBLE_BYTES};
 
 use crate::signal::{attr, Signal};
 
@@ -97,6 +97,8 @@ pub struct ExtractStats {
     pub metric_points_accepted: u64,
     /// Values read, indexed by `Signal as usize` (an array: this is counted once per value on the hot path).
     pub values_by_signal: [u64; Signal::COUNT],
+    /// Service, instance or cohort labels longer than `MAX_LABEL_BYTES`, kept shortened.
+    pub labels_shortened: u64,
 }
 
 impl ExtractStats {
@@ -170,5 +172,6 @@ impl ExtractStats {
         for (mine, theirs) in self.values_by_signal.iter_mut().zip(other.values_by_signal) {
             *mine += theirs;
         }
+        self.labels_shortened += other.labels_shortened;
     }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use super::model::{KeyValue, Resource, ResourceSpans};
 
 use super::value::{bytes_value, label_value};
-use super::{ExtractConfig, ExtractStats, RefuseReason};
-use crate::sample::{MemorySample, SpanId, TraceId};
+use super::{DropReason, ExtractConfig, ExtractStats, RefuseReason};
+use crate::sample::{MemorySample, SpanId, TraceId, LATEST_EVENT_TIME};
 use crate::signal::{Signal, SignalValues};
 
 /// Who sent a batch: read once per resource and shared by all its samples.
@@ -18,13 +18,19 @@ pub(super) struct ResourceContext {
 }
 
 impl ResourceContext {
-    pub fn new(resource: Option<&Resource>, config: &ExtractConfig) -> Self {
+    pub fn new(
+        resource: Option<&Resource>,
+        config: &ExtractConfig,
+        stats: &mut ExtractStats,
+    ) -> Self {
         let attrs: &[KeyValue] = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
-        let find = |key: &str| {
-            attrs
+        let mut find = |key: &str| {
+            let (label, shortened) = attrs
                 .iter()
                 .find(|kv| kv.key == key.as_bytes())
-                .and_then(|kv| label_value(kv.value.as_ref()))
+                .and_then(|kv| label_value(kv.value.as_ref()))?;
+            stats.labels_shortened += u64::from(shortened);
+            Some(label)
         };
         // The SDKs' own fallback when no service name is configured.
         let service = find("service.name").unwrap_or_else(|| "unknown_service".to_string());
@@ -61,7 +67,11 @@ impl ResourceContext {
 }
 
 /// The first configured cohort attribute among `attrs`, as (its rank in the configuration, its value).
-pub(super) fn item_cohort(attrs: &[KeyValue], config: &ExtractConfig) -> Option<(usize, String)> {
+pub(super) fn item_cohort(
+    attrs: &[KeyValue],
+    config: &ExtractConfig,
+    stats: &mut ExtractStats,
+) -> Option<(usize, String)> {
     let mut best: Option<(usize, String)> = None;
     for kv in attrs {
         if let Some(rank) = config
@@ -70,7 +80,8 @@ pub(super) fn item_cohort(attrs: &[KeyValue], config: &ExtractConfig) -> Option<
             .position(|k| k.as_bytes() == kv.key)
         {
             if best.as_ref().is_none_or(|(b, _)| rank < *b) {
-                if let Some(v) = label_value(kv.value.as_ref()) {
+                if let Some((v, shortened)) = label_value(kv.value.as_ref()) {
+                    stats.labels_shortened += u64::from(shortened);
                     best = Some((rank, v));
                 }
             }
@@ -98,7 +109,7 @@ pub fn extract_spans(
     stats: &mut ExtractStats,
 ) {
     for rs in resource_spans {
-        let ctx = ResourceContext::new(rs.resource.as_ref(), config);
+        let ctx = ResourceContext::new(rs.resource.as_ref(), config, stats);
         for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
             stats.spans += 1;
             let mut values = SignalValues::default();
@@ -130,6 +141,13 @@ pub fn extract_spans(
                 stats.refuse(RefuseReason::NoTimestamp);
                 continue;
             }
+            if time > LATEST_EVENT_TIME {
+                for _ in values.iter() {
+                    stats.drop_value(DropReason::FutureTimestamp);
+                }
+                stats.refuse(RefuseReason::InvalidValues);
+                continue;
+            }
             if let (Some(start), Some(end)) =
                 (values.get(Signal::RssStart), values.get(Signal::RssEnd))
             {
@@ -142,7 +160,7 @@ pub fn extract_spans(
             out.push(MemorySample {
                 service: ctx.service.clone(),
                 instance: ctx.instance.clone(),
-                cohort: ctx.cohort(item_cohort(&span.attributes, config)),
+                cohort: ctx.cohort(item_cohort(&span.attributes, config, stats)),
                 time_unix_nano: time,
                 trace_id: trace_id(&span.trace_id),
                 span_id: span_id(&span.span_id),

@@ -89,16 +89,38 @@ pub fn bytes_value(value: Option<&AnyValue>) -> Result<f64, DropReason> {
     }
 }
 
+/// The longest label (service, instance, cohort) kept as sent, in bytes. A longer one is shortened by
+/// [`bounded_label`], so that no sender can make a series key, a window summary or a `/metrics` line large.
+pub const MAX_LABEL_BYTES: usize = 128;
+
 /// Reads an attribute as a label (cohort, service name). Numbers and bools are accepted as their text; a string
-/// that is not UTF-8 is no label.
-pub fn label_value(value: Option<&AnyValue>) -> Option<String> {
-    match value.and_then(|v| v.value.as_ref())? {
-        Value::String(s) if !s.is_empty() => std::str::from_utf8(s).ok().map(str::to_string),
-        Value::Int(i) => Some(i.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Double(d) => Some(d.to_string()),
-        _ => None,
+/// that is not UTF-8 is no label. The second value says whether the label was shortened ([`bounded_label`]).
+pub fn label_value(value: Option<&AnyValue>) -> Option<(String, bool)> {
+    let text = match value.and_then(|v| v.value.as_ref())? {
+        Value::String(s) if !s.is_empty() => std::str::from_utf8(s).ok()?,
+        Value::Int(i) => return Some((i.to_string(), false)),
+        Value::Bool(b) => return Some((b.to_string(), false)),
+        Value::Double(d) => return Some((d.to_string(), false)),
+        _ => return None,
+    };
+    Some(bounded_label(text))
+}
+
+/// `text` itself when it is at most [`MAX_LABEL_BYTES`]; otherwise its first bytes (cut at a character
+/// boundary), `~` and 16 hex digits of a 64-bit FNV-1a hash of the whole text: at most [`MAX_LABEL_BYTES`], and
+/// two long labels that differ anywhere stay two labels.
+pub fn bounded_label(text: &str) -> (String, bool) {
+    if text.len() <= MAX_LABEL_BYTES {
+        return (text.to_string(), false);
     }
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let mut keep = MAX_LABEL_BYTES - 17;
+    while !text.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    (format!("{}~{hash:016x}", &text[..keep]), true)
 }
 
 #[cfg(test)]
@@ -140,15 +162,37 @@ mod tests {
     #[test]
     fn labels_read_text_numbers_and_bools_but_not_invalid_utf8() {
         assert_eq!(
-            label_value(Some(&any(Value::String("1.5.0".into())))),
+            label_value(Some(&any(Value::String("1.5.0".into())))).map(|l| l.0),
             Some("1.5.0".into())
         );
-        assert_eq!(label_value(Some(&any(Value::Int(2)))), Some("2".into()));
+        assert_eq!(
+            label_value(Some(&any(Value::Int(2)))),
+            Some(("2".into(), false))
+        );
         assert_eq!(
             label_value(Some(&any(Value::String(vec![0xff, 0xfe].into())))),
             None
         );
         assert_eq!(label_value(Some(&any(Value::String("".into())))), None);
+    }
+
+    #[test]
+    fn long_labels_are_shortened_to_the_cap_and_stay_distinct() {
+        let (short, cut) = bounded_label(&"a".repeat(MAX_LABEL_BYTES));
+        assert_eq!((short.len(), cut), (MAX_LABEL_BYTES, false));
+        let mib = "s".repeat(1 << 20);
+        let (a, cut) = bounded_label(&mib);
+        assert!(cut && a.len() <= MAX_LABEL_BYTES, "{} bytes", a.len());
+        assert!(a.starts_with("sss"));
+        let mut other = mib.clone();
+        other.push('t');
+        assert_ne!(bounded_label(&other).0, a, "labels differing at the end");
+        // Cut at a character boundary: 3-byte characters throughout.
+        let wide = "\u{20ac}".repeat(100);
+        let (w, cut) = bounded_label(&wide);
+        assert!(cut && w.len() <= MAX_LABEL_BYTES && w.starts_with('\u{20ac}'));
+        let via_attribute = label_value(Some(&any(Value::String(mib.into_bytes().into()))));
+        assert_eq!(via_attribute, Some((a, true)));
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! OTLP/gRPC: the trace and metrics Export calls decoded straight into extraction's model, logs through the
-//! generated service; gzip both ways.
+//! OTLP/gRPC: the Export calls of traces, metrics and logs, each weighed against the decode budget before it
+//! is decoded ([`super::budget`]); traces and metrics decoded straight into extraction's model, logs only
+//! counted; gzip both ways.
 //!
-//! The trace and metrics services are written here rather than taken from opentelemetry-proto's generated
-//! servers because those decode into the full generated types, which costs most of the intake budget (see
-//! `extract::model`). Both use tonic's own `Grpc` machinery with a prost codec over the model, so framing,
-//! compression and size limits behave exactly as in a generated server.
+//! The services are written here rather than taken from opentelemetry-proto's generated servers because those
+//! decode into the full generated types, which costs most of the intake budget (see `extract::model`) and lets
+//! a small body of empty messages take hundreds of MB. They use tonic's own `Grpc` machinery with a codec of
+//! their own, so framing, compression and size limits behave exactly as in a generated server.
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
@@ -12,39 +13,47 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
+use bytes::{Buf, Bytes};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
 use tonic::body::Body;
-use tonic::codec::{CompressionEncoding, EnabledCompressionEncodings};
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
+use tonic_prost::ProstEncoder;
 
+use super::budget::{self, Admission, Refusal, Reservation, Shape};
 use super::{Busy, Ingest};
 use crate::extract::model::{MetricsRequest, TraceRequest};
+use crate::telemetry::Telemetry;
 
-/// One OTLP Export call: its service name, the model it decodes into, and what to do with a request.
+/// One OTLP Export call: its service name, how a request is weighed and decoded, and what to do with it.
 pub trait ExportCall: Send + Sync + 'static {
     const SERVICE: &'static str;
     const PATH: &'static str;
-    type Request: prost::Message + Default + Send + 'static;
+    /// What decoding builds, for the decode budget; `None` when decoding builds nothing.
+    const SHAPE: Option<&'static Shape>;
+    type Request: Send + 'static;
     type Response: prost::Message + Send + 'static;
+    fn decode(body: Bytes) -> Result<Self::Request, String>;
     fn handle(ingest: &Ingest, request: Self::Request) -> Result<Self::Response, Busy>;
 }
 
 pub struct Traces;
 pub struct Metrics;
+pub struct Logs;
 
 impl ExportCall for Traces {
     const SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
     const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    const SHAPE: Option<&'static Shape> = Some(&budget::TRACES);
     type Request = TraceRequest;
     type Response = ExportTraceServiceResponse;
+    fn decode(body: Bytes) -> Result<TraceRequest, String> {
+        TraceRequest::decode(body).map_err(|e| e.to_string())
+    }
     fn handle(ingest: &Ingest, request: TraceRequest) -> Result<Self::Response, Busy> {
         ingest.traces(&request.resource_spans)
     }
@@ -53,10 +62,95 @@ impl ExportCall for Traces {
 impl ExportCall for Metrics {
     const SERVICE: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
     const PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+    const SHAPE: Option<&'static Shape> = Some(&budget::METRICS);
     type Request = MetricsRequest;
     type Response = ExportMetricsServiceResponse;
+    fn decode(body: Bytes) -> Result<MetricsRequest, String> {
+        MetricsRequest::decode(body).map_err(|e| e.to_string())
+    }
     fn handle(ingest: &Ingest, request: MetricsRequest) -> Result<Self::Response, Busy> {
         ingest.metrics(&request.resource_metrics)
+    }
+}
+
+/// Logs carry no memory samples; they are accepted (a Collector may send every signal) and counted, never
+/// decoded.
+impl ExportCall for Logs {
+    const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    const SHAPE: Option<&'static Shape> = None;
+    /// The number of log records.
+    type Request = usize;
+    type Response = ExportLogsServiceResponse;
+    fn decode(body: Bytes) -> Result<usize, String> {
+        budget::weigh(&body, &budget::LOG_RECORDS).map_err(|e| e.to_string())
+    }
+    fn handle(ingest: &Ingest, records: usize) -> Result<Self::Response, Busy> {
+        ingest.logs(records as u64);
+        Ok(ExportLogsServiceResponse {
+            partial_success: None,
+        })
+    }
+}
+
+/// A decoded request and the memory it holds from the decode budget until handled.
+pub struct Budgeted<T> {
+    message: T,
+    _reservation: Reservation,
+}
+
+/// tonic's prost codec, with the request weighed and admitted before it is decoded.
+struct BudgetCodec<C> {
+    ingest: Arc<Ingest>,
+    call: PhantomData<fn() -> C>,
+}
+
+impl<C: ExportCall> Codec for BudgetCodec<C> {
+    type Encode = C::Response;
+    type Decode = Budgeted<C::Request>;
+    type Encoder = ProstEncoder<C::Response>;
+    type Decoder = BudgetCodec<C>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        BudgetCodec {
+            ingest: Arc::clone(&self.ingest),
+            call: PhantomData,
+        }
+    }
+}
+
+impl<C: ExportCall> Decoder for BudgetCodec<C> {
+    type Item = Budgeted<C::Request>;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        // The message is one contiguous buffer here: this takes it without copying.
+        let body = buf.copy_to_bytes(buf.remaining());
+        let budget = &self.ingest.budget;
+        let reservation = match C::SHAPE {
+            Some(shape) => budget.admit(&body, shape),
+            None => budget.reserve(body.len()).map_err(Admission::Refused),
+        };
+        let reservation = reservation.map_err(|a| match a {
+            Admission::Malformed(e) => {
+                Status::invalid_argument(format!("the body is not a valid OTLP request: {e}"))
+            }
+            Admission::Refused(r @ Refusal::TooLarge { .. }) => {
+                Status::resource_exhausted(r.message())
+            }
+            Admission::Refused(r @ Refusal::Busy { .. }) => Status::unavailable(r.message()),
+        })?;
+        let message = C::decode(body).map_err(|e| {
+            Status::invalid_argument(format!("the body is not a valid OTLP request: {e}"))
+        })?;
+        Ok(Some(Budgeted {
+            message,
+            _reservation: reservation,
+        }))
     }
 }
 
@@ -83,17 +177,16 @@ impl<C: ExportCall> NamedService for ExportServer<C> {
 
 struct Handler<C>(Arc<Ingest>, PhantomData<fn() -> C>);
 
-impl<C: ExportCall> UnaryService<C::Request> for Handler<C> {
+impl<C: ExportCall> UnaryService<Budgeted<C::Request>> for Handler<C> {
     type Response = C::Response;
     type Future = Ready<Result<Response<C::Response>, Status>>;
-    fn call(&mut self, request: Request<C::Request>) -> Self::Future {
+    fn call(&mut self, request: Request<Budgeted<C::Request>>) -> Self::Future {
+        let request = request.into_inner();
+        let answer = C::handle(&self.0, request.message);
         ready(
-            C::handle(&self.0, request.into_inner())
-                .map(Response::new)
-                .map_err(|Busy| {
-                    self.0.failed("grpc", "busy");
-                    Status::unavailable("memdrift's queue is full; retry with backoff")
-                }),
+            answer.map(Response::new).map_err(|Busy| {
+                Status::unavailable("memdrift's queue is full; retry with backoff")
+            }),
         )
     }
 }
@@ -116,9 +209,13 @@ impl<C: ExportCall> tower::Service<http::Request<Body>> for ExportServer<C> {
         let mut gzip = EnabledCompressionEncodings::default();
         gzip.enable(CompressionEncoding::Gzip);
         let handler = Handler::<C>(Arc::clone(&self.ingest), PhantomData);
+        let codec = BudgetCodec::<C> {
+            ingest: Arc::clone(&self.ingest),
+            call: PhantomData,
+        };
         let max = self.max_request_bytes;
         Box::pin(async move {
-            let mut grpc = Grpc::new(tonic_prost::ProstCodec::<C::Response, C::Request>::default())
+            let mut grpc = Grpc::new(codec)
                 .apply_compression_config(gzip, gzip)
                 .apply_max_message_size_config(Some(max), None);
             Ok(grpc.unary(handler, req).await)
@@ -136,37 +233,35 @@ impl<C> ExportServer<C> {
     }
 }
 
-/// Logs carry no memory samples; they are accepted (a Collector may send every signal) and counted.
-struct Logs(Arc<Ingest>);
-
-#[tonic::async_trait]
-impl LogsService for Logs {
-    async fn export(
-        &self,
-        request: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.0.logs(&request.into_inner());
-        Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-/// Rewrites two of tonic's request-decoding answers into the ones the OTLP specification means:
+/// Rewrites two of tonic's request-decoding answers into the ones the OTLP specification means, and counts every
+/// failed call in `memdrift_receiver_failed_requests_total{transport="grpc"}` by its final code:
 /// - an over-size message gets OUT_OF_RANGE from tonic, which OTLP makes *retryable*, so a client would resend
 ///   the same too-large batch forever; OTLP's answer is RESOURCE_EXHAUSTED without RetryInfo (not retried);
 /// - a body that is not a valid message (bad protobuf, bad compression) gets INTERNAL from tonic; it is the
 ///   sender's fault, INVALID_ARGUMENT.
 ///
 /// memdrift's handlers never return OUT_OF_RANGE or INTERNAL themselves, so only tonic's answers are touched.
-fn otlp_status_codes<B>(mut resp: http::Response<B>) -> http::Response<B> {
-    let rewrite = match resp.headers().get("grpc-status").map(|v| v.as_bytes()) {
-        Some(b"11") => Some(http::HeaderValue::from_static("8")),
-        Some(b"13") => Some(http::HeaderValue::from_static("3")),
-        _ => None,
+/// Unary failures are trailers-only responses: the status is in the headers.
+fn otlp_status_codes<B>(telemetry: &Telemetry, mut resp: http::Response<B>) -> http::Response<B> {
+    let status = resp.headers().get("grpc-status").map(|v| v.as_bytes());
+    let (rewrite, reason) = match status {
+        None | Some(b"0") => (None, None),
+        Some(b"11") => (Some(http::HeaderValue::from_static("8")), Some("too_large")),
+        Some(b"13") => (Some(http::HeaderValue::from_static("3")), Some("malformed")),
+        Some(b"8") => (None, Some("too_large")),
+        Some(b"3") => (None, Some("malformed")),
+        Some(b"14") => (None, Some("busy")),
+        Some(b"12") => (None, Some("unimplemented")),
+        Some(_) => (None, Some("other")),
     };
     if let Some(code) = rewrite {
         resp.headers_mut().insert("grpc-status", code);
+    }
+    if let Some(reason) = reason {
+        telemetry
+            .failed_requests
+            .with_label_values(&["grpc", reason])
+            .inc();
     }
     resp
 }
@@ -178,19 +273,22 @@ pub async fn serve(
     max_request_bytes: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let logs = LogsServiceServer::new(Logs(Arc::clone(&ingest)))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_request_bytes);
     // Small exports must not wait for the peer's delayed ACK (about 40 ms a request with Nagle on).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let telemetry = ingest.telemetry.clone();
     tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(otlp_status_codes))
+        .layer(tower::util::MapResponseLayer::new(move |resp| {
+            otlp_status_codes(&telemetry, resp)
+        }))
         .add_service(ExportServer::<Traces>::new(
             Arc::clone(&ingest),
             max_request_bytes,
         ))
-        .add_service(ExportServer::<Metrics>::new(ingest, max_request_bytes))
-        .add_service(logs)
+        .add_service(ExportServer::<Metrics>::new(
+            Arc::clone(&ingest),
+            max_request_bytes,
+        ))
+        .add_service(ExportServer::<Logs>::new(ingest, max_request_bytes))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -1,7 +1,9 @@
 //! OTLP/HTTP: POST /v1/traces, /v1/metrics, /v1/logs with protobuf or JSON bodies, gzip or not, fixed-length
 //! or chunked. Answers follow the OTLP/HTTP rules: 200 with the export response (partial success inside) in
 //! the request's encoding; 400 with a google.rpc.Status body for a body that cannot be read; 413 over the size
-//! limit; 415 for an unknown content type or encoding; 503 with Retry-After when memdrift is busy.
+//! limit or when decoding the body would take more than the whole decode budget; 415 for an unknown content type
+//! or encoding; 503 with Retry-After when memdrift is busy (its queue full, or the decode budget taken by the
+//! requests in flight).
 
 use std::io::Read;
 use std::sync::Arc;
@@ -13,12 +15,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use prost::Message;
 
-use super::json::JsonDocument;
+use super::budget::{self, Admission, Refusal, Reservation, Shape};
+use super::json::{self, JsonDocument};
 use super::{Ingest, RpcStatus};
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -216,32 +217,65 @@ fn fail(state: &HttpState, encoding: Encoding, f: Failure) -> Response {
     resp
 }
 
-/// Decodes a body into the request type; JSON goes through the lenient reader.
+fn refused(r: Refusal) -> Failure {
+    match r {
+        Refusal::TooLarge { .. } => {
+            Failure::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", r.message())
+        }
+        Refusal::Busy { .. } => Failure::new(StatusCode::SERVICE_UNAVAILABLE, "busy", r.message()),
+    }
+}
+
+/// Reserves what decoding `bytes` builds (weighed first) from the decode budget.
+fn admit(
+    state: &HttpState,
+    encoding: Encoding,
+    bytes: &[u8],
+    shape: &Shape,
+    what: &str,
+) -> Result<Reservation, Failure> {
+    let budget = &state.ingest.budget;
+    match encoding {
+        Encoding::Protobuf => budget.admit(bytes, shape).map_err(|a| match a {
+            Admission::Malformed(e) => malformed(what, e),
+            Admission::Refused(r) => refused(r),
+        }),
+        Encoding::Json => budget
+            .reserve(json::weigh(bytes).saturating_add(bytes.len()))
+            .map_err(refused),
+    }
+}
+
+/// Decodes a body into the request type within the decode budget; JSON goes through the lenient reader. The
+/// reservation is held until the request has been handled.
 async fn decode<T: Message + Default>(
     state: &HttpState,
     headers: &HeaderMap,
     body: Body,
+    shape: &Shape,
     from_json: impl FnOnce(JsonDocument) -> T,
     what: &str,
-) -> Result<(Encoding, T), (Encoding, Failure)> {
+) -> Result<(Encoding, T, Reservation), (Encoding, Failure)> {
     let encoding = content_type(headers).map_err(|f| (Encoding::Protobuf, f))?;
     let bytes = read_body(state, headers, body)
         .await
         .map_err(|f| (encoding, f))?;
+    let reservation = admit(state, encoding, &bytes, shape, what).map_err(|f| (encoding, f))?;
     let request = match encoding {
         Encoding::Protobuf => T::decode(bytes).map_err(|e| (encoding, malformed(what, e)))?,
         Encoding::Json => {
             from_json(JsonDocument::parse(&bytes).map_err(|e| (encoding, malformed(what, e)))?)
         }
     };
-    Ok((encoding, request))
+    Ok((encoding, request, reservation))
 }
 
 async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
-    let (encoding, req) = match decode(
+    let (encoding, req, _reservation) = match decode(
         &state,
         &headers,
         body,
+        &budget::TRACES,
         |doc| doc.into_model().0,
         "OTLP ExportTraceServiceRequest",
     )
@@ -257,10 +291,11 @@ async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
 }
 
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
-    let (encoding, req) = match decode(
+    let (encoding, req, _reservation) = match decode(
         &state,
         &headers,
         body,
+        &budget::METRICS,
         |doc| doc.into_model().1,
         "OTLP ExportMetricsServiceRequest",
     )
@@ -285,15 +320,19 @@ async fn logs(State(state): State<HttpState>, headers: HeaderMap, body: Body) ->
         Ok(b) => b,
         Err(f) => return fail(&state, encoding, f),
     };
-    let request = match encoding {
-        Encoding::Protobuf => ExportLogsServiceRequest::decode(bytes)
+    let _reservation = match state.ingest.budget.reserve(bytes.len()) {
+        Ok(r) => r,
+        Err(r) => return fail(&state, encoding, refused(r)),
+    };
+    let records = match encoding {
+        Encoding::Protobuf => budget::weigh(&bytes, &budget::LOG_RECORDS)
             .map_err(|e| malformed("OTLP ExportLogsServiceRequest", e)),
-        Encoding::Json => serde_json::from_slice::<ExportLogsServiceRequest>(&bytes)
+        Encoding::Json => json::count_log_records(&bytes)
             .map_err(|e| malformed("OTLP ExportLogsServiceRequest", e)),
     };
-    match request {
-        Ok(req) => {
-            state.ingest.logs(&req);
+    match records {
+        Ok(records) => {
+            state.ingest.logs(records as u64);
             reply(
                 encoding,
                 StatusCode::OK,

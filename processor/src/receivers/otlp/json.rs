@@ -30,6 +30,117 @@ pub struct JsonDocument {
     resource_logs: IgnoredAny,
 }
 
+/// The most memory reading one JSON object can build: the largest struct of this model plus the largest of
+/// extraction's model it becomes. Every struct read is a JSON object, so a document with `n` objects builds at
+/// most `n` times this (strings are slices of the body or copies no longer than it).
+pub const MAX_BYTES_PER_OBJECT: usize = max_of(&[
+    std::mem::size_of::<Span>(),
+    std::mem::size_of::<NumberDataPoint>(),
+    std::mem::size_of::<Attribute>(),
+    std::mem::size_of::<ResourceSpans>(),
+    std::mem::size_of::<ResourceMetrics>(),
+    std::mem::size_of::<Metric>(),
+]) + max_of(&[
+    std::mem::size_of::<m::Span>(),
+    std::mem::size_of::<m::NumberDataPoint>(),
+    std::mem::size_of::<m::KeyValue>(),
+    std::mem::size_of::<m::ResourceSpans>(),
+    std::mem::size_of::<m::ResourceMetrics>(),
+    std::mem::size_of::<m::Metric>(),
+]);
+
+const fn max_of(sizes: &[usize]) -> usize {
+    let mut i = 0;
+    let mut max = 0;
+    while i < sizes.len() {
+        if sizes[i] > max {
+            max = sizes[i];
+        }
+        i += 1;
+    }
+    max
+}
+
+/// An upper bound of what reading `body` builds, for the decode budget: its `{` (in strings too) times
+/// [`MAX_BYTES_PER_OBJECT`].
+pub fn weigh(body: &[u8]) -> usize {
+    let objects = body.iter().filter(|&&b| b == b'{').count();
+    objects.saturating_mul(MAX_BYTES_PER_OBJECT)
+}
+
+/// Counts the log records of an OTLP/JSON logs body without building them (each is skipped as it is read).
+pub fn count_log_records(body: &[u8]) -> Result<usize, serde_json::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Logs {
+        #[serde(default)]
+        resource_logs: Sum<ResourceLogs>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ResourceLogs {
+        #[serde(default)]
+        scope_logs: Sum<ScopeLogs>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ScopeLogs {
+        #[serde(default)]
+        log_records: Sum<IgnoredAny>,
+    }
+    trait Records {
+        fn records(&self) -> usize;
+    }
+    impl Records for IgnoredAny {
+        fn records(&self) -> usize {
+            1
+        }
+    }
+    impl Records for ResourceLogs {
+        fn records(&self) -> usize {
+            self.scope_logs.0
+        }
+    }
+    impl Records for ScopeLogs {
+        fn records(&self) -> usize {
+            self.log_records.0
+        }
+    }
+    /// The records of a JSON array's elements, added up as they are read; the elements are not kept.
+    struct Sum<T>(usize, std::marker::PhantomData<T>);
+    impl<T> Default for Sum<T> {
+        fn default() -> Self {
+            Sum(0, std::marker::PhantomData)
+        }
+    }
+    impl<'de, T: Deserialize<'de> + Records> Deserialize<'de> for Sum<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<T>(std::marker::PhantomData<T>);
+            impl<'de, T: Deserialize<'de> + Records> Visitor<'de> for V<T> {
+                type Value = Sum<T>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("an array")
+                }
+                fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Sum<T>, A::Error> {
+                    let mut n = 0usize;
+                    while let Some(item) = seq.next_element::<T>()? {
+                        n = n.saturating_add(item.records());
+                    }
+                    Ok(Sum(n, std::marker::PhantomData))
+                }
+            }
+            d.deserialize_seq(V(std::marker::PhantomData))
+        }
+    }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(serde::de::Error::custom(
+            "expected a JSON object (ExportLogsServiceRequest)",
+        ));
+    }
+    let logs: Logs = serde_json::from_slice(body)?;
+    Ok(logs.resource_logs.0)
+}
+
 impl JsonDocument {
     pub fn parse(bytes: &[u8]) -> Result<JsonDocument, serde_json::Error> {
         // serde would also read a struct from a JSON array; an OTLP document is always an object.

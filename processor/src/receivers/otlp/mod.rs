@@ -1,5 +1,6 @@
 //! The OTLP receiver: gRPC on 4317, HTTP on 4318 (protobuf and JSON, gzip), both feeding one [`Ingest`].
 
+pub mod budget;
 pub mod grpc;
 pub mod http;
 pub mod json;
@@ -7,7 +8,6 @@ pub mod json;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
 };
@@ -16,6 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use std::sync::mpsc::SyncSender;
 
+use self::budget::DecodeBudget;
 use crate::extract::model::{ResourceMetrics, ResourceSpans};
 use crate::extract::{extract_metrics, extract_spans, DropReason, ExtractConfig, ExtractStats};
 use crate::sample::MemorySample;
@@ -35,6 +36,8 @@ pub struct Ingest {
     pub tx: SyncSender<SampleBatch>,
     /// Samples stamped later than now + this are dropped as `future_timestamp`.
     pub max_clock_skew_ns: u64,
+    /// Memory for the requests being decoded, shared by both transports.
+    pub budget: DecodeBudget,
 }
 
 impl Ingest {
@@ -43,12 +46,14 @@ impl Ingest {
         telemetry: Telemetry,
         tx: SyncSender<SampleBatch>,
         max_clock_skew_ns: u64,
+        budget: DecodeBudget,
     ) -> Arc<Ingest> {
         Arc::new(Ingest {
             extract,
             telemetry,
             tx,
             max_clock_skew_ns,
+            budget,
         })
     }
 
@@ -116,14 +121,8 @@ impl Ingest {
     }
 
     /// Logs carry no memory samples: counted and let go.
-    pub fn logs(&self, request: &ExportLogsServiceRequest) {
-        let records: usize = request
-            .resource_logs
-            .iter()
-            .flat_map(|rl| &rl.scope_logs)
-            .map(|sl| sl.log_records.len())
-            .sum();
-        self.telemetry.log_records.inc_by(records as u64);
+    pub fn logs(&self, records: u64) {
+        self.telemetry.log_records.inc_by(records);
     }
 
     pub fn failed(&self, transport: &str, reason: &str) {

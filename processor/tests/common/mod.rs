@@ -1,0 +1,184 @@
+//! Running the `memdrift` binary in a test: start it on free loopback ports, read where it listens, stop it.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_memdrift");
+
+pub fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("memdrift-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Waits for `child` to exit for at most `limit`; kills it and fails otherwise.
+pub fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            return exit;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads `name=Some(addr)` from the "memdrift is running" log line.
+pub fn logged_addr(line: &str, name: &str) -> SocketAddr {
+    let start = line
+        .find(&format!("{name}=Some("))
+        .unwrap_or_else(|| panic!("{name} missing from {line}"))
+        + name.len()
+        + 6;
+    let end = start + line[start..].find(')').expect("closing parenthesis");
+    line[start..end].parse().expect("an address")
+}
+
+/// The embedded default pipeline with `extra` lines added under `service:` (e.g. "  shutdown_timeout: 2s\n")
+/// and `receiver` lines under `receivers.otlp:`, written to `dir`.
+pub fn pipeline_file(dir: &Path, service_extra: &str, receiver_extra: &str) -> PathBuf {
+    let default = include_str!("../../../pipelines/default.yaml");
+    assert!(default.contains("\nservice:\n") && default.contains("\n  otlp:\n    protocols:\n"));
+    let text = default
+        .replace("\nservice:\n", &format!("\nservice:\n{service_extra}"))
+        .replacen(
+            "\n  otlp:\n    protocols:\n",
+            &format!("\n  otlp:\n{receiver_extra}    protocols:\n"),
+            1,
+        );
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, text).expect("write pipeline");
+    path
+}
+
+/// A `memdrift run` on free loopback ports.
+pub struct Running {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub prometheus: SocketAddr,
+    /// Its log lines, as they come.
+    pub log: Receiver<String>,
+    /// The lines read so far.
+    pub seen: Vec<String>,
+}
+
+impl Running {
+    /// Starts `memdrift run` on `config`, or on the embedded default pipeline.
+    pub fn start(config: Option<&Path>) -> Running {
+        let mut command = Command::new(BIN);
+        command.arg("run");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
+            .env("MEMDRIFT_GRPC_ENDPOINT", "127.0.0.1:0")
+            .env("MEMDRIFT_HTTP_ENDPOINT", "127.0.0.1:0")
+            .env("MEMDRIFT_PROMETHEUS_ENDPOINT", "127.0.0.1:0")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen: Vec<String> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let running = loop {
+            let line = log
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("memdrift did not start: {seen:?}"));
+            seen.push(line.clone());
+            if line.contains("memdrift is running") {
+                break line;
+            }
+        };
+        Running {
+            child,
+            grpc: logged_addr(&running, "grpc"),
+            http: logged_addr(&running, "http"),
+            prometheus: logged_addr(&running, "prometheus"),
+            log,
+            seen,
+        }
+    }
+
+    /// The process's peak resident memory so far, in bytes (Linux).
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
+        kb * 1024
+    }
+
+    /// Sends SIGTERM and waits at most `limit` for the exit; returns the exit, the time it took and the log.
+    pub fn terminate(mut self, limit: Duration) -> (ExitStatus, Duration, Vec<String>) {
+        let sent = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let exit = wait_within(&mut self.child, limit, "memdrift after SIGTERM");
+        let took = sent.elapsed();
+        while let Ok(line) = self.log.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        (exit, took, self.seen)
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection; returns the status and the body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).expect("connects");
+    c.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: memdrift\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    c.write_all(head.as_bytes()).expect("head");
+    c.write_all(body).expect("body");
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).expect("response");
+    let text_end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&out[..text_end]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head}"));
+    (status, out[text_end + 4..].to_vec())
+}
