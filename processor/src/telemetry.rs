@@ -17,6 +17,7 @@ pub struct Telemetry {
     pub accepted_metric_points: IntCounter,
     pub log_records: IntCounter,
     pub labels_shortened: IntCounter,
+    pub connections_closed: IntCounterVec,
     pub samples: IntCounterVec,
     pub dropped_values: IntCounterVec,
     pub failed_requests: IntCounterVec,
@@ -93,6 +94,14 @@ impl Telemetry {
                 r,
                 "memdrift_receiver_log_records_total",
                 "Log records received (accepted and not used: logs carry no memory samples).",
+            ),
+            connections_closed: counter_vec(
+                r,
+                "memdrift_connections_closed_total",
+                "Connections memdrift closed or refused, by server and reason: over_limit (at the cap, every \
+                 connection busy), evicted_silent (made room at the cap), silent (no first bytes in \
+                 header_read_timeout), idle (quiet past idle_timeout), accept_error.",
+                &["server", "reason"],
             ),
             labels_shortened: counter(
                 r,

@@ -21,6 +21,7 @@ use crate::config::Pipeline;
 use crate::core::{Core, Output};
 use crate::detect::Detector;
 use crate::outputs::Outputs;
+use crate::receivers::listener::{serve_http, ConnectionLimits, GuardedListener};
 use crate::receivers::otlp::budget::DecodeBudget;
 use crate::receivers::otlp::{grpc, http, Ingest, SampleBatch};
 use crate::telemetry::Telemetry;
@@ -30,6 +31,8 @@ const QUEUE_BATCHES: usize = 1024;
 const DEFAULT_MAX_CLOCK_SKEW_NS: u64 = 300_000_000_000;
 /// Events a slow [`Service::events`] subscriber may fall behind by before it misses some (it is told how many).
 const EVENT_TAP_CAPACITY: usize = 1024;
+/// Scrapers of `/metrics` at once (more are closed as the OTLP receivers close theirs).
+const PROMETHEUS_MAX_CONNECTIONS: usize = 64;
 /// `service.shutdown_timeout` when the pipeline does not set it.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The engine thread looks this often whether it has been told to stop (it also wakes for every batch).
@@ -102,9 +105,21 @@ impl Service {
                 budget,
             );
             let max = otlp.max_request_bytes;
+            let std_duration = |d: Option<crate::duration::Duration>, default: Duration| {
+                d.map_or(default, |d| Duration::from_nanos(d.as_nanos()))
+            };
+            let d = ConnectionLimits::default();
+            let limits = ConnectionLimits {
+                max_connections: otlp.max_connections.unwrap_or(d.max_connections),
+                idle_timeout: std_duration(otlp.idle_timeout, d.idle_timeout),
+                header_read_timeout: std_duration(otlp.header_read_timeout, d.header_read_timeout),
+                request_timeout: std_duration(otlp.request_timeout, d.request_timeout),
+            };
             if let Some(g) = &otlp.protocols.grpc {
                 let listener = bind("OTLP/gRPC", &g.endpoint).await?;
                 grpc_addr = listener.local_addr().ok();
+                let listener =
+                    GuardedListener::new("otlp_grpc", listener, limits, telemetry.clone());
                 let (ingest, shutdown) = (ingest.clone(), stopped(&stop));
                 tasks.push((
                     "otlp grpc",
@@ -116,6 +131,8 @@ impl Service {
             if let Some(h) = &otlp.protocols.http {
                 let listener = bind("OTLP/HTTP", &h.endpoint).await?;
                 http_addr = listener.local_addr().ok();
+                let listener =
+                    GuardedListener::new("otlp_http", listener, limits, telemetry.clone());
                 let (ingest, shutdown) = (ingest.clone(), stopped(&stop));
                 tasks.push((
                     "otlp http",
@@ -136,12 +153,16 @@ impl Service {
         {
             let listener = bind("Prometheus", &p.endpoint).await?;
             prometheus_addr = listener.local_addr().ok();
-            let (registry, shutdown) = (telemetry.registry.clone(), stopped(&stop));
+            let limits = ConnectionLimits {
+                max_connections: PROMETHEUS_MAX_CONNECTIONS,
+                ..ConnectionLimits::default()
+            };
+            let listener = GuardedListener::new("prometheus", listener, limits, telemetry.clone());
+            let router = memdrift_exporter::prometheus::router(telemetry.registry.clone());
+            let shutdown = stopped(&stop);
             tasks.push((
                 "prometheus",
-                tokio::spawn(async move {
-                    Ok(memdrift_exporter::prometheus::serve(listener, registry, shutdown).await?)
-                }),
+                tokio::spawn(async move { Ok(serve_http(listener, router, shutdown).await?) }),
             ));
         }
 

@@ -279,3 +279,185 @@ fn megabyte_labels_are_shortened_and_metrics_stay_small() {
     assert!(exit.success(), "{log:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A small valid trace request: one span with one memory attribute.
+fn one_span() -> Vec<u8> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    trace_id: vec![1; 16],
+                    span_id: vec![2; 8],
+                    start_time_unix_nano: now - 1000,
+                    end_time_unix_nano: now,
+                    attributes: vec![KeyValue {
+                        key: "memspan.rss.end".into(),
+                        value: Some(AnyValue {
+                            value: Some(Value::IntValue(500_000_000)),
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+/// Holds `total` idle TCP connections to `ports` (round robin) from Python processes (this test process's own
+/// descriptor limit would not hold them all); returns once they are all open.
+fn hold_idle_connections(ports: &[u16], total: usize) -> Vec<std::process::Child> {
+    use std::io::BufRead;
+    const HOLDER: &str = r#"
+import resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+n, ports = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+held = []
+for i in range(n):
+    s = socket.socket()
+    s.connect(("127.0.0.1", ports[i % len(ports)]))
+    held.append(s)
+print("ready", len(held), flush=True)
+sys.stdin.read()
+"#;
+    let per_process = 5000;
+    let mut children = Vec::new();
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(per_process);
+        left -= n;
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(HOLDER)
+            .arg(n.to_string())
+            .args(ports.iter().map(|p| p.to_string()))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reads");
+        assert_eq!(line.trim(), format!("ready {n}"), "a holder failed");
+        children.push(child);
+    }
+    children
+}
+
+/// 20,000 idle connections spread over the gRPC, HTTP and `/metrics` ports: every port still answers real
+/// requests at once (a silent connection makes room for a new one at the cap), and memdrift holds no more
+/// descriptors than its caps allow.
+#[test]
+fn twenty_thousand_idle_connections_leave_every_port_serving() {
+    let dir = tempdir("idle-flood");
+    let config = pipeline_file(&dir, "", "    max_connections: 300\n");
+    let running = Running::start(Some(&config));
+    let ports = [
+        running.grpc.port(),
+        running.http.port(),
+        running.prometheus.port(),
+    ];
+    let holders = hold_idle_connections(&ports, 20_000);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        post(
+            running.http,
+            "/v1/traces",
+            "application/x-protobuf",
+            &one_span()
+        ),
+        200
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    assert_eq!(
+        rt.block_on(grpc_export(running.grpc, TRACES, one_span())),
+        tonic::Code::Ok
+    );
+    let text = scrape(running.prometheus);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let evicted: f64 = ["otlp_grpc", "otlp_http", "prometheus"]
+        .iter()
+        .map(|s| {
+            counter(
+                &text,
+                &format!(
+                    "memdrift_connections_closed_total{{reason=\"evicted_silent\",server=\"{s}\"}}"
+                ),
+            )
+        })
+        .sum();
+    assert!(evicted >= 19_000.0, "evicted {evicted}");
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", running.child.id()))
+        .expect("fds")
+        .count();
+    assert!(fds < 2 * 300 + 64 + 100, "{fds} descriptors open");
+    for mut h in holders {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    let (exit, _, log) = running.terminate(Duration::from_secs(15));
+    assert!(exit.success(), "{log:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An HTTP client that sends its headers or its body a byte at a time, too slowly: the headers are cut at
+/// `header_read_timeout`, the body answered 408 at `request_timeout`.
+#[test]
+fn slow_headers_and_slow_bodies_are_cut_at_their_deadlines() {
+    use std::io::{Read, Write};
+    let dir = tempdir("slowloris");
+    let config = pipeline_file(
+        &dir,
+        "",
+        "    header_read_timeout: 1s\n    request_timeout: 1s\n",
+    );
+    let running = Running::start(Some(&config));
+    let started = std::time::Instant::now();
+    let mut headers = std::net::TcpStream::connect(running.http).expect("connects");
+    headers
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    headers
+        .write_all(b"POST /v1/traces HTTP/1.1\r\nHo")
+        .expect("writes");
+    let mut body = std::net::TcpStream::connect(running.http).expect("connects");
+    body.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    body.write_all(
+        b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: 100\r\n\r\nab",
+    )
+    .expect("writes");
+    let mut out = Vec::new();
+    let _ = headers.read_to_end(&mut out);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "headers cut after {:?}",
+        started.elapsed()
+    );
+    let mut answer = Vec::new();
+    let _ = body.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let (exit, _, log) = running.terminate(Duration::from_secs(15));
+    assert!(exit.success(), "{log:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use memdrift::extract::model::{from_proto, TraceRequest};
 use memdrift::extract::{extract_spans, ExtractConfig, ExtractStats};
+use memdrift::receivers::listener::{ConnectionLimits, GuardedListener};
 use memdrift::receivers::otlp::budget::DecodeBudget;
 use memdrift::receivers::otlp::{grpc, http, Ingest, RpcStatus, SampleBatch};
 use memdrift::sample::MemorySample;
@@ -53,6 +54,9 @@ async fn start() -> Receivers {
     let stopped = futures_util::FutureExt::shared(async move {
         let _ = stopped.await;
     });
+    let limits = ConnectionLimits::default();
+    let g = GuardedListener::new("otlp_grpc", g, limits, telemetry.clone());
+    let h = GuardedListener::new("otlp_http", h, limits, telemetry.clone());
     tokio::spawn(grpc::serve(g, Arc::clone(&ingest), LIMIT, stopped.clone()));
     tokio::spawn(http::serve(h, ingest, LIMIT, stopped));
     Receivers {
@@ -347,6 +351,12 @@ async fn a_full_queue_answers_retry_later() {
     );
     let h = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/v1/traces", h.local_addr().expect("addr"));
+    let h = GuardedListener::new(
+        "otlp_http",
+        h,
+        ConnectionLimits::default(),
+        Telemetry::new(),
+    );
     tokio::spawn(http::serve(h, ingest, LIMIT, std::future::pending()));
     let body = mixed_batch().encode_to_vec();
     assert_eq!(
@@ -464,4 +474,26 @@ async fn metrics_over_grpc_and_http_give_identical_samples() {
         metric_value(&text, "memdrift_receiver_accepted_metric_points_total"),
         Some(6.0)
     );
+}
+
+/// A gzip body of two members (RFC 1952 allows any number; some compressors write one per flush) is read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_body_of_two_members_is_read_to_the_end() {
+    let r = start().await;
+    let req = mixed_batch();
+    let (want, _) = expected(&req);
+    let body = req.encode_to_vec();
+    let (a, b) = body.split_at(body.len() / 2);
+    let mut two = gzip(a);
+    two.extend(gzip(b));
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/traces", r.http))
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "gzip")
+        .body(two)
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(next_batch(&r.rx), want);
 }

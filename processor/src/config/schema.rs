@@ -48,6 +48,19 @@ pub struct OtlpReceiver {
     /// than the whole budget is refused for good (HTTP 413, gRPC RESOURCE_EXHAUSTED). Default 256 MiB.
     #[serde(default = "default_decode_budget_bytes")]
     pub decode_budget_bytes: usize,
+    /// Open connections per protocol at most. At the cap the oldest connection that has sent nothing is closed
+    /// to make room; when every one has sent something, the new one is closed. Default 1024.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// A connection's first bytes, and each HTTP/1 request's headers, are due within this. Default 10s.
+    #[serde(default)]
+    pub header_read_timeout: Option<Duration>,
+    /// A request's whole body (HTTP) or whole call (gRPC) is due within this. Default 30s.
+    #[serde(default)]
+    pub request_timeout: Option<Duration>,
+    /// A connection silent this long is closed (senders reconnect). Default 2m.
+    #[serde(default)]
+    pub idle_timeout: Option<Duration>,
 }
 
 fn default_max_request_bytes() -> usize {

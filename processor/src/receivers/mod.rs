@@ -2,4 +2,5 @@
 //! over a bounded channel; when the channel is full it answers "retry later" (gRPC UNAVAILABLE, HTTP 503), the
 //! OTLP way to push back, instead of buffering without bound.
 
+pub mod listener;
 pub mod otlp;

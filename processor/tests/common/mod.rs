@@ -42,11 +42,22 @@ pub fn logged_addr(line: &str, name: &str) -> SocketAddr {
     line[start..end].parse().expect("an address")
 }
 
-/// The embedded default pipeline with `extra` lines added under `service:` (e.g. "  shutdown_timeout: 2s\n")
-/// and `receiver` lines under `receivers.otlp:`, written to `dir`.
+/// The embedded default pipeline with `service_extra` lines added under `service:` (e.g.
+/// "  shutdown_timeout: 2s\n") and `receiver_extra` lines under `receivers.otlp:` (replacing the default's line
+/// for the same key), written to `dir`.
 pub fn pipeline_file(dir: &Path, service_extra: &str, receiver_extra: &str) -> PathBuf {
     let default = include_str!("../../../pipelines/default.yaml");
     assert!(default.contains("\nservice:\n") && default.contains("\n  otlp:\n    protocols:\n"));
+    // A key given here replaces the default's own line for it.
+    let given: Vec<String> = receiver_extra
+        .lines()
+        .filter_map(|l| Some(format!("{}:", l.split(':').next()?)))
+        .collect();
+    let default: String = default
+        .lines()
+        .filter(|l| !given.iter().any(|k| l.starts_with(k.as_str())))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let text = default
         .replace("\nservice:\n", &format!("\nservice:\n{service_extra}"))
         .replacen(

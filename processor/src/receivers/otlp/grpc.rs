@@ -27,6 +27,7 @@ use tonic_prost::ProstEncoder;
 use super::budget::{self, Admission, Refusal, Reservation, Shape};
 use super::{Busy, Ingest};
 use crate::extract::model::{MetricsRequest, TraceRequest};
+use crate::receivers::listener::GuardedListener;
 use crate::telemetry::Telemetry;
 
 /// One OTLP Export call: its service name, how a request is weighed and decoded, and what to do with it.
@@ -266,17 +267,23 @@ fn otlp_status_codes<B>(telemetry: &Telemetry, mut resp: http::Response<B>) -> h
     resp
 }
 
-/// Serves OTLP/gRPC on `listener` until `shutdown` resolves.
+/// Serves OTLP/gRPC on `listener` until `shutdown` resolves. A call must be done within the listener's
+/// `request_timeout`.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: GuardedListener,
     ingest: Arc<Ingest>,
     max_request_bytes: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    // Small exports must not wait for the peer's delayed ACK (about 40 ms a request with Nagle on).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let limits = listener.limits();
+    let incoming = futures_util::stream::unfold(listener, |l| async move {
+        let conn = l.accept().await;
+        Some((Ok::<_, std::io::Error>(conn), l))
+    });
     let telemetry = ingest.telemetry.clone();
     tonic::transport::Server::builder()
+        .timeout(limits.request_timeout)
+        .max_concurrent_streams(Some(64))
         .layer(tower::util::MapResponseLayer::new(move |resp| {
             otlp_status_codes(&telemetry, resp)
         }))

@@ -21,6 +21,7 @@ use prost::Message;
 use super::budget::{self, Admission, Refusal, Reservation, Shape};
 use super::json::{self, JsonDocument};
 use super::{Ingest, RpcStatus};
+use crate::receivers::listener::{serve_http, GuardedListener};
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -29,6 +30,8 @@ const JSON: &str = "application/json";
 struct HttpState {
     ingest: Arc<Ingest>,
     max_request_bytes: usize,
+    /// A body must have arrived whole within this.
+    request_timeout: std::time::Duration,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -54,7 +57,11 @@ impl Failure {
     }
 }
 
-pub fn router(ingest: Arc<Ingest>, max_request_bytes: usize) -> Router {
+pub fn router(
+    ingest: Arc<Ingest>,
+    max_request_bytes: usize,
+    request_timeout: std::time::Duration,
+) -> Router {
     Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/metrics", post(metrics))
@@ -62,26 +69,24 @@ pub fn router(ingest: Arc<Ingest>, max_request_bytes: usize) -> Router {
         .with_state(HttpState {
             ingest,
             max_request_bytes,
+            request_timeout,
         })
 }
 
 /// Serves OTLP/HTTP on `listener` until `shutdown` resolves.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: GuardedListener,
     ingest: Arc<Ingest>,
     max_request_bytes: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Small exports must not wait for the peer's delayed ACK (about 40 ms a request with Nagle on).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY on an accepted connection");
-        }
-    });
-    axum::serve(listener, router(ingest, max_request_bytes))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let timeout = listener.limits().request_timeout;
+    serve_http(
+        listener,
+        router(ingest, max_request_bytes, timeout),
+        shutdown,
+    )
+    .await
 }
 
 fn content_type(headers: &HeaderMap) -> Result<Encoding, Failure> {
@@ -116,7 +121,18 @@ async fn read_body(state: &HttpState, headers: &HeaderMap, body: Body) -> Result
             format!("request body exceeds max_request_bytes ({limit} bytes); send smaller batches"),
         )
     };
-    let raw = match Limited::new(body, limit).collect().await {
+    let read = tokio::time::timeout(state.request_timeout, Limited::new(body, limit).collect());
+    let Ok(read) = read.await else {
+        return Err(Failure::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "the request body did not arrive within request_timeout ({:?})",
+                state.request_timeout
+            ),
+        ));
+    };
+    let raw = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
         Err(e) => {
@@ -137,7 +153,8 @@ async fn read_body(state: &HttpState, headers: &HeaderMap, body: Body) -> Result
         "identity" | "" => Ok(raw),
         "gzip" => {
             let mut out = Vec::new();
-            let mut decoder = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
+            // Every member of a multi-member gzip body (RFC 1952 2.2), not only the first.
+            let mut decoder = flate2::read::MultiGzDecoder::new(&raw[..]).take(limit as u64 + 1);
             decoder.read_to_end(&mut out).map_err(|e| {
                 Failure::new(
                     StatusCode::BAD_REQUEST,

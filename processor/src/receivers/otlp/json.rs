@@ -263,6 +263,8 @@ enum Number {
     Int(i64),
     Double(f64),
     Text(String),
+    /// An array or object where a number belongs: skipped as it is read, a value of the wrong type.
+    Wrong,
 }
 
 /// What a number field should hold; the visitor reads any JSON scalar into it without buffering.
@@ -319,6 +321,16 @@ impl<'de> Visitor<'de> for NumberVisitor {
     fn visit_bool<E: de::Error>(self, b: bool) -> Result<Number, E> {
         Ok(Number::Text(b.to_string()))
     }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Number, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Number::Wrong)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Number, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Number::Wrong)
+    }
 }
 
 struct OptNumber(Want);
@@ -371,6 +383,9 @@ fn u64_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         Some(Number::Text(s)) => s.parse::<u64>().map_err(|_| {
             de::Error::custom(format!("timestamp {s:?} is not a number of nanoseconds"))
         }),
+        Some(Number::Wrong) => Err(de::Error::custom(
+            "a timestamp is an array or object, not a number of nanoseconds",
+        )),
     }
 }
 
@@ -408,17 +423,18 @@ fn attrs(v: Vec<Attribute>) -> Vec<m::KeyValue> {
 impl From<Value> for m::AnyValue {
     fn from(v: Value) -> m::AnyValue {
         let number = |n: Number| match n {
-            Number::Int(i) => m::Value::Int(i),
-            Number::Double(d) => m::Value::Double(d),
-            Number::Text(s) => m::Value::String(s.into()),
+            Number::Int(i) => Some(m::Value::Int(i)),
+            Number::Double(d) => Some(m::Value::Double(d)),
+            Number::Text(s) => Some(m::Value::String(s.into())),
+            Number::Wrong => None,
         };
         // Arrays, maps and bytes are not read (see the model); they leave the value empty.
         let value = if let Some(s) = v.string_value {
             Some(m::Value::String(s.into()))
         } else if let Some(n) = v.int_value {
-            Some(number(n))
+            number(n)
         } else if let Some(n) = v.double_value {
-            Some(number(n))
+            number(n)
         } else {
             v.bool_value.map(m::Value::Bool)
         };
@@ -561,6 +577,13 @@ mod tests {
             None
         );
         assert_eq!(first_value(&span_with(r#"{}"#)), None);
+        // An array or object where a number belongs is that value's problem alone: no value, read on.
+        assert_eq!(first_value(&span_with(r#"{"intValue":[1]}"#)), None);
+        assert_eq!(first_value(&span_with(r#"{"intValue":{}}"#)), None);
+        assert_eq!(
+            first_value(&span_with(r#"{"doubleValue":{"a":[1,{"b":2}]}}"#)),
+            None
+        );
     }
 
     #[test]
