@@ -18,6 +18,7 @@ pub struct Telemetry {
     pub log_records: IntCounter,
     pub labels_shortened: IntCounter,
     pub connections_closed: IntCounterVec,
+    pub evicted_services: IntCounter,
     pub samples: IntCounterVec,
     pub dropped_values: IntCounterVec,
     pub failed_requests: IntCounterVec,
@@ -102,6 +103,11 @@ impl Telemetry {
                  connection busy), evicted_silent (made room at the cap), silent (no first bytes in \
                  header_read_timeout), idle (quiet past idle_timeout), accept_error.",
                 &["server", "reason"],
+            ),
+            evicted_services: counter(
+                r,
+                "memdrift_evicted_services_total",
+                "Services forgotten early at the key cap (windows.max_keys), the idlest first, to let a new one in.",
             ),
             labels_shortened: counter(
                 r,
@@ -196,6 +202,9 @@ impl Telemetry {
         for (kind, n) in engine.live_keys_by_kind() {
             self.keys.with_label_values(&[kind]).set(n as i64);
         }
+        let evicted = engine.stats().evicted_services;
+        self.evicted_services
+            .inc_by(evicted.saturating_sub(self.evicted_services.get()));
     }
 
     /// Publishes the cohort summaries of a closed window and removes gauges of cohorts absent from it, so the

@@ -47,6 +47,8 @@ pub struct EngineStats {
     pub late_for_cohort_values: u64,
     pub overflow_values: u64,
     pub expired_groups: u64,
+    /// Services forgotten early, at the key cap, to make room for a newcomer (the idlest first).
+    pub evicted_services: u64,
     pub windows_closed: u64,
 }
 
@@ -122,6 +124,8 @@ pub struct Engine {
     floor: u64,
     /// `max_event_time` when idle groups were last looked for.
     expired_at: u64,
+    /// A new source was refused at the key cap since the last [`Engine::advance`]: room is made there.
+    newcomer_refused: bool,
     stats: EngineStats,
 }
 
@@ -140,6 +144,7 @@ impl Engine {
             max_event_time: 0,
             floor: 0,
             expired_at: 0,
+            newcomer_refused: false,
             stats: EngineStats::default(),
         }
     }
@@ -199,6 +204,7 @@ impl Engine {
         let known =
             (self.services.get(&s.service)).is_some_and(|v| v.instances.contains_key(&s.instance));
         if self.live_series >= cfg.max_keys && !known {
+            self.newcomer_refused = true;
             self.stats.overflow_values += s.values.len() as u64;
             dropped.extend(
                 s.values
@@ -275,8 +281,47 @@ impl Engine {
             }
         }
         self.expire_if_due(&mut out);
+        if std::mem::take(&mut self.newcomer_refused) {
+            self.make_room(&mut out);
+        }
         self.stats.windows_closed += out.count;
         out.into_windows()
+    }
+
+    /// At the key cap, with a new source refused: forgets the services that have sent nothing for a window, the
+    /// idlest first, until a hundredth of the cap is free (their last windows are closed first, so nothing they
+    /// sent is lost). A flood of short-lived junk services then cannot lock a real newcomer out for longer than
+    /// one batch; services that are all still sending keep their places, and the newcomer is refused (counted as
+    /// `key_overflow`).
+    fn make_room(&mut self, out: &mut Closing) {
+        let want = (self.config.max_keys / 100).max(1);
+        let cutoff = self.max_event_time.saturating_sub(self.config.window_ns);
+        let mut idle: Vec<(u64, Arc<str>)> = self
+            .services
+            .iter()
+            .filter(|(_, svc)| svc.newest < cutoff)
+            .map(|(name, svc)| (svc.newest, Arc::clone(name)))
+            .collect();
+        idle.sort_unstable();
+        let mut freed = [0usize; 2];
+        for (_, name) in idle {
+            if freed[0] + freed[1] >= want {
+                break;
+            }
+            let Some(mut svc) = self.services.remove(&name) else {
+                continue;
+            };
+            close_service(&name, &mut svc, &self.config, u64::MAX, true, out);
+            freed[0] += svc.cohorts.values().map(Group::series_count).sum::<usize>();
+            freed[1] += (svc.instances.values())
+                .map(|i| i.group.series_count())
+                .sum::<usize>();
+            self.stats.evicted_services += 1;
+        }
+        self.touched.retain(|name| self.services.contains_key(name));
+        self.live_by_kind[0] -= freed[0];
+        self.live_by_kind[1] -= freed[1];
+        self.live_series -= freed[0] + freed[1];
     }
 
     /// The service's timer, called about once a step with the wall clock less a delay: the windows of every

@@ -115,9 +115,10 @@ fn idle_keys_expire_and_free_their_slots() {
     });
     e.ingest(&[sample("old", "a", "i1", 0.0, Signal::RssEnd, 1.0)]);
     assert_eq!(e.live_keys(), 2);
-    // A new service is refused while the old one holds the slots...
+    // A new service is refused while the old one holds the slots (and has sent within a window, so it is not
+    // made to room for)...
     assert_eq!(
-        e.ingest(&[sample("new", "a", "i1", 100.0, Signal::RssEnd, 1.0)])
+        e.ingest(&[sample("new", "a", "i1", 50.0, Signal::RssEnd, 1.0)])
             .len(),
         1
     );
@@ -426,4 +427,61 @@ fn event_times_past_the_latest_are_dropped_and_the_rest_still_close() {
     let ends: std::collections::BTreeSet<u64> = closed.iter().map(|w| w.end_unix_nano).collect();
     assert!(ends.iter().any(|t| *t < LATEST_EVENT_TIME / 2), "{ends:?}");
     assert!(ends.iter().any(|t| *t > LATEST_EVENT_TIME), "{ends:?}");
+}
+
+#[test]
+fn at_the_key_cap_idle_services_make_room_for_a_newcomer() {
+    let mut e = Engine::new(EngineConfig {
+        max_keys: 10,
+        ..EngineConfig::default()
+    });
+    // Five services fill the cap (a cohort and an instance series each), then go quiet.
+    for k in 0..5 {
+        e.ingest(&[sample(
+            &format!("junk-{k}"),
+            "a",
+            "p",
+            0.0,
+            Signal::RssEnd,
+            1.0,
+        )]);
+    }
+    e.advance();
+    assert_eq!(e.live_keys(), 10);
+    // Two windows later a new service arrives: its first sample is refused, room is made at the next advance,
+    // and its next sample is taken.
+    let newcomer = |t: f64| sample("real", "a", "p", t, Signal::RssEnd, 2.0);
+    assert_eq!(e.ingest(&[newcomer(120.0)]).len(), 1);
+    let closed = e.advance();
+    assert!(
+        closed.iter().any(|w| !w.summaries.is_empty()),
+        "the evicted services' last windows are closed, not lost"
+    );
+    assert!(e.stats().evicted_services >= 1);
+    assert!(e.ingest(&[newcomer(121.0)]).is_empty());
+    assert!(e.live_keys() <= 10);
+
+    // When every service is still sending, nobody is evicted: the newcomer waits (counted as overflow).
+    let mut busy = Engine::new(EngineConfig {
+        max_keys: 10,
+        ..EngineConfig::default()
+    });
+    for t in [0.0, 30.0, 60.0, 90.0, 120.0] {
+        for k in 0..5 {
+            busy.ingest(&[sample(
+                &format!("svc-{k}"),
+                "a",
+                "p",
+                t,
+                Signal::RssEnd,
+                1.0,
+            )]);
+        }
+        busy.advance();
+    }
+    let late_comer = |t: f64| sample("new", "a", "p", t, Signal::RssEnd, 2.0);
+    assert_eq!(busy.ingest(&[late_comer(120.0)]).len(), 1);
+    busy.advance();
+    assert_eq!(busy.ingest(&[late_comer(121.0)]).len(), 1);
+    assert_eq!(busy.stats().evicted_services, 0);
 }
