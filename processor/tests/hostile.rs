@@ -461,3 +461,67 @@ fn slow_headers_and_slow_bodies_are_cut_at_their_deadlines() {
     assert!(exit.success(), "{log:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Forty uploads of 12 MiB chunked bodies that never finish, at once: the bytes of bodies still arriving are
+/// held from the decode budget (64 MiB here), so the uploads past it are answered 503 and memory stays bounded
+/// (without the budget they would hold about 480 MB until `request_timeout`).
+#[test]
+fn unfinished_uploads_are_held_to_the_decode_budget() {
+    use std::io::Write;
+    let dir = tempdir("unfinished-uploads");
+    let config = pipeline_file(&dir, "", "    decode_budget_bytes: 67108864\n");
+    let running = Running::start(Some(&config));
+    let http = running.http;
+    let uploads: Vec<_> = (0..40)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(http).expect("connects");
+                c.set_write_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                let head = "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n\
+                            Transfer-Encoding: chunked\r\n\r\n";
+                if c.write_all(head.as_bytes()).is_err() {
+                    return c;
+                }
+                let chunk = vec![0x0au8; MIB];
+                for _ in 0..12 {
+                    let sent = c
+                        .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                        .and_then(|_| c.write_all(&chunk))
+                        .and_then(|_| c.write_all(b"\r\n"));
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+                c
+            })
+        })
+        .collect();
+    let held: Vec<_> = uploads
+        .into_iter()
+        .map(|u| u.join().expect("joins"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let peak = running.peak_rss();
+    assert!(peak < 256 * MIB as u64, "peak RSS {} MiB", peak >> 20);
+    drop(held);
+    assert_eq!(
+        post(http, "/v1/traces", "application/x-protobuf", &one_span()),
+        200
+    );
+    let text = scrape(running.prometheus);
+    assert!(
+        counter(
+            &text,
+            "memdrift_receiver_failed_requests_total{reason=\"busy\",transport=\"http\"}"
+        ) >= 30.0,
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("failed_requests"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let (exit, _, log) = running.terminate(Duration::from_secs(15));
+    assert!(exit.success(), "{log:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -42,7 +42,7 @@ impl ExporterMetrics {
             )?,
             dropped: counter(
                 "memdrift_exporter_dropped_total",
-                "Items never queued (queue full, disk error) or left in memory at shutdown.",
+                "Items never queued (queue full, disk error), found corrupt in the on-disk queue, or left in memory at shutdown.",
             )?,
             retries: counter(
                 "memdrift_exporter_retries_total",

@@ -11,7 +11,8 @@
 //! [`retry`] for which answers are retried). A batch the backend took whose removal did not reach the disk
 //! before a crash is sent again after the restart, so a backend may see an event twice. An event is lost only
 //! where a counter says so: refused for being over the queue's bounds (`dropped`), refused for good by the
-//! backend or retried past `max_elapsed_time` (`failed`), or left in a memory queue at exit (`dropped`). Each
+//! backend or retried past `max_elapsed_time` (`failed`), found corrupt in the on-disk queue (`dropped`, see
+//! [`disk`]), or left in a memory queue at exit (`dropped`). Each
 //! signal has its own queue and sender, so a backend refusing one signal does not hold up the others. Metric
 //! snapshots stay in memory: a newer snapshot supersedes them.
 //!
@@ -294,6 +295,12 @@ impl OtlpExporter {
                                 error,
                             },
                         )?;
+                    // Records found corrupt on disk are lost: counted like any other drop (the queue warned
+                    // where they were).
+                    metrics
+                        .dropped
+                        .with_label_values(&Shared::labels(signal))
+                        .inc_by(recovered.corrupt_items);
                     if recovered.batches > 0 {
                         tracing::info!(
                             signal = signal.name(),
@@ -644,5 +651,50 @@ mod tests {
         let drained = exporter.shutdown().await;
         assert_eq!(drained.kept_on_disk, 0);
         assert_eq!(drained.dropped_items, 2 * (1200 + 500));
+    }
+
+    #[tokio::test]
+    async fn records_found_corrupt_on_disk_count_as_dropped() {
+        let dir =
+            std::env::temp_dir().join(format!("memdrift-otlp-corrupt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let logs = dir.join(Signal::Logs.name());
+        {
+            let (mut q, _) = disk::DiskQueue::open(&logs, 10, 1 << 20).expect("opens");
+            for items in [1, 20, 3] {
+                q.push(items, &[items as u8; 40]).expect("pushes");
+            }
+        }
+        // A flipped payload byte in the second record (12-byte headers, 40-byte payloads).
+        let segment = logs.join(format!("{:020}.seg", 0));
+        let mut bytes = std::fs::read(&segment).expect("reads");
+        bytes[52 + 12 + 5] ^= 1;
+        std::fs::write(&segment, bytes).expect("writes");
+        let config = OtlpConfig {
+            logs: Some(unreachable_target()),
+            traces: None,
+            metrics: None,
+            retry: RetryConfig::default(),
+            queue: QueueConfig {
+                size: 10,
+                directory: Some(dir.clone()),
+                ..QueueConfig::default()
+            },
+            metrics_interval: Duration::from_secs(3600),
+            shutdown_timeout: Duration::ZERO,
+            resource: OtlpConfig::default_resource(),
+        };
+        let registry = Registry::new();
+        let metrics = ExporterMetrics::register(&registry).expect("registers");
+        let exporter = OtlpExporter::start(config, metrics.clone(), registry).expect("starts");
+        let dropped = metrics
+            .dropped
+            .with_label_values(&Shared::labels(Signal::Logs))
+            .get();
+        assert_eq!(dropped, 20);
+        assert_eq!(exporter.queued(), 2);
+        let drained = exporter.shutdown().await;
+        assert_eq!(drained.kept_on_disk, 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -205,6 +205,16 @@ pub struct Reservation {
     in_use: Arc<AtomicUsize>,
 }
 
+impl Reservation {
+    /// Holds `more` bytes besides, if they fit the budget.
+    pub fn grow(&mut self, more: usize, budget: &DecodeBudget) -> Result<(), Refusal> {
+        let held = budget.reserve(more)?;
+        self.bytes += held.bytes;
+        std::mem::forget(held);
+        Ok(())
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.in_use.fetch_sub(self.bytes, Ordering::AcqRel);
@@ -253,6 +263,84 @@ impl DecodeBudget {
     }
 }
 
+/// A request body that holds its bytes from the decode budget as they arrive, so that bodies still being
+/// read are budgeted too (many slow 15 MiB uploads at once cannot take the memory the budget protects). A frame
+/// that does not fit ends the body with [`BodyError::Refused`].
+pub struct BudgetedBody<B> {
+    inner: B,
+    budget: DecodeBudget,
+    held: Reservation,
+}
+
+impl<B> BudgetedBody<B> {
+    pub fn new(inner: B, budget: DecodeBudget) -> BudgetedBody<B> {
+        let held = Reservation {
+            bytes: 0,
+            in_use: Arc::clone(&budget.in_use),
+        };
+        BudgetedBody {
+            inner,
+            budget,
+            held,
+        }
+    }
+}
+
+/// Why a [`BudgetedBody`] ended early.
+#[derive(Debug)]
+pub enum BodyError {
+    Refused(Refusal),
+    Inner(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Refused(r) => f.write_str(&r.message()),
+            BodyError::Inner(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+impl<B> http_body::Body for BudgetedBody<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = bytes::Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len());
+                match this.held.grow(len, &this.budget) {
+                    Ok(()) => Poll::Ready(Some(Ok(frame))),
+                    Err(r) => Poll::Ready(Some(Err(BodyError::Refused(r)))),
+                }
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Inner(e.into())))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Why [`DecodeBudget::admit`] did not admit a body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
@@ -263,6 +351,7 @@ pub enum Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::logs::v1 as pl;
@@ -335,6 +424,29 @@ mod tests {
         assert!(weigh(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f], &TRACES).is_err());
         assert!(weigh(&[0x0b], &TRACES).is_err(), "start group");
         assert!(weigh(&[0xff; 11], &TRACES).is_err(), "11-byte varint");
+    }
+
+    #[tokio::test]
+    async fn a_body_holds_its_bytes_as_they_arrive_and_is_refused_past_the_budget() {
+        use http_body_util::BodyExt;
+        let budget = DecodeBudget::new(1000);
+        let chunks: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = (0..3)
+            .map(|_| Ok(http_body::Frame::data(Bytes::from(vec![0u8; 400]))))
+            .collect();
+        let body = BudgetedBody::new(
+            http_body_util::StreamBody::new(futures_util::stream::iter(chunks)),
+            budget.clone(),
+        );
+        let mut body = Box::pin(body);
+        assert!(body.frame().await.is_some_and(|f| f.is_ok()));
+        assert!(body.frame().await.is_some_and(|f| f.is_ok()));
+        assert_eq!(budget.in_use(), 800);
+        assert!(matches!(
+            body.frame().await,
+            Some(Err(BodyError::Refused(Refusal::Busy { .. })))
+        ));
+        drop(body);
+        assert_eq!(budget.in_use(), 0);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
+use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
@@ -24,7 +25,7 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstEncoder;
 
-use super::budget::{self, Admission, Refusal, Reservation, Shape};
+use super::budget::{self, Admission, BodyError, BudgetedBody, Refusal, Reservation, Shape};
 use super::{Busy, Ingest};
 use crate::extract::model::{MetricsRequest, TraceRequest};
 use crate::receivers::listener::GuardedListener;
@@ -215,6 +216,14 @@ impl<C: ExportCall> tower::Service<http::Request<Body>> for ExportServer<C> {
             call: PhantomData,
         };
         let max = self.max_request_bytes;
+        // The message's bytes are held from the decode budget as they arrive (see `budget`).
+        let budget = self.ingest.budget.clone();
+        let req = req.map(|body| {
+            Body::new(BudgetedBody::new(body, budget).map_err(|e| match e {
+                BodyError::Refused(r) => Status::unavailable(r.message()),
+                BodyError::Inner(e) => Status::from_error(e),
+            }))
+        });
         Box::pin(async move {
             let mut grpc = Grpc::new(codec)
                 .apply_compression_config(gzip, gzip)

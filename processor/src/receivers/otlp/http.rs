@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use prost::Message;
 
-use super::budget::{self, Admission, Refusal, Reservation, Shape};
+use super::budget::{self, Admission, BodyError, BudgetedBody, Refusal, Reservation, Shape};
 use super::json::{self, JsonDocument};
 use super::{Ingest, RpcStatus};
 use crate::receivers::listener::{serve_http, GuardedListener};
@@ -121,6 +121,7 @@ async fn read_body(state: &HttpState, headers: &HeaderMap, body: Body) -> Result
             format!("request body exceeds max_request_bytes ({limit} bytes); send smaller batches"),
         )
     };
+    let body = BudgetedBody::new(body, state.ingest.budget.clone());
     let read = tokio::time::timeout(state.request_timeout, Limited::new(body, limit).collect());
     let Ok(read) = read.await else {
         return Err(Failure::new(
@@ -135,13 +136,25 @@ async fn read_body(state: &HttpState, headers: &HeaderMap, body: Body) -> Result
     let raw = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-        Err(e) => {
-            return Err(Failure::new(
-                StatusCode::BAD_REQUEST,
-                "body_read",
-                format!("could not read the request body: {e}"),
-            ))
-        }
+        Err(e) => match e.downcast::<BodyError>() {
+            Ok(refusal) => match *refusal {
+                BodyError::Refused(r) => return Err(refused(r)),
+                BodyError::Inner(e) => {
+                    return Err(Failure::new(
+                        StatusCode::BAD_REQUEST,
+                        "body_read",
+                        format!("could not read the request body: {e}"),
+                    ))
+                }
+            },
+            Err(e) => {
+                return Err(Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    "body_read",
+                    format!("could not read the request body: {e}"),
+                ))
+            }
+        },
     };
     let encoding = headers
         .get(header::CONTENT_ENCODING)
