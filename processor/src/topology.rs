@@ -24,6 +24,7 @@ use crate::outputs::Outputs;
 use crate::receivers::listener::{serve_http, ConnectionLimits, GuardedListener};
 use crate::receivers::otlp::budget::DecodeBudget;
 use crate::receivers::otlp::{grpc, http, Ingest, SampleBatch};
+use crate::receivers::security::{guard_router, Security};
 use crate::telemetry::Telemetry;
 
 /// Batches that may wait for the engine before receivers push back.
@@ -116,6 +117,13 @@ impl Service {
                 request_timeout: std_duration(otlp.request_timeout, d.request_timeout),
             };
             if let Some(g) = &otlp.protocols.grpc {
+                let security = Security::resolve(
+                    file,
+                    "receivers.otlp.protocols.grpc",
+                    g.tls.as_ref(),
+                    g.auth.as_ref(),
+                )
+                .map_err(anyhow::Error::msg)?;
                 let listener = bind("OTLP/gRPC", &g.endpoint).await?;
                 grpc_addr = listener.local_addr().ok();
                 let listener =
@@ -123,12 +131,19 @@ impl Service {
                 let (ingest, shutdown) = (ingest.clone(), stopped(&stop));
                 tasks.push((
                     "otlp grpc",
-                    tokio::spawn(
-                        async move { Ok(grpc::serve(listener, ingest, max, shutdown).await?) },
-                    ),
+                    tokio::spawn(async move {
+                        Ok(grpc::serve(listener, ingest, max, security, shutdown).await?)
+                    }),
                 ));
             }
             if let Some(h) = &otlp.protocols.http {
+                let security = Security::resolve(
+                    file,
+                    "receivers.otlp.protocols.http",
+                    h.tls.as_ref(),
+                    h.auth.as_ref(),
+                )
+                .map_err(anyhow::Error::msg)?;
                 let listener = bind("OTLP/HTTP", &h.endpoint).await?;
                 http_addr = listener.local_addr().ok();
                 let listener =
@@ -136,9 +151,9 @@ impl Service {
                 let (ingest, shutdown) = (ingest.clone(), stopped(&stop));
                 tasks.push((
                     "otlp http",
-                    tokio::spawn(
-                        async move { Ok(http::serve(listener, ingest, max, shutdown).await?) },
-                    ),
+                    tokio::spawn(async move {
+                        Ok(http::serve(listener, ingest, max, security, shutdown).await?)
+                    }),
                 ));
             }
         } else {
@@ -151,6 +166,13 @@ impl Service {
             .as_ref()
             .filter(|_| file.exporter_enabled("prometheus"))
         {
+            let security = Security::resolve(
+                file,
+                "exporters.prometheus",
+                p.tls.as_ref(),
+                p.auth.as_ref(),
+            )
+            .map_err(anyhow::Error::msg)?;
             let listener = bind("Prometheus", &p.endpoint).await?;
             prometheus_addr = listener.local_addr().ok();
             let limits = ConnectionLimits {
@@ -158,11 +180,19 @@ impl Service {
                 ..ConnectionLimits::default()
             };
             let listener = GuardedListener::new("prometheus", listener, limits, telemetry.clone());
-            let router = memdrift_exporter::prometheus::router(telemetry.registry.clone());
+            let refused =
+                (telemetry.failed_requests).with_label_values(&["prometheus", "unauthenticated"]);
+            let router = guard_router(
+                memdrift_exporter::prometheus::router(telemetry.registry.clone()),
+                &security,
+                refused,
+            );
             let shutdown = stopped(&stop);
             tasks.push((
                 "prometheus",
-                tokio::spawn(async move { Ok(serve_http(listener, router, shutdown).await?) }),
+                tokio::spawn(async move {
+                    Ok(serve_http(listener, router, security.tls, shutdown).await?)
+                }),
             ));
         }
 

@@ -14,6 +14,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
 pub mod eval;
 pub mod grpc_raw;
+pub mod pki;
 pub mod scenario;
 pub mod sink;
 

@@ -16,8 +16,8 @@ use memdrift::engine::{ClosedWindow, Scope};
 use memdrift::topology::Service;
 use memdrift_e2e::sink::{free_port, items, requests, Sink};
 use memdrift_e2e::{
-    external_tool, int, metric_value, now_unix_nano, otlp_pipeline, otlp_settings, request,
-    resource, span, test_anomaly, EXEMPLARS,
+    int, metric_value, now_unix_nano, otlp_pipeline, otlp_settings, request, resource, span,
+    test_anomaly, EXEMPLARS,
 };
 use memdrift_exporter::anomaly::{Cohorts, Evidence, Interval};
 use memdrift_exporter::otlp::{ExporterMetrics, OtlpExporter};
@@ -725,72 +725,13 @@ fn shutdown_stops_at_its_deadline_and_keeps_or_counts_what_is_left() {
     }
 }
 
-/// A private CA and a certificate for 127.0.0.1 signed by it, made with the openssl command line.
-fn private_ca(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
-    let openssl = external_tool("openssl")?;
-    let run = |args: &[&str]| {
-        let out = Command::new(&openssl)
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .expect("openssl runs");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("writes");
-    let new_key = |out: &'static str, key: &'static str| {
-        vec![
-            "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", key, "-out", out,
-        ]
-    };
-    run(&[
-        vec!["req", "-x509", "-subj", "/CN=memdrift test CA"],
-        new_key("ca.pem", "ca.key"),
-    ]
-    .concat());
-    run(&[
-        vec!["req", "-subj", "/CN=127.0.0.1"],
-        new_key("leaf.csr", "leaf.key"),
-    ]
-    .concat());
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "leaf.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-    ]);
-    Some((
-        dir.join("ca.pem"),
-        dir.join("leaf.pem"),
-        dir.join("leaf.key"),
-    ))
-}
-
 #[test]
 fn tls_to_a_receiver_with_a_private_ca() {
     let tmp = TempDir::new("tls");
-    let Some((ca, cert, key)) = private_ca(&tmp.0) else {
+    let Some(pki) = memdrift_e2e::pki::private_pki(&tmp.0) else {
         return;
     };
+    let (ca, cert, key) = (pki.ca, pki.server_cert, pki.server_key);
     let rt = runtime();
     let mut sink = Sink::start_on(0, 0, Some((&cert, &key)));
     let trusted = format!("    tls: {{ ca_file: \"{}\" }}\n", ca.display());

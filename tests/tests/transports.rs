@@ -12,6 +12,7 @@ use memdrift::extract::{extract_spans, ExtractConfig, ExtractStats};
 use memdrift::receivers::listener::{ConnectionLimits, GuardedListener};
 use memdrift::receivers::otlp::budget::DecodeBudget;
 use memdrift::receivers::otlp::{grpc, http, Ingest, RpcStatus, SampleBatch};
+use memdrift::receivers::security::Security;
 use memdrift::sample::MemorySample;
 use memdrift::telemetry::Telemetry;
 use memdrift_e2e::*;
@@ -57,8 +58,15 @@ async fn start() -> Receivers {
     let limits = ConnectionLimits::default();
     let g = GuardedListener::new("otlp_grpc", g, limits, telemetry.clone());
     let h = GuardedListener::new("otlp_http", h, limits, telemetry.clone());
-    tokio::spawn(grpc::serve(g, Arc::clone(&ingest), LIMIT, stopped.clone()));
-    tokio::spawn(http::serve(h, ingest, LIMIT, stopped));
+    let open = Security::default();
+    tokio::spawn(grpc::serve(
+        g,
+        Arc::clone(&ingest),
+        LIMIT,
+        open.clone(),
+        stopped.clone(),
+    ));
+    tokio::spawn(http::serve(h, ingest, LIMIT, open, stopped));
     Receivers {
         grpc: format!("http://{grpc_addr}"),
         http: format!("http://{http_addr}"),
@@ -357,7 +365,13 @@ async fn a_full_queue_answers_retry_later() {
         ConnectionLimits::default(),
         Telemetry::new(),
     );
-    tokio::spawn(http::serve(h, ingest, LIMIT, std::future::pending()));
+    tokio::spawn(http::serve(
+        h,
+        ingest,
+        LIMIT,
+        Security::default(),
+        std::future::pending(),
+    ));
     let body = mixed_batch().encode_to_vec();
     assert_eq!(
         post(&url, "application/x-protobuf", false, body.clone())

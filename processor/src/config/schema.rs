@@ -14,6 +14,9 @@ use super::ConfigError;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineFile {
+    /// Components the receivers and exporters refer to by name (the Collector's `extensions:`).
+    #[serde(default)]
+    pub extensions: Extensions,
     #[serde(default)]
     pub receivers: Receivers,
     #[serde(default)]
@@ -83,6 +86,54 @@ pub struct Protocols {
 pub struct Endpoint {
     /// host:port to listen on.
     pub endpoint: String,
+    /// Serve TLS (and, with `client_ca_file`, require client certificates). Off by default.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    /// Require every request to authenticate with the named extension. Off by default.
+    #[serde(default)]
+    pub auth: Option<Auth>,
+}
+
+/// A server's TLS, as the Collector's `tls:` of a receiver.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// PEM certificate chain the server presents.
+    pub cert_file: String,
+    /// PEM private key of that certificate.
+    pub key_file: String,
+    /// PEM CA certificates: when set, a client must present a certificate signed by one of them.
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
+}
+
+/// `auth: { authenticator: bearertokenauth }`: the extension that checks requests.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    pub authenticator: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extensions {
+    /// A shared bearer token, as the Collector's `bearertokenauth`: requests must carry
+    /// `Authorization: Bearer <token>` (HTTP header, gRPC metadata).
+    pub bearertokenauth: Option<BearerTokenAuth>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BearerTokenAuth {
+    /// The token itself (e.g. `${env:MEMDRIFT_BEARER_TOKEN}`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the token (e.g. a mounted Kubernetes secret); read at start, trailing newline ignored.
+    #[serde(default)]
+    pub filename: Option<String>,
+    /// The scheme before the token. Default `Bearer`.
+    #[serde(default)]
+    pub scheme: Option<String>,
 }
 
 /// `processors:`. The two stages every pipeline has are typed here; every other section belongs to a detector
@@ -206,6 +257,12 @@ pub struct JsonlExporter {
 pub struct PrometheusExporter {
     /// host:port to serve /metrics on.
     pub endpoint: String,
+    /// Serve `/metrics` over TLS. Off by default.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    /// Require scrapers to authenticate (Prometheus: `authorization: { credentials: ... }`). Off by default.
+    #[serde(default)]
+    pub auth: Option<Auth>,
 }
 
 /// OTLP export. Every setting is optional: one the file leaves out (or leaves empty) is taken from the standard
@@ -298,6 +355,9 @@ pub struct OtlpQueue {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
+    /// The extensions in use, as in the Collector (informational: an extension is used where it is named).
+    #[serde(default)]
+    pub extensions: Vec<String>,
     pub pipelines: BTreeMap<String, PipelineDef>,
     /// On SIGTERM, how long requests in flight get to finish; connections still open then (a client stuck
     /// mid-request) are cut, what was accepted is run through the engine, and the exporters flush (each within

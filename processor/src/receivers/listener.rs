@@ -272,17 +272,17 @@ impl tonic::transport::server::Connected for Guarded<TcpStream> {
     }
 }
 
-/// Serves `router` over HTTP/1 and HTTP/2 on `listener` until `shutdown` resolves, then lets the open
-/// connections finish their requests. The connections are this future's: dropping it (an aborted task) closes
-/// every one of them.
+/// Serves `router` over HTTP/1 and HTTP/2 on `listener` (over TLS when `tls` is given) until `shutdown`
+/// resolves, then lets the open connections finish their requests. The connections are this future's:
+/// dropping it (an aborted task) closes every one of them.
 pub async fn serve_http(
     listener: GuardedListener,
     router: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
 
     let limits = listener.limits();
     let mut builder = Builder::new(TokioExecutor::new());
@@ -295,6 +295,7 @@ pub async fn serve_http(
         .timer(TokioTimer::new())
         .max_concurrent_streams(Some(64));
     let builder = Arc::new(builder);
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let (stopping, _) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -302,21 +303,21 @@ pub async fn serve_http(
         tokio::select! {
             _ = &mut shutdown => break,
             io = listener.accept() => {
-                let service = TowerToHyperService::new(router.clone());
-                let builder = Arc::clone(&builder);
-                let mut stop = stopping.subscribe();
+                let conn = Connection {
+                    builder: Arc::clone(&builder),
+                    router: router.clone(),
+                    stop: stopping.subscribe(),
+                };
+                let tls = tls.clone();
+                let handshake = limits.header_read_timeout;
                 connections.spawn(async move {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                    tokio::pin!(conn);
-                    let stopping = async move {
-                        let _ = stop.wait_for(|s| *s).await;
+                    let Some(tls) = tls else {
+                        return conn.serve(io).await;
                     };
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = stopping => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
+                    match tokio::time::timeout(handshake, tls.accept(io)).await {
+                        Ok(Ok(io)) => conn.serve(io).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake did not finish within header_read_timeout"),
                     }
                 });
             }
@@ -326,6 +327,36 @@ pub async fn serve_http(
     let _ = stopping.send(true);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// One accepted HTTP connection, served until it closes or the server stops.
+struct Connection {
+    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    router: axum::Router,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn serve<IO>(mut self, io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper_util::service::TowerToHyperService::new(self.router);
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let stopping = async move {
+            let _ = self.stop.wait_for(|s| *s).await;
+        };
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = stopping => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,3 +4,4 @@
 
 pub mod listener;
 pub mod otlp;
+pub mod security;

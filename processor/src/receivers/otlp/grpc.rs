@@ -29,6 +29,7 @@ use super::budget::{self, Admission, BodyError, BudgetedBody, Refusal, Reservati
 use super::{Busy, Ingest};
 use crate::extract::model::{MetricsRequest, TraceRequest};
 use crate::receivers::listener::GuardedListener;
+use crate::receivers::security::{require_grpc, Security};
 use crate::telemetry::Telemetry;
 
 /// One OTLP Export call: its service name, how a request is weighed and decoded, and what to do with it.
@@ -262,6 +263,7 @@ fn otlp_status_codes<B>(telemetry: &Telemetry, mut resp: http::Response<B>) -> h
         Some(b"3") => (None, Some("malformed")),
         Some(b"14") => (None, Some("busy")),
         Some(b"12") => (None, Some("unimplemented")),
+        Some(b"16") => (None, Some("unauthenticated")),
         Some(_) => (None, Some("other")),
     };
     if let Some(code) = rewrite {
@@ -282,6 +284,7 @@ pub async fn serve(
     listener: GuardedListener,
     ingest: Arc<Ingest>,
     max_request_bytes: usize,
+    security: Security,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let limits = listener.limits();
@@ -290,12 +293,18 @@ pub async fn serve(
         Some((Ok::<_, std::io::Error>(conn), l))
     });
     let telemetry = ingest.telemetry.clone();
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = security.grpc_tls {
+        server = server.tls_config(tls)?;
+    }
+    let auth = tonic::service::InterceptorLayer::new(require_grpc(security.token));
+    server
         .timeout(limits.request_timeout)
         .max_concurrent_streams(Some(64))
         .layer(tower::util::MapResponseLayer::new(move |resp| {
             otlp_status_codes(&telemetry, resp)
         }))
+        .layer(auth)
         .add_service(ExportServer::<Traces>::new(
             Arc::clone(&ingest),
             max_request_bytes,

@@ -22,6 +22,7 @@ use super::budget::{self, Admission, BodyError, BudgetedBody, Refusal, Reservati
 use super::json::{self, JsonDocument};
 use super::{Ingest, RpcStatus};
 use crate::receivers::listener::{serve_http, GuardedListener};
+use crate::receivers::security::{guard_router, Security};
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -73,20 +74,23 @@ pub fn router(
         })
 }
 
-/// Serves OTLP/HTTP on `listener` until `shutdown` resolves.
+/// Serves OTLP/HTTP on `listener` until `shutdown` resolves, with the TLS and token `security` asks for.
 pub async fn serve(
     listener: GuardedListener,
     ingest: Arc<Ingest>,
     max_request_bytes: usize,
+    security: Security,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let timeout = listener.limits().request_timeout;
-    serve_http(
-        listener,
+    let refused =
+        (ingest.telemetry.failed_requests).with_label_values(&["http", "unauthenticated"]);
+    let router = guard_router(
         router(ingest, max_request_bytes, timeout),
-        shutdown,
-    )
-    .await
+        &security,
+        refused,
+    );
+    serve_http(listener, router, security.tls, shutdown).await
 }
 
 fn content_type(headers: &HeaderMap) -> Result<Encoding, Failure> {
