@@ -22,6 +22,7 @@ use crate::core::{Core, Output};
 use crate::detect::Detector;
 use crate::outputs::Outputs;
 use crate::receivers::listener::{serve_http, ConnectionLimits, GuardedListener};
+use crate::receivers::memory_limit::{container_limit, MemoryLimiter, MemoryLimits};
 use crate::receivers::otlp::budget::DecodeBudget;
 use crate::receivers::otlp::{grpc, http, Ingest, SampleBatch};
 use crate::receivers::security::{guard_router, Security};
@@ -97,7 +98,25 @@ impl Service {
             let skew = otlp
                 .max_clock_skew
                 .map_or(DEFAULT_MAX_CLOCK_SKEW_NS, |d| d.as_nanos());
-            let budget = DecodeBudget::new(otlp.decode_budget_bytes);
+            let m = &otlp.memory_limiter;
+            let d = MemoryLimits::default();
+            let limits = MemoryLimits {
+                limit_mib: m.limit_mib,
+                limit_percentage: m.limit_percentage.unwrap_or(d.limit_percentage),
+                spike_limit_percentage: m
+                    .spike_limit_percentage
+                    .unwrap_or(d.spike_limit_percentage),
+            };
+            let limiter = MemoryLimiter::new(limits, container_limit()).map(Arc::new);
+            if let Some(l) = &limiter {
+                tracing::info!(
+                    soft_limit_mib = l.soft_bytes >> 20,
+                    hard_limit_mib = l.hard_bytes >> 20,
+                    "memory limiter on"
+                );
+                tokio::spawn(Arc::clone(l).run());
+            }
+            let budget = DecodeBudget::new(otlp.decode_budget_bytes).with_limiter(limiter);
             let ingest = Ingest::new(
                 pipeline.extract.clone(),
                 telemetry.clone(),

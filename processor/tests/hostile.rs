@@ -525,3 +525,40 @@ fn unfinished_uploads_are_held_to_the_decode_budget() {
     assert!(exit.success(), "{log:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Above the memory limiter's soft limit (here a limit of 8 MiB, which the process itself passes), new data is
+/// refused with the retryable answers on both transports and counted; `/metrics` still answers.
+#[test]
+fn above_the_memory_limit_new_data_is_refused_retryably() {
+    let dir = tempdir("memory-limit");
+    let config = pipeline_file(&dir, "", "    memory_limiter: { limit_mib: 8 }\n");
+    let running = Running::start(Some(&config));
+    // The limiter reads memory every 250 ms.
+    std::thread::sleep(Duration::from_millis(600));
+    let (status, body) = http_request(
+        running.http,
+        "POST",
+        "/v1/traces",
+        &[("Content-Type", "application/json")],
+        b"{}",
+    );
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("soft limit"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    assert_eq!(
+        rt.block_on(grpc_export(running.grpc, TRACES, one_span())),
+        tonic::Code::Unavailable
+    );
+    let text = scrape(running.prometheus);
+    assert_eq!(
+        counter(
+            &text,
+            "memdrift_receiver_failed_requests_total{reason=\"memory_limit\",transport=\"http\"}"
+        ),
+        1.0
+    );
+    assert!(running.seen.iter().any(|l| l.contains("memory limiter on")));
+    let (exit, _, log) = running.terminate(Duration::from_secs(15));
+    assert!(exit.success(), "{log:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

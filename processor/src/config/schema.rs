@@ -64,6 +64,22 @@ pub struct OtlpReceiver {
     /// A connection silent this long is closed (senders reconnect). Default 2m.
     #[serde(default)]
     pub idle_timeout: Option<Duration>,
+    /// Refuse new data (retryably) while memdrift's own memory is high. On by default inside a container with
+    /// a memory limit.
+    #[serde(default)]
+    pub memory_limiter: MemoryLimiterSection,
+}
+
+/// The Collector's `memory_limiter` settings: the hard limit is `limit_mib`, else `limit_percentage` of the
+/// container's limit; above the hard limit less `spike_limit_percentage` of it, new data is refused.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryLimiterSection {
+    pub limit_mib: Option<u64>,
+    /// Default 80.
+    pub limit_percentage: Option<u8>,
+    /// Default 20.
+    pub spike_limit_percentage: Option<u8>,
 }
 
 fn default_max_request_bytes() -> usize {

@@ -3,5 +3,6 @@
 //! OTLP way to push back, instead of buffering without bound.
 
 pub mod listener;
+pub mod memory_limit;
 pub mod otlp;
 pub mod security;

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::extract::model as m;
+use crate::receivers::memory_limit::MemoryLimiter;
 
 /// A message on the wire: its in-memory size once decoded, and the fields holding messages that decoding builds
 /// (field number, their shape). Fields not named are skipped, as prost skips them.
@@ -174,6 +175,8 @@ pub enum Refusal {
     TooLarge { need: usize, budget: usize },
     /// Does not fit beside the requests in flight: retry later.
     Busy { need: usize, budget: usize },
+    /// memdrift's resident memory is above the memory limiter's soft limit: retry later.
+    OverMemory { rss: u64, soft_limit: u64 },
 }
 
 impl Refusal {
@@ -182,6 +185,12 @@ impl Refusal {
             Refusal::TooLarge { need, budget } => format!(
                 "the request would take {need} bytes once decoded, over receivers.otlp.decode_budget ({budget}); \
                  send smaller batches"
+            ),
+            Refusal::OverMemory { rss, soft_limit } => format!(
+                "memdrift's memory ({} MiB) is above its soft limit ({} MiB, receivers.otlp.memory_limiter); \
+                 retry with backoff",
+                rss >> 20,
+                soft_limit >> 20
             ),
             Refusal::Busy { need, budget } => format!(
                 "memdrift is decoding other requests and {need} more bytes would pass receivers.otlp.decode_budget \
@@ -196,6 +205,8 @@ impl Refusal {
 pub struct DecodeBudget {
     total: usize,
     in_use: Arc<AtomicUsize>,
+    /// Refuses everything while memdrift is above its soft memory limit.
+    limiter: Option<Arc<MemoryLimiter>>,
 }
 
 /// Bytes held from a [`DecodeBudget`] until dropped.
@@ -226,7 +237,14 @@ impl DecodeBudget {
         DecodeBudget {
             total,
             in_use: Arc::new(AtomicUsize::new(0)),
+            limiter: None,
         }
+    }
+
+    /// The same budget, refusing everything while `limiter` is over its soft limit.
+    pub fn with_limiter(mut self, limiter: Option<Arc<MemoryLimiter>>) -> DecodeBudget {
+        self.limiter = limiter;
+        self
     }
 
     pub fn total(&self) -> usize {
@@ -240,6 +258,12 @@ impl DecodeBudget {
 
     /// Reserves `need` bytes, or says why not.
     pub fn reserve(&self, need: usize) -> Result<Reservation, Refusal> {
+        if let Some(limiter) = self.limiter.as_ref().filter(|l| l.over()) {
+            return Err(Refusal::OverMemory {
+                rss: limiter.rss(),
+                soft_limit: limiter.soft_bytes,
+            });
+        }
         let budget = self.total;
         if need > budget {
             return Err(Refusal::TooLarge { need, budget });

@@ -145,7 +145,9 @@ impl<C: ExportCall> Decoder for BudgetCodec<C> {
             Admission::Refused(r @ Refusal::TooLarge { .. }) => {
                 Status::resource_exhausted(r.message())
             }
-            Admission::Refused(r @ Refusal::Busy { .. }) => Status::unavailable(r.message()),
+            Admission::Refused(r @ (Refusal::Busy { .. } | Refusal::OverMemory { .. })) => {
+                Status::unavailable(r.message())
+            }
         })?;
         let message = C::decode(body).map_err(|e| {
             Status::invalid_argument(format!("the body is not a valid OTLP request: {e}"))

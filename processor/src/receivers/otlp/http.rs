@@ -257,6 +257,9 @@ fn refused(r: Refusal) -> Failure {
             Failure::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", r.message())
         }
         Refusal::Busy { .. } => Failure::new(StatusCode::SERVICE_UNAVAILABLE, "busy", r.message()),
+        Refusal::OverMemory { .. } => {
+            Failure::new(StatusCode::SERVICE_UNAVAILABLE, "memory_limit", r.message())
+        }
     }
 }
 
