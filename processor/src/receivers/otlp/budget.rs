@@ -135,37 +135,55 @@ fn take<'a>(buf: &mut &'a [u8], n: u64) -> Result<&'a [u8], WireError> {
     Ok(head)
 }
 
+/// Nesting of groups prost follows before it gives up (its recursion limit).
+const MAX_GROUP_DEPTH: u32 = 100;
+
 /// The in-memory size of `body` decoded as `shape` (the top message's own size included). One pass, no
-/// allocation; recursion only as deep as the shape.
+/// allocation; recursion only as deep as the shape. It accepts every body prost decodes (unknown fields of any
+/// wire type, groups included, are skipped as prost skips them), so the budget never refuses valid input as
+/// malformed.
 pub fn weigh(body: &[u8], shape: &Shape) -> Result<usize, WireError> {
     let mut total = shape.size;
     let mut buf = body;
     while !buf.is_empty() {
         let key = varint(&mut buf)?;
-        let field = key >> 3;
-        match key & 7 {
-            0 => {
-                varint(&mut buf)?;
+        let (field, wire) = (key >> 3, key & 7);
+        if wire == 2 {
+            let len = varint(&mut buf)?;
+            let payload = take(&mut buf, len)?;
+            if let Some((_, child)) = (shape.children.iter()).find(|(f, _)| u64::from(*f) == field)
+            {
+                total = total.saturating_add(weigh(payload, child)?);
             }
-            1 => {
-                take(&mut buf, 8)?;
-            }
-            5 => {
-                take(&mut buf, 4)?;
-            }
-            2 => {
-                let len = varint(&mut buf)?;
-                let payload = take(&mut buf, len)?;
-                if let Some((_, child)) =
-                    shape.children.iter().find(|(f, _)| u64::from(*f) == field)
-                {
-                    total = total.saturating_add(weigh(payload, child)?);
-                }
-            }
-            _ => return Err(WireError("unsupported wire type (groups are not OTLP)")),
+        } else {
+            skip(&mut buf, wire, field, 0)?;
         }
     }
     Ok(total)
+}
+
+/// Skips one field that is not length-delimited (a group with everything in it).
+fn skip(buf: &mut &[u8], wire: u64, field: u64, depth: u32) -> Result<(), WireError> {
+    match wire {
+        0 => varint(buf).map(|_| ()),
+        1 => take(buf, 8).map(|_| ()),
+        5 => take(buf, 4).map(|_| ()),
+        2 => {
+            let len = varint(buf)?;
+            take(buf, len).map(|_| ())
+        }
+        3 if depth < MAX_GROUP_DEPTH => loop {
+            let key = varint(buf)?;
+            match (key >> 3, key & 7) {
+                (inner, 4) if inner == field => return Ok(()),
+                (_, 4) => return Err(WireError("a group ends with another group's tag")),
+                (inner, w) => skip(buf, w, inner, depth + 1)?,
+            }
+        },
+        3 => Err(WireError("groups nested too deep")),
+        4 => Err(WireError("a group ends that never began")),
+        _ => Err(WireError("unknown wire type")),
+    }
 }
 
 /// Why a request could not reserve memory.
@@ -446,7 +464,12 @@ mod tests {
             let _ = weigh(&body[..cut], &TRACES);
         }
         assert!(weigh(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f], &TRACES).is_err());
-        assert!(weigh(&[0x0b], &TRACES).is_err(), "start group");
+        assert!(weigh(&[0x0b], &TRACES).is_err(), "a group never ended");
+        // A group in an unknown field is skipped, as prost skips it.
+        assert_eq!(
+            weigh(&[0x2b, 0x08, 0x01, 0x2c], &TRACES),
+            Ok(size_of::<m::TraceRequest>())
+        );
         assert!(weigh(&[0xff; 11], &TRACES).is_err(), "11-byte varint");
     }
 
