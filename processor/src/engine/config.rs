@@ -36,4 +36,10 @@ impl EngineConfig {
     pub(super) fn panes_per_window(&self) -> i64 {
         (self.window_ns / self.step_ns) as i64
     }
+
+    /// How long a new service's cohort windows wait for its sources to be heard from: two windows, or
+    /// `source_idle` if shorter.
+    pub(super) fn discovery_ns(&self) -> u64 {
+        self.window_ns.saturating_mul(2).min(self.source_idle_ns)
+    }
 }

@@ -10,8 +10,8 @@
 //! event time, less `allowed_lateness`, has passed them; a service's cohort windows close once every *active*
 //! instance of the service has passed them, an instance more than `source_idle` behind the service's newest
 //! sample being left out (idle). So a source that is ahead never makes another late: a Collector's file whose
-//! lines each carry some pods over two scrapes loses nothing. A service's first `source_idle` of event time is
-//! for finding its sources (its cohort windows close once it has passed). A sample whose earliest window has closed for its
+//! lines each carry some pods over two scrapes loses nothing. A service's first two windows of event time (or
+//! `source_idle`, if shorter) are for finding its sources (its cohort windows close once they have passed). A sample whose earliest window has closed for its
 //! instance is late (counted, dropped); one that only its cohort's windows have passed is kept for the instance
 //! and counted as late for the cohort. When traffic stops, the service's timer ([`Engine::tick`]) closes the
 //! windows of the sources that have gone quiet.
@@ -491,9 +491,11 @@ fn close_service(
         .map(|i| i.newest)
         .min();
     let mut cohort_wm = slowest.unwrap_or(svc.newest).saturating_sub(lateness);
-    // The service's first `source_idle` of event time is for finding its sources: a source first heard from
-    // then, with data older than the others' (the next line of a Collector's file), is waited for.
-    if svc.newest.saturating_sub(svc.oldest) < cfg.source_idle_ns {
+    // The service's first stretch of event time is for finding its sources: a source first heard from then,
+    // with data older than the others' (the next line of a Collector's file), is waited for. Two windows (or
+    // `source_idle`, if shorter): the cohort's values are all held meanwhile, so a longer wait would hold
+    // memory in proportion to the rate.
+    if svc.newest.saturating_sub(svc.oldest) < cfg.discovery_ns() {
         cohort_wm = 0;
     }
     if is_quiet(svc.quiet_ticks) || slowest.is_none() {

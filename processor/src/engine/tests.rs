@@ -226,14 +226,15 @@ fn a_source_ahead_does_not_make_another_late() {
             assert!(dropped.is_empty(), "{instance} at {t} s: {dropped:?}");
         }
     };
-    // i1 sends up to 200 s; i2, of the same service, then catches up from 0 s: its data is not late.
-    send(&mut e, "i1", 0, 200, 1);
+    // i1 sends up to 100 s; i2, of the same service, then catches up from 0 s: its data is not late (the
+    // service's first two windows are for finding its sources).
+    send(&mut e, "i1", 0, 100, 1);
     let first = e.advance();
-    assert_eq!(ends(&first).last(), Some(&190));
+    assert_eq!(ends(&first).last(), Some(&90));
     assert!(first.iter().all(|w| cohort_summaries(w, "a").is_empty()));
     send(&mut e, "i2", 0, 200, 2);
-    // Past the service's first five minutes, i1 runs 3 minutes ahead and i2 follows, in order on its own.
-    send(&mut e, "i1", 201, 600, 1);
+    // Past them, i1 runs 3 minutes ahead and i2 follows, in order on its own.
+    send(&mut e, "i1", 101, 600, 1);
     send(&mut e, "i2", 201, 420, 2);
     assert_eq!(e.stats().late_values, 0);
     assert_eq!(e.stats().late_for_cohort_values, 0);
