@@ -83,9 +83,21 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts `memdrift run` on `config`, or on the embedded default pipeline.
+    /// Starts `memdrift run` on `config`, or on the embedded default pipeline, without an OTLP exporter.
     pub fn start(config: Option<&Path>) -> Running {
+        Running::spawn(config, true)
+    }
+
+    /// [`Running::start`] keeping the OTLP exporter the environment asks for (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub fn start_keeping_env(config: Option<&Path>) -> Running {
+        Running::spawn(config, false)
+    }
+
+    fn spawn(config: Option<&Path>, no_exporter: bool) -> Running {
         let mut command = Command::new(BIN);
+        if no_exporter {
+            command.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        }
         command.arg("run");
         if let Some(config) = config {
             command.arg("--config").arg(config);
@@ -94,7 +106,6 @@ impl Running {
             .env("MEMDRIFT_GRPC_ENDPOINT", "127.0.0.1:0")
             .env("MEMDRIFT_HTTP_ENDPOINT", "127.0.0.1:0")
             .env("MEMDRIFT_PROMETHEUS_ENDPOINT", "127.0.0.1:0")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
