@@ -169,17 +169,24 @@ fn requests_that_would_decode_into_gigabytes_are_refused_and_memory_stays_bounde
             .collect();
         (http_codes, grpc_codes)
     });
-    // Spans and attributes weigh hundreds of MB decoded: over the whole budget, refused for good. Log
-    // records are only counted; two at a time may find the budget taken (retry later) but never fail.
-    assert_eq!(&http_codes[..5], &[413; 5], "{http_codes:?}");
+    // Spans and attributes weigh hundreds of MB decoded: over the whole budget, refused for good (413), or
+    // refused for now (503) when the bodies in flight had taken the budget before this one could be weighed.
+    // Log records are only counted; they too may find the budget taken, but never fail.
+    // (0: answered early and reset before the answer could be read; counted below all the same.)
     assert!(
-        http_codes[5..].iter().all(|c| *c == 200 || *c == 503),
+        http_codes[..5].iter().all(|c| [413, 503, 0].contains(c)),
+        "{http_codes:?}"
+    );
+    assert!(http_codes.contains(&413), "{http_codes:?}");
+    assert!(
+        http_codes[5..].iter().all(|c| [200, 503, 0].contains(c)),
         "{http_codes:?}"
     );
     use tonic::Code;
-    assert_eq!(
-        &grpc_codes[..2],
-        &[Code::ResourceExhausted; 2],
+    assert!(
+        grpc_codes[..2]
+            .iter()
+            .all(|c| *c == Code::ResourceExhausted || *c == Code::Unavailable),
         "{grpc_codes:?}"
     );
     assert!(
@@ -205,20 +212,25 @@ fn requests_that_would_decode_into_gigabytes_are_refused_and_memory_stays_bounde
     );
     let text = scrape(running.prometheus);
     assert!(counter(&text, "memdrift_receiver_log_records_total") >= logs as f64);
-    assert_eq!(
+    // Every refusal is counted under its reason.
+    let failed = |reason: &str, transport: &str| {
         counter(
             &text,
-            "memdrift_receiver_failed_requests_total{reason=\"too_large\",transport=\"http\"}"
-        ),
-        5.0
-    );
+            &format!(
+                "memdrift_receiver_failed_requests_total{{reason=\"{reason}\",transport=\"{transport}\"}}"
+            ),
+        )
+    };
+    let n = |codes: &[u16], c: u16| codes.iter().filter(|x| **x == c).count() as f64;
+    let refused = failed("too_large", "http") + failed("busy", "http");
     assert_eq!(
-        counter(
-            &text,
-            "memdrift_receiver_failed_requests_total{reason=\"too_large\",transport=\"grpc\"}"
-        ),
-        2.0
+        refused,
+        n(&http_codes, 413) + n(&http_codes, 503) + n(&http_codes, 0)
     );
+    assert!(failed("too_large", "http") >= n(&http_codes, 413));
+    let g = |c: Code| grpc_codes.iter().filter(|x| **x == c).count() as f64;
+    assert_eq!(failed("too_large", "grpc"), g(Code::ResourceExhausted));
+    assert_eq!(failed("busy", "grpc"), g(Code::Unavailable));
     let (exit, _, log) = running.terminate(Duration::from_secs(15));
     assert!(exit.success(), "{log:#?}");
     let _ = std::fs::remove_dir_all(&dir);
