@@ -30,7 +30,7 @@ pub fn render(registry: &Registry) -> String {
     String::from_utf8(buf).unwrap_or_default()
 }
 
-/// The router serving `/metrics`; mount it on its own listener or beside other routes.
+/// The router serving `/metrics`; memdrift serves it on its own bounded listener (`receivers::listener`).
 pub fn router(registry: Registry) -> Router {
     Router::new().route(
         "/metrics",
@@ -46,17 +46,6 @@ pub fn router(registry: Registry) -> Router {
             }
         }),
     )
-}
-
-/// Serves `/metrics` on `addr` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    registry: Registry,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(registry))
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// Parses "host:port" for the endpoint, with a message that names the setting.

@@ -12,6 +12,10 @@ impl Duration {
     pub fn as_nanos(self) -> u64 {
         self.0
     }
+
+    pub fn as_std(self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.0)
+    }
 }
 
 impl fmt::Display for Duration {

@@ -63,6 +63,29 @@ async fn bind(what: &str, endpoint: &str) -> Result<TcpListener> {
     })
 }
 
+/// Reads a server's TLS and token settings, binds its endpoint and bounds its connections: what every server
+/// (OTLP/gRPC, OTLP/HTTP, Prometheus) does before it serves.
+async fn listen(
+    file: &crate::config::PipelineFile,
+    server: &'static str,
+    endpoint: &crate::config::Endpoint,
+    limits: ConnectionLimits,
+    telemetry: &Telemetry,
+) -> Result<(GuardedListener, Security)> {
+    let what = match server {
+        "otlp_grpc" => "receivers.otlp.protocols.grpc",
+        "otlp_http" => "receivers.otlp.protocols.http",
+        _ => "exporters.prometheus",
+    };
+    let security = Security::resolve(file, what, endpoint.tls.as_ref(), endpoint.auth.as_ref())
+        .map_err(anyhow::Error::msg)?;
+    let listener = bind(what, &endpoint.endpoint).await?;
+    Ok((
+        GuardedListener::new(server, listener, limits, telemetry.clone()),
+        security,
+    ))
+}
+
 impl Service {
     /// Binds every listener, then starts the servers and the engine thread.
     pub async fn start(pipeline: Pipeline) -> Result<Service> {
@@ -125,28 +148,18 @@ impl Service {
                 budget,
             );
             let max = otlp.max_request_bytes;
-            let std_duration = |d: Option<crate::duration::Duration>, default: Duration| {
-                d.map_or(default, |d| Duration::from_nanos(d.as_nanos()))
-            };
             let d = ConnectionLimits::default();
+            let or =
+                |v: Option<crate::duration::Duration>, default| v.map_or(default, |v| v.as_std());
             let limits = ConnectionLimits {
                 max_connections: otlp.max_connections.unwrap_or(d.max_connections),
-                idle_timeout: std_duration(otlp.idle_timeout, d.idle_timeout),
-                header_read_timeout: std_duration(otlp.header_read_timeout, d.header_read_timeout),
-                request_timeout: std_duration(otlp.request_timeout, d.request_timeout),
+                idle_timeout: or(otlp.idle_timeout, d.idle_timeout),
+                header_read_timeout: or(otlp.header_read_timeout, d.header_read_timeout),
+                request_timeout: or(otlp.request_timeout, d.request_timeout),
             };
             if let Some(g) = &otlp.protocols.grpc {
-                let security = Security::resolve(
-                    file,
-                    "receivers.otlp.protocols.grpc",
-                    g.tls.as_ref(),
-                    g.auth.as_ref(),
-                )
-                .map_err(anyhow::Error::msg)?;
-                let listener = bind("OTLP/gRPC", &g.endpoint).await?;
+                let (listener, security) = listen(file, "otlp_grpc", g, limits, &telemetry).await?;
                 grpc_addr = listener.local_addr().ok();
-                let listener =
-                    GuardedListener::new("otlp_grpc", listener, limits, telemetry.clone());
                 let (ingest, shutdown) = (ingest.clone(), stopped(&stop));
                 tasks.push((
                     "otlp grpc",
@@ -156,17 +169,8 @@ impl Service {
                 ));
             }
             if let Some(h) = &otlp.protocols.http {
-                let security = Security::resolve(
-                    file,
-                    "receivers.otlp.protocols.http",
-                    h.tls.as_ref(),
-                    h.auth.as_ref(),
-                )
-                .map_err(anyhow::Error::msg)?;
-                let listener = bind("OTLP/HTTP", &h.endpoint).await?;
+                let (listener, security) = listen(file, "otlp_http", h, limits, &telemetry).await?;
                 http_addr = listener.local_addr().ok();
-                let listener =
-                    GuardedListener::new("otlp_http", listener, limits, telemetry.clone());
                 let (ingest, shutdown) = (ingest.clone(), stopped(&stop));
                 tasks.push((
                     "otlp http",
@@ -185,20 +189,18 @@ impl Service {
             .as_ref()
             .filter(|_| file.exporter_enabled("prometheus"))
         {
-            let security = Security::resolve(
-                file,
-                "exporters.prometheus",
-                p.tls.as_ref(),
-                p.auth.as_ref(),
-            )
-            .map_err(anyhow::Error::msg)?;
-            let listener = bind("Prometheus", &p.endpoint).await?;
-            prometheus_addr = listener.local_addr().ok();
             let limits = ConnectionLimits {
                 max_connections: PROMETHEUS_MAX_CONNECTIONS,
                 ..ConnectionLimits::default()
             };
-            let listener = GuardedListener::new("prometheus", listener, limits, telemetry.clone());
+            let endpoint = crate::config::Endpoint {
+                endpoint: p.endpoint.clone(),
+                tls: p.tls.clone(),
+                auth: p.auth.clone(),
+            };
+            let (listener, security) =
+                listen(file, "prometheus", &endpoint, limits, &telemetry).await?;
+            prometheus_addr = listener.local_addr().ok();
             let refused =
                 (telemetry.failed_requests).with_label_values(&["prometheus", "unauthenticated"]);
             let router = guard_router(
