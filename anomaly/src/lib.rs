@@ -1,8 +1,8 @@
 //! memdrift's finding, as every part of it shares it: detectors build an [`Anomaly`], the outputs render it
 //! (JSON lines, OTLP logs and spans, a one-line summary). Plain data: times are Unix nanoseconds of event time,
 //! the evidence is one enum variant per kind of finding, and the [`Episode`] names the finding across its open,
-//! update and resolved events. Nothing here reads a clock or knows a wire format; serde derives only name the
-//! enums' spelling.
+//! update and resolved events. Nothing here reads a clock or knows a wire format; serde derives name the enums'
+//! spelling and let a checkpoint keep an open finding's episode.
 
 use serde::{Deserialize, Serialize};
 
@@ -66,14 +66,14 @@ pub struct Cohorts {
 }
 
 /// A request behind a finding: its trace, and its span where the sender gave one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exemplar {
     pub trace_id: [u8; 16],
     pub span_id: Option<[u8; 8]>,
 }
 
 /// The kind of a leak, from the heap figures beside the resident memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LeakClass {
     /// Allocator live bytes rise with the floor.
     Heap,
@@ -144,7 +144,7 @@ pub enum Evidence {
 /// Which finding an event belongs to. Its open, updates and resolution carry the same episode, so every output
 /// can group them (one trace in OTLP) without remembering anything: the id is a hash of the finding's identity
 /// and onset, the same on every replay.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Episode {
     pub id: [u8; 16],
     /// Start of the evidence that opened it.

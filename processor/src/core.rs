@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use memdrift_anomaly::Anomaly;
 
+use crate::checkpoint::{self, CheckpointError, Snapshot, SETTINGS};
 use crate::detect::{Detector, Findings, Gauge};
-use crate::engine::{ClosedWindow, Engine, EngineConfig};
+use crate::engine::{ClosedWindow, Engine, EngineConfig, EngineState};
 use crate::extract::DropReason;
 use crate::sample::MemorySample;
 use crate::signal::Signal;
@@ -29,6 +30,9 @@ pub struct Core {
     gauges: BTreeMap<GaugeKey, (Gauge, u64)>,
 }
 
+/// The engine's section of a checkpoint.
+const ENGINE: &str = "engine";
+
 /// A gauge's name and labels.
 type GaugeKey = (&'static str, Vec<(&'static str, String)>);
 
@@ -47,6 +51,44 @@ impl Core {
 
     pub fn detectors(&self) -> &[Box<dyn Detector>] {
         &self.detectors
+    }
+
+    /// The state of the engine and every detector, for a checkpoint; `settings` names the settings it was built
+    /// under ([`checkpoint::settings`]).
+    pub fn save(&self, settings: &str) -> Result<Snapshot, CheckpointError> {
+        let mut sections = vec![
+            (SETTINGS.to_string(), settings.as_bytes().to_vec()),
+            (
+                ENGINE.to_string(),
+                checkpoint::encode(ENGINE, &self.engine.state())?,
+            ),
+        ];
+        for d in &self.detectors {
+            sections.push((d.name().to_string(), d.save()?));
+        }
+        Ok(Snapshot { sections })
+    }
+
+    /// Carries on from a checkpoint saved under the same `settings`. All or nothing: on an error the core is
+    /// as it was.
+    pub fn restore(&mut self, snapshot: &Snapshot, settings: &str) -> Result<(), CheckpointError> {
+        snapshot.check_settings(settings)?;
+        let engine: EngineState = checkpoint::decode(ENGINE, snapshot.section(ENGINE)?)?;
+        let before = (self.detectors.iter())
+            .map(|d| d.save())
+            .collect::<Result<Vec<_>, _>>()?;
+        let restored = self
+            .detectors
+            .iter_mut()
+            .try_for_each(|d| d.restore(snapshot.section(d.name())?));
+        if let Err(e) = restored {
+            for (d, state) in self.detectors.iter_mut().zip(&before) {
+                d.restore(state)?;
+            }
+            return Err(e);
+        }
+        self.engine = Engine::restore(self.engine.config().clone(), engine);
+        Ok(())
     }
 
     /// Adds samples and closes the windows their event time allows.

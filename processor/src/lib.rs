@@ -4,6 +4,7 @@
 //! The modules from [`extract`] to [`detect`] are pure (no clocks, sockets or files); I/O lives in
 //! [`receivers`], [`topology`] and [`replay`].
 
+pub mod checkpoint;
 pub mod config;
 pub mod core;
 pub mod demo;

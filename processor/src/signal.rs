@@ -19,7 +19,9 @@ pub mod attr {
 }
 
 /// One memory quantity. The discriminant indexes [`SignalValues`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Signal {
     RssStart,
     RssEnd,

@@ -25,6 +25,9 @@ pub struct Telemetry {
     pub keys: IntGaugeVec,
     pub windows_closed: IntCounter,
     pub anomalies: IntCounterVec,
+    pub checkpoints: IntCounter,
+    pub checkpoint_failures: IntCounterVec,
+    pub checkpoint_bytes: prometheus::IntGauge,
     /// `memdrift_exporter_{sent,failed,dropped,retries}_total{exporter,signal}`, `memdrift_exporter_queue_size`.
     pub exporter: memdrift_exporter::otlp::ExporterMetrics,
     window: [GaugeVec; 6],
@@ -138,6 +141,27 @@ impl Telemetry {
                 "memdrift_windows_closed_total",
                 "Event-time windows closed.",
             ),
+            checkpoints: counter(
+                r,
+                "memdrift_checkpoints_total",
+                "Checkpoints of the engine's and detectors' state written (service.checkpoint).",
+            ),
+            checkpoint_failures: counter_vec(
+                r,
+                "memdrift_checkpoint_failures_total",
+                "Checkpoints that could not be written (operation=save) or read back at start (operation=restore: \
+                 corrupt, another format version, other settings); memdrift carries on either way.",
+                &["operation"],
+            ),
+            checkpoint_bytes: {
+                let g = prometheus::IntGauge::new(
+                    "memdrift_checkpoint_bytes",
+                    "Size of the last checkpoint written.",
+                )
+                .expect("valid");
+                r.register(Box::new(g.clone())).expect("unique");
+                g
+            },
             anomalies: counter_vec(
                 r,
                 "memdrift_anomalies_total",

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+use crate::checkpoint::store::{self as checkpoint, Checkpoints};
 use crate::config::Pipeline;
 use crate::core::{Core, Output};
 use crate::detect::Detector;
@@ -37,6 +38,8 @@ const EVENT_TAP_CAPACITY: usize = 1024;
 const PROMETHEUS_MAX_CONNECTIONS: usize = 64;
 /// `service.shutdown_timeout` when the pipeline does not set it.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// `service.checkpoint.interval` when the pipeline does not set it.
+const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 /// The engine thread looks this often whether it has been told to stop (it also wakes for every batch).
 const ENGINE_POLL: Duration = Duration::from_millis(100);
 
@@ -232,13 +235,27 @@ impl Service {
         };
         let (events, _) = broadcast::channel(EVENT_TAP_CAPACITY);
         let sinks = Outputs::of_pipeline(&pipeline, otlp.as_ref(), events.clone())?;
-        let core = Core::new(pipeline.engine.clone(), detectors);
+        let mut core = Core::new(pipeline.engine.clone(), detectors);
+        let checkpoints = match &file.service.checkpoint {
+            Some(c) => {
+                let settings = checkpoint::settings(&pipeline.engine, &pipeline.detectors);
+                let interval = c
+                    .interval
+                    .map_or(DEFAULT_CHECKPOINT_INTERVAL, |d| d.as_std());
+                let dir = std::path::Path::new(&c.directory);
+                let checkpoints = Checkpoints::open(dir, settings, interval, telemetry.clone())
+                    .context("service.checkpoint.directory")?;
+                checkpoints.restore(&mut core);
+                Some(checkpoints)
+            }
+            None => None,
+        };
         let engine_telemetry = telemetry.clone();
         let engine_stop = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&engine_stop);
         let engine = std::thread::Builder::new()
             .name("memdrift-engine".into())
-            .spawn(move || engine_loop(core, rx, engine_telemetry, sinks, &stop_flag))
+            .spawn(move || engine_loop(core, rx, engine_telemetry, sinks, checkpoints, &stop_flag))
             .context("cannot start the engine thread")?;
         let shutdown_timeout = file
             .service
@@ -370,6 +387,7 @@ fn engine_loop(
     rx: Receiver<SampleBatch>,
     telemetry: Telemetry,
     mut sinks: Outputs,
+    mut checkpoints: Option<Checkpoints>,
     stop: &AtomicBool,
 ) {
     let cfg = core.engine().config().clone();
@@ -378,6 +396,8 @@ fn engine_loop(
     // plus a step.
     let idle_delay = cfg.allowed_lateness_ns.saturating_add(cfg.step_ns);
     let mut last_tick = Instant::now();
+    // A restored state's keys show from the start.
+    telemetry.record_keys(core.engine());
     loop {
         if stop.load(Ordering::Acquire) {
             // What was queued when the stop came, and no more: a connection not yet cut cannot keep it going.
@@ -398,9 +418,16 @@ fn engine_loop(
             let out = core.tick(now_unix_nano().saturating_sub(idle_delay));
             emit(&out, &telemetry, &mut sinks);
             telemetry.record_keys(core.engine());
+            if let Some(c) = &mut checkpoints {
+                c.save_if_due(&core);
+            }
         }
     }
     telemetry.record_keys(core.engine());
+    // What was accepted is in the state now: the next start carries on from here.
+    if let Some(c) = &mut checkpoints {
+        c.save(&core);
+    }
 }
 
 fn emit(out: &Output, telemetry: &Telemetry, sinks: &mut Outputs) {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use memdrift::checkpoint::{self, CheckpointError};
 use memdrift::detect::{Detector, Findings};
 use memdrift::engine::{ClosedWindow, Scope};
 use memdrift::topology::Service;
@@ -272,6 +273,15 @@ struct FirstWindow {
 impl Detector for FirstWindow {
     fn name(&self) -> &'static str {
         "first_window"
+    }
+
+    fn save(&self) -> Result<Vec<u8>, CheckpointError> {
+        checkpoint::encode(self.name(), &self.fired)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), CheckpointError> {
+        self.fired = checkpoint::decode(self.name(), state)?;
+        Ok(())
     }
 
     fn on_window(&mut self, window: &ClosedWindow, out: &mut Findings) {

@@ -497,8 +497,10 @@ impl Skipped {
     }
 }
 
-/// Takes the directory's lock for this process, or says who holds it.
-fn lock_dir(dir: &Path) -> io::Result<File> {
+/// Takes the directory's lock (a `lock` file holding the pid) for this process, or says who holds it; `setting`
+/// names the pipeline key that chose the directory, for the message. Released when the file is dropped or the
+/// process dies.
+pub fn lock_dir(dir: &Path, setting: &str) -> io::Result<File> {
     let path = dir.join(LOCK_FILE);
     // Not truncated when opened: until the lock is taken, the pid in the file is the holder's.
     let mut file = OpenOptions::new()
@@ -518,8 +520,8 @@ fn lock_dir(dir: &Path) -> io::Result<File> {
             return Err(io::Error::new(
                 io::ErrorKind::ResourceBusy,
                 format!(
-                    "queue.directory {} is in use by another memdrift process (pid {pid}); give each instance \
-                     its own directory",
+                    "{setting} {} is in use by another memdrift process (pid {pid}); give each instance its own \
+                     directory",
                     dir.display()
                 ),
             ));
@@ -565,7 +567,7 @@ impl DiskQueue {
         fs::create_dir_all(dir).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
         })?;
-        let lock = lock_dir(dir)?;
+        let lock = lock_dir(dir, "queue.directory")?;
         let seqs = list_segments(dir)?;
         let last = seqs.last().copied();
         let scans = seqs

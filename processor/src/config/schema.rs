@@ -380,6 +380,23 @@ pub struct Service {
     /// its own `shutdown_timeout`). Default 5s.
     #[serde(default)]
     pub shutdown_timeout: Option<Duration>,
+    /// Keep the engine's and detectors' state across restarts: written to a directory on an interval and at
+    /// shutdown, read back at start, so a restart or rolling upgrade does not open an hour-long blind window on
+    /// a leak. Off by default.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointSection>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Where the `checkpoint` file lives (created if missing; one memdrift per directory, it is locked). State
+    /// saved under other `windows` or detector settings is not restored.
+    pub directory: String,
+    /// How often the state is written besides at shutdown (what a crash or kill -9 can lose); `0s` writes only
+    /// at shutdown. Default 60s.
+    #[serde(default)]
+    pub interval: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -36,7 +36,7 @@ pub struct Rules {
 }
 
 /// The state of one finding's lifecycle (one per key a detector watches).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Alarm {
     episode: Option<Episode>,
     streak: u32,

@@ -267,6 +267,7 @@ pub fn admit<'a, S>(
 }
 
 /// One instance's recent history on the grid.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Track {
     /// The memory signal this instance is watched on (the first one seen).
     pub signal: Signal,

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
+use crate::checkpoint::{self, CheckpointError};
 use crate::engine::{ClosedWindow, EngineConfig};
 
 /// The detectors, in the order they see each window (which is the order of their events within it).
@@ -179,4 +180,10 @@ pub trait Detector: Send {
 
     /// How many keys the detector holds state for, so tests and self-telemetry can show it stays bounded.
     fn live_keys(&self) -> usize;
+
+    /// The state it keeps between windows, encoded for a checkpoint ([`checkpoint::encode`]).
+    fn save(&self) -> Result<Vec<u8>, CheckpointError>;
+
+    /// Carries on from what [`Detector::save`] wrote under the same settings, in place of its own state.
+    fn restore(&mut self, state: &[u8]) -> Result<(), CheckpointError>;
 }

@@ -9,6 +9,7 @@ use super::window::{GroupKey, PaneSummary, SeriesKey, WindowSummary};
 use crate::sample::{Exemplar, MemorySample};
 use crate::signal::Signal;
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Pane {
     index: i64,
     moments: Moments,
@@ -82,12 +83,14 @@ fn next_random(state: &mut u64) -> u64 {
     x.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Series {
     panes: VecDeque<Pane>,
     rng: u64,
 }
 
 /// The series of one group, by signal.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct Group {
     series: [Option<Series>; Signal::COUNT],
     /// The newest event time of a sample added to it.

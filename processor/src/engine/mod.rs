@@ -54,12 +54,13 @@ pub struct EngineStats {
 
 /// Windows that close together: a service's cohorts, or one instance's series. `closed_end` is the end of the
 /// newest window closed; a sample whose earliest window ends at or before it is late for these groups.
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Clock {
     closed_end: u64,
 }
 
 /// One source of samples: an instance of a service, with its own progress in event time.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Instance {
     group: Group,
     clock: Clock,
@@ -69,6 +70,7 @@ struct Instance {
     quiet_ticks: u32,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Service {
     cohorts: HashMap<Option<Arc<str>>, Group>,
     clock: Clock,
@@ -78,6 +80,7 @@ struct Service {
     newest: u64,
     quiet_ticks: u32,
     /// Listed in `Engine::touched` since the last advance.
+    #[serde(skip)]
     touched: bool,
 }
 
@@ -363,6 +366,37 @@ impl Engine {
         closed
     }
 
+    /// What a checkpoint keeps of the engine: every service's sources, cohorts, open panes and progress. Not
+    /// the settings (the pipeline gives them again), nor the counters (self-telemetry starts again at zero).
+    pub fn state(&self) -> impl serde::Serialize + '_ {
+        SavedRef {
+            services: &self.services,
+            max_event_time: self.max_event_time,
+            floor: self.floor,
+            expired_at: self.expired_at,
+        }
+    }
+
+    /// An engine with `config` that carries on from [`Engine::state`] saved under the same settings.
+    pub fn restore(config: EngineConfig, state: EngineState) -> Engine {
+        let mut engine = Engine::new(config);
+        let EngineState(saved) = state;
+        for svc in saved.services.values() {
+            let cohorts: usize = svc.cohorts.values().map(Group::series_count).sum();
+            let instances: usize = (svc.instances.values())
+                .map(|i| i.group.series_count())
+                .sum();
+            engine.live_by_kind[0] += cohorts;
+            engine.live_by_kind[1] += instances;
+            engine.live_series += cohorts + instances;
+        }
+        engine.services = saved.services;
+        engine.max_event_time = saved.max_event_time;
+        engine.floor = saved.floor;
+        engine.expired_at = saved.expired_at;
+        engine
+    }
+
     /// Looks for idle groups once the newest event time has moved a step since the last look.
     fn expire_if_due(&mut self, out: &mut Closing) {
         if self.max_event_time >= self.expired_at.saturating_add(self.config.step_ns) {
@@ -414,6 +448,28 @@ impl Engine {
         self.live_series -= freed[0] + freed[1];
     }
 }
+
+/// [`Engine::state`] as written.
+#[derive(serde::Serialize)]
+struct SavedRef<'a> {
+    services: &'a HashMap<Arc<str>, Service>,
+    max_event_time: u64,
+    floor: u64,
+    expired_at: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct Saved {
+    services: HashMap<Arc<str>, Service>,
+    max_event_time: u64,
+    floor: u64,
+    expired_at: u64,
+}
+
+/// [`Engine::state`] as read back: what [`Engine::restore`] takes.
+#[derive(serde::Deserialize)]
+#[serde(transparent)]
+pub struct EngineState(Saved);
 
 /// The count of live series against the cap, while one sample's values are added.
 struct Live<'a> {

@@ -4,7 +4,7 @@ pub use crate::stats::quantile_sorted;
 
 /// Running moments of one pane, mergeable exactly (Chan et al.'s parallel update), so the mean and sd of a
 /// window are exact even when the pane keeps only a reservoir of its values.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Moments {
     pub n: u64,
     pub mean: f64,

@@ -9,7 +9,7 @@
 /// Under H0, P(sup_T Lambda_T >= 1 / alpha) <= alpha (Ville's inequality), so p_T = min(1, 1 / max_t Lambda_t)
 /// is valid at any stopping time: a detector may evaluate every window and still hold alpha over the whole run.
 /// The estimates fed in must be independent, so callers feed non-overlapping windows.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Msprt {
     tau2: f64,
     w: f64,
@@ -80,7 +80,7 @@ fn mixture_log_lr_of(tau2: f64, m: f64, v: f64) -> f64 {
 /// kept (a subset of the terms, so the bound holds and the state is bounded). Unlike one mSPRT begun at the
 /// first look, a change after a long stretch of equal spread is not diluted by that stretch: the starts after
 /// it carry the evidence. The estimates fed in must be independent (non-overlapping looks).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MsprtChange {
     tau2: f64,
     /// (W, S, V) since the first look, once it is no longer among the recent starts: the sum of the weights,

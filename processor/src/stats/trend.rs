@@ -9,7 +9,7 @@ use statrs::distribution::{ContinuousCDF, Normal};
 use super::normal_quantile;
 
 /// Theil-Sen slope per step with a two-sided confidence interval, and the median intercept at position 0.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SenSlope {
     pub slope: f64,
     pub low: f64,
@@ -18,7 +18,7 @@ pub struct SenSlope {
 }
 
 /// The Mann-Kendall test with its trend estimate.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MannKendall {
     /// Kendall's S.
     pub s: f64,

@@ -49,7 +49,7 @@ use super::grid::{
     admit, buckets, expire, instance_event, level_shift_fits, observations, InstanceKey,
     Observation, Track,
 };
-use super::{Detector, Findings, Gauge, SectionError, Settings};
+use super::{checkpoint, CheckpointError, Detector, Findings, Gauge, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig};
 use crate::stats::{median_in_place, normal_quantile, theil_sen, SenSlope};
 
@@ -74,7 +74,7 @@ pub const STRIDE: usize = 3;
 pub const MAX_TTL_S: f64 = 30.0 * 86_400.0;
 
 /// The outcome of one forecast.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Forecast {
     /// Slope of the envelope, bytes per second, with its interval.
     pub slope: f64,
@@ -93,6 +93,7 @@ pub struct Forecast {
     pub from: i64,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct InstanceState {
     track: Track,
     alarm: Alarm,
@@ -488,6 +489,15 @@ impl Detector for Growth {
 
     fn live_keys(&self) -> usize {
         self.instances.len()
+    }
+
+    fn save(&self) -> Result<Vec<u8>, CheckpointError> {
+        checkpoint::encode(self.name(), &(&self.instances, self.overflow))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), CheckpointError> {
+        (self.instances, self.overflow) = checkpoint::decode(self.name(), state)?;
+        Ok(())
     }
 
     fn on_window(&mut self, window: &ClosedWindow, out: &mut Findings) {

@@ -10,6 +10,7 @@ pub const STRIDE: i64 = 6;
 
 /// Per-minute minima, oldest first; gaps are NaN. Minute `m` holds grid buckets `m * STRIDE - STRIDE + 1 ..= m *
 /// STRIDE`.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Minutes {
     /// Minute index of the newest minute held.
     pub last: i64,

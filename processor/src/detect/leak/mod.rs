@@ -46,7 +46,7 @@ use super::grid::{
     admit, buckets, expire, instance_event, level_shift_fits, observations, InstanceKey,
     Observation, Track, S,
 };
-use super::{Detector, Findings, SectionError, Settings};
+use super::{checkpoint, CheckpointError, Detector, Findings, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig};
 use crate::stats::{mann_kendall_sen, theil_sen, MannKendall, SenSlope};
 
@@ -69,7 +69,7 @@ const CONFIRM: u32 = 3;
 const GRID_SPAN_NS: u64 = 3600 * S;
 
 /// A leak test's outcome.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LeakTest {
     /// Floor slope, bytes per second.
     pub slope: f64,
@@ -363,6 +363,7 @@ pub fn test_minutes(
     })
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct InstanceState {
     track: Track,
     minutes: Minutes,
@@ -507,6 +508,15 @@ impl Detector for Leak {
 
     fn live_keys(&self) -> usize {
         self.instances.len()
+    }
+
+    fn save(&self) -> Result<Vec<u8>, CheckpointError> {
+        checkpoint::encode(self.name(), &(&self.instances, self.overflow))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), CheckpointError> {
+        (self.instances, self.overflow) = checkpoint::decode(self.name(), state)?;
+        Ok(())
     }
 
     fn on_window(&mut self, window: &ClosedWindow, out: &mut Findings) {

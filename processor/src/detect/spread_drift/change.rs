@@ -14,7 +14,7 @@ const LAMBDA: f64 = 0.05;
 /// The CUSUM's reference value: half the shift (in sd units) it is tuned to find fastest.
 pub const K: f64 = 0.5;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SpreadChange {
     seen: u32,
     mean: f64,

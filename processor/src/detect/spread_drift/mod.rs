@@ -45,7 +45,7 @@ pub use baseline::{choose_baseline, CohortInfo};
 pub use config::{Direction, SpreadDriftSection, SpreadDriftSettings};
 
 use super::alarm::{Alarm, Look, Rules};
-use super::{Detector, Findings, Gauge, SectionError, Settings};
+use super::{checkpoint, CheckpointError, Detector, Findings, Gauge, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig, Scope, WindowSummary};
 use crate::sample::Exemplar;
 use crate::signal::Signal;
@@ -88,6 +88,7 @@ const REFERENCE_LOOKS: usize = 10;
 /// is dropped and begun again, so that what a look compares is never older than this.
 const MAX_LOOK_WINDOWS: u32 = 10;
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct PairState {
     /// The canary's log dispersion, look by look, against the baseline's reference level.
     evidence: MsprtChange,
@@ -201,6 +202,7 @@ impl PairState {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct CohortState {
     first_seen: u64,
     last_seen: u64,
@@ -208,7 +210,7 @@ struct CohortState {
     change_alarm: Alarm,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct SeriesState {
     cohorts: BTreeMap<Arc<str>, CohortState>,
     /// Keyed by (baseline, canary).
@@ -269,7 +271,7 @@ impl SpreadDrift {
 /// requests): what differs between releases is how erratic each process is from request to request, and the
 /// differences of a near-unit-root series are nearly independent, while a trend (a leak, the rise of a
 /// sawtooth) becomes a constant that centring each instance's differences on their own median removes.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct LookValues {
     pub values: Vec<f64>,
     /// Lag-1 and lag-2 autocorrelations of the deviations, each summed weighted by the values behind it, and
@@ -768,6 +770,15 @@ impl Detector for SpreadDrift {
             .values()
             .map(|s| s.cohorts.len() + s.pairs.len())
             .sum()
+    }
+
+    fn save(&self) -> Result<Vec<u8>, CheckpointError> {
+        checkpoint::encode(self.name(), &self.series)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), CheckpointError> {
+        self.series = checkpoint::decode(self.name(), state)?;
+        Ok(())
     }
 
     fn on_window(&mut self, window: &ClosedWindow, out: &mut Findings) {

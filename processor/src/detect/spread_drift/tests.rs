@@ -555,3 +555,86 @@ fn a_trend_in_process_level_values_is_not_a_spread_change() {
         assert!(events.is_empty(), "seed {seed}: {events:#?}");
     }
 }
+
+#[test]
+fn a_restart_while_a_finding_is_open_neither_reopens_nor_forgets_it() {
+    // A canary drifting from minute 5 to 35 and a lone cohort whose spread triples at minute 24 (after the
+    // CUSUM's 20-minute warm-up); memdrift restarts at minute 30 from a checkpoint. Every event after the restart is the one the uninterrupted run
+    // gives: the open findings keep their episodes (no second open) and resolve when they would have.
+    use crate::checkpoint::Snapshot;
+    let services = [
+        ab("checkout-llm", Noise::Normal, 100),
+        Service {
+            name: "solo".into(),
+            cohorts: vec![("1.0.0", 2, 100, Noise::Normal)],
+        },
+    ];
+    let samples = traffic(
+        &services,
+        Signal::RequestAllocated,
+        50,
+        7,
+        |s, c, m| match (s, c) {
+            ("checkout-llm", "1.5.0") if (5.0..35.0).contains(&m) => 2.5,
+            ("solo", _) if m >= 24.0 => 3.0,
+            _ => 1.0,
+        },
+        |_, _, _| 0.0,
+    );
+    let cut = samples.partition_point(|s| s.time_unix_nano < T0 + 30 * 60 * S);
+    let engine = EngineConfig::default();
+    let settings = SpreadDriftSettings::default();
+    let fingerprint = format!("{engine:?} {settings:?}");
+    let build = || {
+        let detector = SpreadDrift::new(settings.clone(), engine.window_ns);
+        Core::new(engine.clone(), vec![Box::new(detector)])
+    };
+    let feed = |core: &mut Core, part: &[MemorySample]| {
+        let mut events = Vec::new();
+        for chunk in part.chunks(500) {
+            events.extend(core.ingest(chunk).anomalies.iter().map(Anomaly::from));
+        }
+        events
+    };
+    let mut whole = build();
+    let before = feed(&mut whole, &samples[..cut]);
+    let uninterrupted = feed(&mut whole, &samples[cut..]);
+
+    let mut first = build();
+    assert_eq!(feed(&mut first, &samples[..cut]), before);
+    let bytes = first.save(&fingerprint).expect("save").to_bytes();
+    drop(first);
+    let mut second = build();
+    let snapshot = Snapshot::from_bytes(&bytes).expect("reads back");
+    second.restore(&snapshot, &fingerprint).expect("restore");
+    let restarted = feed(&mut second, &samples[cut..]);
+    assert_eq!(restarted, uninterrupted);
+
+    let opened = |events: &[Anomaly], method: &str| {
+        events
+            .iter()
+            .filter(|a| a.state == AnomalyState::Open && a.method.as_deref() == Some(method))
+            .count()
+    };
+    for method in ["brown_forsythe+msprt", "cusum"] {
+        assert_eq!(
+            opened(&before, method),
+            1,
+            "{method} opens before the restart"
+        );
+        assert_eq!(
+            opened(&restarted, method),
+            0,
+            "{method} is not opened again"
+        );
+    }
+    assert!(
+        restarted.iter().any(|a| a.state == AnomalyState::Resolved
+            && a.method.as_deref() == Some("brown_forsythe+msprt")),
+        "the spread finding resolves after the restart"
+    );
+    // A core that is not restored opens them again: what the checkpoint prevents.
+    let mut cold = build();
+    let blind = feed(&mut cold, &samples[cut..]);
+    assert!(opened(&blind, "brown_forsythe+msprt") + opened(&blind, "cusum") >= 1);
+}

@@ -1,0 +1,250 @@
+//! State that survives a restart: the engine's and the detectors' state, written to a directory on an interval
+//! and at shutdown, read back at start (`service.checkpoint` in the pipeline).
+//!
+//! A leak or a growth warning rests on an hour of history; without a checkpoint, every restart or rolling
+//! upgrade of memdrift would open a blind window that long. With one, a restarted memdrift carries on where it
+//! stopped: the same open panes, tracks, sequential evidence, CUSUM levels and open findings (same episodes, so
+//! an open finding is not opened twice).
+//!
+//! The file, `dir/checkpoint`, is written whole to `checkpoint.tmp`, synced and renamed over the old one, so a
+//! crash mid-write leaves the previous checkpoint. Layout (integers little-endian):
+//!
+//! ```text
+//! "memdrift checkpoint\n"  magic, 20 bytes
+//! version                  u32 (FORMAT_VERSION)
+//! body length              u64
+//! body CRC-32              u32
+//! body                     sections: name length u16, name, data length u64, data
+//! ```
+//!
+//! The first section, `settings`, is the window and detector settings the state was built under: state from
+//! other settings (a changed window, step or lookback) means something else, and is not restored. The others
+//! are `engine` and one per detector, each the CBOR of that part's state. A checkpoint that is corrupt (bad
+//! checksum, cut short), of another version or from other settings is reported, kept aside as
+//! `checkpoint.rejected` for a look, and skipped: memdrift starts fresh, never fails for it.
+//!
+//! Encoding and decoding here are pure; [`store::Store`] is the only part that touches files, and
+//! [`store::Checkpoints`] the part the engine thread drives.
+
+pub mod store;
+
+use std::io;
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+const MAGIC: &[u8; 20] = b"memdrift checkpoint\n";
+/// Raised whenever the encoding of any part's state changes in a way an older reader would misread.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = MAGIC.len() + 4 + 8 + 4;
+/// The section that names the settings the state was built under.
+pub const SETTINGS: &str = "settings";
+
+/// Why a checkpoint could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("corrupt checkpoint: {0}")]
+    Corrupt(String),
+    #[error("checkpoint format version {found}, this memdrift reads version {FORMAT_VERSION}")]
+    Version { found: u32 },
+    #[error(
+        "the checkpoint was saved under other window or detector settings; state built under those would \
+         mislead, so it is not restored"
+    )]
+    Settings,
+    #[error("cannot encode the {section} state: {message}")]
+    Encode { section: String, message: String },
+    #[error("cannot decode the {section} state: {message}")]
+    Decode { section: String, message: String },
+    #[error("the checkpoint has no {0} section")]
+    Missing(String),
+}
+
+impl CheckpointError {
+    /// Whether the file itself is at fault (and is set aside), rather than the disk or this process.
+    pub fn rejects_file(&self) -> bool {
+        !matches!(
+            self,
+            CheckpointError::Io { .. } | CheckpointError::Encode { .. }
+        )
+    }
+}
+
+/// One part's state, CBOR-encoded.
+pub fn encode<T: Serialize + ?Sized>(section: &str, state: &T) -> Result<Vec<u8>, CheckpointError> {
+    let mut out = Vec::new();
+    ciborium::into_writer(state, &mut out).map_err(|e| CheckpointError::Encode {
+        section: section.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(out)
+}
+
+/// One part's state back from [`encode`].
+pub fn decode<T: DeserializeOwned>(section: &str, data: &[u8]) -> Result<T, CheckpointError> {
+    ciborium::from_reader(data).map_err(|e| CheckpointError::Decode {
+        section: section.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// A whole checkpoint: named sections, the first being [`SETTINGS`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub sections: Vec<(String, Vec<u8>)>,
+}
+
+impl Snapshot {
+    pub fn section(&self, name: &str) -> Result<&[u8], CheckpointError> {
+        self.sections
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d.as_slice())
+            .ok_or_else(|| CheckpointError::Missing(name.to_string()))
+    }
+
+    /// Checks the settings the state was saved under against `settings`.
+    pub fn check_settings(&self, settings: &str) -> Result<(), CheckpointError> {
+        if self.section(SETTINGS)? == settings.as_bytes() {
+            Ok(())
+        } else {
+            Err(CheckpointError::Settings)
+        }
+    }
+
+    /// The file's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (name, data) in &self.sections {
+            // Section names are ours and short.
+            let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+            body.extend_from_slice(&len.to_le_bytes());
+            body.extend_from_slice(&name.as_bytes()[..usize::from(len)]);
+            body.extend_from_slice(&(data.len() as u64).to_le_bytes());
+            body.extend_from_slice(data);
+        }
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Reads the file's bytes, checking magic, version, length and checksum.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot, CheckpointError> {
+        let corrupt = |what: &str| CheckpointError::Corrupt(what.to_string());
+        if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(corrupt("not a memdrift checkpoint (no header)"));
+        }
+        let mut r = Reader(&bytes[MAGIC.len()..]);
+        let version = u32::from_le_bytes(r.array().ok_or_else(|| corrupt("cut short"))?);
+        if version != FORMAT_VERSION {
+            return Err(CheckpointError::Version { found: version });
+        }
+        let len = u64::from_le_bytes(r.array().ok_or_else(|| corrupt("cut short"))?);
+        let crc = u32::from_le_bytes(r.array().ok_or_else(|| corrupt("cut short"))?);
+        if len != r.0.len() as u64 {
+            return Err(CheckpointError::Corrupt(format!(
+                "body of {} bytes where the header says {len}",
+                r.0.len()
+            )));
+        }
+        if crc32fast::hash(r.0) != crc {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let mut sections = Vec::new();
+        while !r.0.is_empty() {
+            let cut = || corrupt("a section is cut short");
+            let name_len = u16::from_le_bytes(r.array().ok_or_else(cut)?);
+            let name = r.take(u64::from(name_len)).ok_or_else(cut)?;
+            let name = String::from_utf8(name.to_vec())
+                .map_err(|_| corrupt("a section name is not UTF-8"))?;
+            let data_len = u64::from_le_bytes(r.array().ok_or_else(cut)?);
+            let data = r.take(data_len).ok_or_else(cut)?;
+            sections.push((name, data.to_vec()));
+        }
+        Ok(Snapshot { sections })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: u64) -> Option<&'a [u8]> {
+        let n = usize::try_from(n).ok().filter(|&n| n <= self.0.len())?;
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N as u64)?.try_into().ok()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn snapshot() -> Snapshot {
+        Snapshot {
+            sections: vec![
+                (SETTINGS.into(), b"window 60s".to_vec()),
+                (
+                    "engine".into(),
+                    encode("engine", &vec![1.5f64, f64::NAN]).unwrap(),
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_as_written() {
+        let s = snapshot();
+        let back = Snapshot::from_bytes(&s.to_bytes()).unwrap();
+        assert_eq!(back, s);
+        let v: Vec<f64> = decode("engine", back.section("engine").unwrap()).unwrap();
+        assert_eq!(v[0], 1.5);
+        assert!(v[1].is_nan());
+        back.check_settings("window 60s").unwrap();
+        assert!(matches!(
+            back.check_settings("window 30s"),
+            Err(CheckpointError::Settings)
+        ));
+    }
+
+    #[test]
+    fn every_flipped_byte_and_every_cut_is_refused() {
+        let bytes = snapshot().to_bytes();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            let r = Snapshot::from_bytes(&b);
+            assert!(
+                matches!(
+                    r,
+                    Err(CheckpointError::Corrupt(_) | CheckpointError::Version { .. })
+                ),
+                "byte {i} flipped: {r:?}"
+            );
+            assert!(Snapshot::from_bytes(&bytes[..i]).is_err(), "cut at {i}");
+        }
+    }
+
+    #[test]
+    fn another_version_is_named() {
+        let mut b = snapshot().to_bytes();
+        b[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&7u32.to_le_bytes());
+        let e = Snapshot::from_bytes(&b).unwrap_err();
+        assert!(e.to_string().contains("version 7"), "{e}");
+    }
+}
