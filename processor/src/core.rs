@@ -20,6 +20,9 @@ pub struct Output {
     pub gauges: Option<Vec<Gauge>>,
     /// Values the engine dropped (late, key overflow).
     pub dropped: Vec<(DropReason, Signal)>,
+    /// Samples none of whose values the engine kept, and their values.
+    pub rejected_samples: u64,
+    pub rejected_sample_values: u64,
 }
 
 pub struct Core {
@@ -93,10 +96,17 @@ impl Core {
 
     /// Adds samples and closes the windows their event time allows.
     pub fn ingest(&mut self, samples: &[MemorySample]) -> Output {
+        let before = self.engine.stats().clone();
         let dropped = self.engine.ingest(samples);
+        let after = self.engine.stats();
+        let rejected = (
+            after.rejected_samples - before.rejected_samples,
+            after.rejected_sample_values - before.rejected_sample_values,
+        );
         let windows = self.engine.advance();
         let mut out = self.detect(windows);
         out.dropped = dropped;
+        (out.rejected_samples, out.rejected_sample_values) = rejected;
         out
     }
 
@@ -138,7 +148,7 @@ impl Core {
             windows,
             anomalies,
             gauges,
-            dropped: Vec::new(),
+            ..Output::default()
         }
     }
 }

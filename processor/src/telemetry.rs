@@ -81,7 +81,7 @@ impl Telemetry {
             accepted_spans: counter(
                 r,
                 "memdrift_receiver_accepted_spans_total",
-                "Spans that gave a memory sample.",
+                "Spans that gave a memory sample the engine kept (not late, not over the key cap, not from the future).",
             ),
             refused_spans: counter_vec(
                 r,
@@ -92,7 +92,7 @@ impl Telemetry {
             accepted_metric_points: counter(
                 r,
                 "memdrift_receiver_accepted_metric_points_total",
-                "Metric points that gave a memory sample.",
+                "Metric points that gave a memory value the engine kept.",
             ),
             log_records: counter(
                 r,
@@ -194,10 +194,8 @@ impl Telemetry {
         t
     }
 
+    /// What extraction found in one request; what was accepted is recorded once the engine has kept it.
     pub fn record_extract(&self, stats: &ExtractStats) {
-        self.accepted_spans.inc_by(stats.spans_accepted);
-        self.accepted_metric_points
-            .inc_by(stats.metric_points_accepted);
         for (reason, n) in &stats.refused {
             self.refused_spans
                 .with_label_values(&[reason.name()])

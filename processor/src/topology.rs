@@ -25,7 +25,7 @@ use crate::outputs::Outputs;
 use crate::receivers::listener::{serve_http, ConnectionLimits, GuardedListener};
 use crate::receivers::memory_limit::{container_limit, MemoryLimiter, MemoryLimits};
 use crate::receivers::otlp::budget::DecodeBudget;
-use crate::receivers::otlp::{grpc, http, Ingest, SampleBatch};
+use crate::receivers::otlp::{grpc, http, Ingest, SampleBatch, Verdict};
 use crate::receivers::security::{guard_router, Security};
 use crate::telemetry::Telemetry;
 
@@ -402,13 +402,13 @@ fn engine_loop(
         if stop.load(Ordering::Acquire) {
             // What was queued when the stop came, and no more: a connection not yet cut cannot keep it going.
             for batch in rx.try_iter().take(QUEUE_BATCHES) {
-                let out = core.ingest(&batch);
+                let out = ingest(&mut core, batch);
                 emit(&out, &telemetry, &mut sinks);
             }
             break;
         }
         let out = match rx.recv_timeout(ENGINE_POLL.min(tick)) {
-            Ok(batch) => core.ingest(&batch),
+            Ok(batch) => ingest(&mut core, batch),
             Err(RecvTimeoutError::Timeout) => Output::default(),
             Err(RecvTimeoutError::Disconnected) => break,
         };
@@ -428,6 +428,16 @@ fn engine_loop(
     if let Some(c) = &mut checkpoints {
         c.save(&core);
     }
+}
+
+/// Runs one batch through the core and tells its request what the engine did not keep.
+fn ingest(core: &mut Core, batch: SampleBatch) -> Output {
+    let out = core.ingest(&batch.samples);
+    if let Some(tx) = batch.verdict {
+        // The request may have stopped waiting.
+        let _ = tx.send(Verdict::of(&out));
+    }
+    out
 }
 
 fn emit(out: &Output, telemetry: &Telemetry, sinks: &mut Outputs) {

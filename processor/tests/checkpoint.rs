@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{http_request, pipeline_file, tempdir, wait_within, Running, BIN};
+use common::{http_request, metric, pipeline_file, tempdir, wait_within, Running, BIN};
 
 /// OTLP/JSON spans of `instances` instances of one service, ten each, ending now.
 fn spans(instances: usize) -> Vec<u8> {
@@ -43,15 +43,6 @@ fn spans(instances: usize) -> Vec<u8> {
         })
         .collect();
     format!(r#"{{"resourceSpans":[{}]}}"#, resources.join(",")).into_bytes()
-}
-
-fn metric(running: &Running, series: &str) -> f64 {
-    let (status, body) = http_request(running.prometheus, "GET", "/metrics", &[], &[]);
-    assert_eq!(status, 200);
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn checkpointed(dir: &Path, state: &Path) -> std::path::PathBuf {

@@ -5,20 +5,12 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, TracesData};
 
 mod common;
-use common::{pipeline_file, tempdir, wait_within, Running, BIN};
-
-fn kv(key: &str, v: Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
+use common::{kv, pipeline_file, tempdir, wait_within, Running, BIN};
 
 /// Writes `lines` lines of 100 spans each: 4 services x 2 cohorts x 3 instances, one span per 10 ms of event
 /// time, as the Collector's `file` exporter would (opentelemetry-proto's OTLP/JSON writer).

@@ -194,3 +194,21 @@ fn mutated_bodies_never_panic_and_the_wire_walk_accepts_what_prost_decodes() {
     assert!(decoded > 4_000, "{decoded} bodies decoded");
     assert!(samples > 4_000, "{samples} samples reached the engine");
 }
+
+/// Writes [`corpus`] as the seed corpus of the fuzz targets (`fuzz/corpus/otlp_protobuf`, `otlp_json`):
+/// `cargo test -p memdrift --test decode_mutations -- --ignored write_fuzz_corpus`.
+#[test]
+#[ignore]
+fn write_fuzz_corpus() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    for (i, body) in corpus().iter().enumerate() {
+        let target = if body.first() == Some(&b'{') {
+            "otlp_json"
+        } else {
+            "otlp_protobuf"
+        };
+        let dir = root.join(target);
+        std::fs::create_dir_all(&dir).expect("corpus dir");
+        std::fs::write(dir.join(format!("seed-{i:02}")), body).expect("seed");
+    }
+}

@@ -294,37 +294,8 @@ fn megabyte_labels_are_shortened_and_metrics_stay_small() {
 
 /// A small valid trace request: one span with one memory attribute.
 fn one_span() -> Vec<u8> {
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
     use prost::Message;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as u64;
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans: vec![Span {
-                    trace_id: vec![1; 16],
-                    span_id: vec![2; 8],
-                    start_time_unix_nano: now - 1000,
-                    end_time_unix_nano: now,
-                    attributes: vec![KeyValue {
-                        key: "memspan.rss.end".into(),
-                        value: Some(AnyValue {
-                            value: Some(Value::IntValue(500_000_000)),
-                        }),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
+    common::span_request("pod-1", Duration::ZERO).encode_to_vec()
 }
 
 /// Holds `total` idle TCP connections to `ports` (round robin) from Python processes (this test process's own

@@ -11,7 +11,7 @@ use memdrift::extract::model::{from_proto, TraceRequest};
 use memdrift::extract::{extract_spans, ExtractConfig, ExtractStats};
 use memdrift::receivers::listener::{ConnectionLimits, GuardedListener};
 use memdrift::receivers::otlp::budget::DecodeBudget;
-use memdrift::receivers::otlp::{grpc, http, Ingest, RpcStatus, SampleBatch};
+use memdrift::receivers::otlp::{grpc, http, Ingest, RpcStatus, SampleBatch, Verdict};
 use memdrift::receivers::security::Security;
 use memdrift::sample::MemorySample;
 use memdrift::telemetry::Telemetry;
@@ -33,14 +33,27 @@ const BUDGET: usize = 4 << 20;
 struct Receivers {
     grpc: String,
     http: String,
-    rx: Receiver<SampleBatch>,
+    /// The samples of each batch the engine would get (each batch's verdict is answered at once: nothing
+    /// dropped).
+    rx: Receiver<Vec<MemorySample>>,
     telemetry: Telemetry,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 async fn start() -> Receivers {
     let telemetry = Telemetry::new();
-    let (tx, rx) = sync_channel(64);
+    let (tx, engine) = sync_channel::<SampleBatch>(64);
+    let (relay, rx) = sync_channel(64);
+    std::thread::spawn(move || {
+        for batch in engine {
+            if let Some(v) = batch.verdict {
+                let _ = v.send(Verdict::default());
+            }
+            if relay.send(batch.samples).is_err() {
+                break;
+            }
+        }
+    });
     let ingest = Ingest::new(
         ExtractConfig::default(),
         telemetry.clone(),
@@ -132,7 +145,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().expect("gzip")
 }
 
-fn next_batch(rx: &Receiver<SampleBatch>) -> SampleBatch {
+fn next_batch(rx: &Receiver<Vec<MemorySample>>) -> Vec<MemorySample> {
     rx.recv_timeout(Duration::from_secs(5))
         .expect("a batch reached the engine queue")
 }

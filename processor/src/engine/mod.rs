@@ -50,6 +50,10 @@ pub struct EngineStats {
     /// Services forgotten early, at the key cap, to make room for a newcomer (the idlest first).
     pub evicted_services: u64,
     pub windows_closed: u64,
+    /// Samples none of whose values were kept (late, over the key cap), and their values: what a sender is told
+    /// was rejected.
+    pub rejected_samples: u64,
+    pub rejected_sample_values: u64,
 }
 
 /// Windows that close together: a service's cohorts, or one instance's series. `closed_end` is the end of the
@@ -183,7 +187,16 @@ impl Engine {
     pub fn ingest(&mut self, samples: &[MemorySample]) -> Vec<(DropReason, Signal)> {
         let mut dropped = Vec::new();
         for s in samples {
+            let before = dropped.len();
             self.add(s, &mut dropped);
+            // Late for its cohort only, a value is still kept for its instance.
+            let lost = (dropped[before..].iter())
+                .filter(|(r, _)| *r != DropReason::LateForCohort)
+                .count();
+            if lost > 0 && lost == s.values.len() {
+                self.stats.rejected_samples += 1;
+                self.stats.rejected_sample_values += lost as u64;
+            }
         }
         dropped
     }

@@ -6,7 +6,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_memdrift");
 
@@ -208,4 +213,54 @@ pub fn http_request(
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head}"));
     (status, out[text_end + 4..].to_vec())
+}
+
+/// An OTLP key-value.
+pub fn kv(key: &str, v: Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
+
+/// One span of `instance`, ending `ago` before now.
+pub fn span_request(instance: &str, ago: Duration) -> ExportTraceServiceRequest {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    let end = now - ago.as_nanos() as u64;
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", Value::StringValue("llm".into())),
+                    kv("service.instance.id", Value::StringValue(instance.into())),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    trace_id: vec![3; 16],
+                    span_id: vec![4; 8],
+                    start_time_unix_nano: end - 1_000,
+                    end_time_unix_nano: end,
+                    attributes: vec![kv("memspan.rss.end", Value::IntValue(400_000_000))],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// One series' value on `/metrics` (0 when absent).
+pub fn metric(running: &Running, series: &str) -> f64 {
+    let (_, body) = http_request(running.prometheus, "GET", "/metrics", &[], &[]);
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }

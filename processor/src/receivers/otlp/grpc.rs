@@ -8,12 +8,13 @@
 //! their own, so framing, compression and size limits behave exactly as in a generated server.
 
 use std::convert::Infallible;
-use std::future::{ready, Ready};
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
+use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
@@ -26,7 +27,7 @@ use tonic::{Request, Response, Status};
 use tonic_prost::ProstEncoder;
 
 use super::budget::{self, Admission, BodyError, BudgetedBody, Refusal, Reservation, Shape};
-use super::{Busy, Ingest};
+use super::{Busy, Ingest, Pending};
 use crate::extract::model::{MetricsRequest, TraceRequest};
 use crate::receivers::listener::GuardedListener;
 use crate::receivers::security::{require_grpc, Security};
@@ -41,7 +42,10 @@ pub trait ExportCall: Send + Sync + 'static {
     type Request: Send + 'static;
     type Response: prost::Message + Send + 'static;
     fn decode(body: Bytes) -> Result<Self::Request, String>;
-    fn handle(ingest: &Ingest, request: Self::Request) -> Result<Self::Response, Busy>;
+    /// Extracts and queues the request's samples (synchronously, so the request can be dropped at once).
+    fn handle(ingest: &Ingest, request: Self::Request) -> Result<Option<Pending>, Busy>;
+    /// The answer, once the engine has said what it kept.
+    fn answer(pending: Option<Pending>) -> impl Future<Output = Self::Response> + Send;
 }
 
 pub struct Traces;
@@ -57,8 +61,14 @@ impl ExportCall for Traces {
     fn decode(body: Bytes) -> Result<TraceRequest, String> {
         TraceRequest::decode(body).map_err(|e| e.to_string())
     }
-    fn handle(ingest: &Ingest, request: TraceRequest) -> Result<Self::Response, Busy> {
-        ingest.traces(&request.resource_spans)
+    fn handle(ingest: &Ingest, request: TraceRequest) -> Result<Option<Pending>, Busy> {
+        ingest.traces(&request.resource_spans).map(Some)
+    }
+    async fn answer(pending: Option<Pending>) -> Self::Response {
+        match pending {
+            Some(p) => p.traces().await,
+            None => Self::Response::default(),
+        }
     }
 }
 
@@ -71,8 +81,14 @@ impl ExportCall for Metrics {
     fn decode(body: Bytes) -> Result<MetricsRequest, String> {
         MetricsRequest::decode(body).map_err(|e| e.to_string())
     }
-    fn handle(ingest: &Ingest, request: MetricsRequest) -> Result<Self::Response, Busy> {
-        ingest.metrics(&request.resource_metrics)
+    fn handle(ingest: &Ingest, request: MetricsRequest) -> Result<Option<Pending>, Busy> {
+        ingest.metrics(&request.resource_metrics).map(Some)
+    }
+    async fn answer(pending: Option<Pending>) -> Self::Response {
+        match pending {
+            Some(p) => p.metrics().await,
+            None => Self::Response::default(),
+        }
     }
 }
 
@@ -88,11 +104,14 @@ impl ExportCall for Logs {
     fn decode(body: Bytes) -> Result<usize, String> {
         budget::weigh(&body, &budget::LOG_RECORDS).map_err(|e| e.to_string())
     }
-    fn handle(ingest: &Ingest, records: usize) -> Result<Self::Response, Busy> {
+    fn handle(ingest: &Ingest, records: usize) -> Result<Option<Pending>, Busy> {
         ingest.logs(records as u64);
-        Ok(ExportLogsServiceResponse {
+        Ok(None)
+    }
+    async fn answer(_: Option<Pending>) -> Self::Response {
+        ExportLogsServiceResponse {
             partial_success: None,
-        })
+        }
     }
 }
 
@@ -184,15 +203,18 @@ struct Handler<C>(Arc<Ingest>, PhantomData<fn() -> C>);
 
 impl<C: ExportCall> UnaryService<Budgeted<C::Request>> for Handler<C> {
     type Response = C::Response;
-    type Future = Ready<Result<Response<C::Response>, Status>>;
+    type Future = BoxFuture<'static, Result<Response<C::Response>, Status>>;
     fn call(&mut self, request: Request<Budgeted<C::Request>>) -> Self::Future {
-        let request = request.into_inner();
-        let answer = C::handle(&self.0, request.message);
-        ready(
-            answer.map(Response::new).map_err(|Busy| {
-                Status::unavailable("memdrift's queue is full; retry with backoff")
-            }),
-        )
+        // The decoded request and its share of the decode budget go as soon as its samples are queued.
+        let pending = C::handle(&self.0, request.into_inner().message);
+        Box::pin(async move {
+            match pending {
+                Ok(p) => Ok(Response::new(C::answer(p).await)),
+                Err(Busy) => Err(Status::unavailable(
+                    "memdrift's queue is full; retry with backoff",
+                )),
+            }
+        })
     }
 }
 

@@ -308,7 +308,7 @@ async fn decode<T: Message + Default>(
 }
 
 async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
-    let (encoding, req, _reservation) = match decode(
+    let (encoding, req, reservation) = match decode(
         &state,
         &headers,
         body,
@@ -321,14 +321,17 @@ async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         Ok(ok) => ok,
         Err((enc, f)) => return fail(&state, enc, f),
     };
-    match state.ingest.traces(&req.resource_spans) {
-        Ok(resp) => reply(encoding, StatusCode::OK, &resp),
+    let pending = state.ingest.traces(&req.resource_spans);
+    // The decoded request and its share of the decode budget go as soon as its samples are queued.
+    drop((req, reservation));
+    match pending {
+        Ok(p) => reply(encoding, StatusCode::OK, &p.traces().await),
         Err(_) => fail(&state, encoding, busy()),
     }
 }
 
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
-    let (encoding, req, _reservation) = match decode(
+    let (encoding, req, reservation) = match decode(
         &state,
         &headers,
         body,
@@ -341,8 +344,10 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap, body: Body)
         Ok(ok) => ok,
         Err((enc, f)) => return fail(&state, enc, f),
     };
-    match state.ingest.metrics(&req.resource_metrics) {
-        Ok(resp) => reply(encoding, StatusCode::OK, &resp),
+    let pending = state.ingest.metrics(&req.resource_metrics);
+    drop((req, reservation));
+    match pending {
+        Ok(p) => reply(encoding, StatusCode::OK, &p.metrics().await),
         Err(_) => fail(&state, encoding, busy()),
     }
 }

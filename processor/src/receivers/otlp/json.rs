@@ -137,8 +137,22 @@ pub fn count_log_records(body: &[u8]) -> Result<usize, serde_json::Error> {
             "expected a JSON object (ExportLogsServiceRequest)",
         ));
     }
-    let logs: Logs = serde_json::from_slice(body)?;
+    let logs: Logs = from_slice_repairing(body)?;
     Ok(logs.resource_logs.0)
+}
+
+/// `serde_json::from_slice`, but a number out of range or a repeated key (which fail a whole document in
+/// serde_json) cost only their own value: see [`super::json_repair`].
+fn from_slice_repairing<T: de::DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    let first = match serde_json::from_slice::<T>(bytes) {
+        Ok(doc) => return Ok(doc),
+        Err(e) => e,
+    };
+    let mut copy = bytes.to_vec();
+    if !super::json_repair::repair(&mut copy) {
+        return Err(first);
+    }
+    serde_json::from_slice(&copy).map_err(|_| first)
 }
 
 impl JsonDocument {
@@ -149,7 +163,7 @@ impl JsonDocument {
                 "expected a JSON object (TracesData or MetricsData)",
             ));
         }
-        serde_json::from_slice(bytes)
+        from_slice_repairing(bytes)
     }
 
     /// Converts into extraction's model: (spans, metrics).
@@ -584,6 +598,37 @@ mod tests {
             first_value(&span_with(r#"{"doubleValue":{"a":[1,{"b":2}]}}"#)),
             None
         );
+        // Out of f64's range: that value is missing; a key given twice: the first wins.
+        assert_eq!(first_value(&span_with(r#"{"doubleValue":1e400}"#)), None);
+        assert_eq!(first_value(&span_with(r#"{"intValue":-1e999}"#)), None);
+        assert_eq!(
+            first_value(&span_with(r#"{"intValue":"7","intValue":"8"}"#)),
+            Some(V::Int(7))
+        );
+    }
+
+    #[test]
+    fn a_bad_value_or_a_repeated_key_costs_only_itself() {
+        let body = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[
+            {"endTimeUnixNano":"1700000000000000000","attributes":[{"key":"memspan.rss.end","value":{"doubleValue":1e400}}]},
+            {"endTimeUnixNano":"1700000000000000000","endTimeUnixNano":"5",
+             "attributes":[{"key":"memspan.rss.end","value":{"intValue":"9"}}]}]}]}]}"#;
+        let (spans, _) = JsonDocument::parse(body.as_bytes())
+            .expect("parses")
+            .into_model();
+        let spans = &spans.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans.len(), 2);
+        assert_eq!(
+            spans[0].attributes[0]
+                .value
+                .as_ref()
+                .and_then(|v| v.value.clone()),
+            None
+        );
+        assert_eq!(spans[1].end_time_unix_nano, 1_700_000_000_000_000_000);
+        // What is broken otherwise still fails, with serde_json's own message.
+        let e = JsonDocument::parse(br#"{"resourceSpans":[1e400,"#).unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
     }
 
     #[test]

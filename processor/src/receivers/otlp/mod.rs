@@ -4,6 +4,7 @@ pub mod budget;
 pub mod grpc;
 pub mod http;
 pub mod json;
+mod json_repair;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,6 +16,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use std::sync::mpsc::SyncSender;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use self::budget::DecodeBudget;
 use crate::extract::model::{ResourceMetrics, ResourceSpans};
@@ -22,8 +26,56 @@ use crate::extract::{extract_metrics, extract_spans, DropReason, ExtractConfig, 
 use crate::sample::MemorySample;
 use crate::telemetry::Telemetry;
 
-/// A batch of samples on its way to the engine.
-pub type SampleBatch = Vec<MemorySample>;
+/// A batch of samples on its way to the engine, and where the engine says what it did not keep of it.
+pub struct SampleBatch {
+    pub samples: Vec<MemorySample>,
+    pub verdict: Option<oneshot::Sender<Verdict>>,
+}
+
+impl SampleBatch {
+    /// A batch nobody waits on (tests, tools).
+    pub fn new(samples: Vec<MemorySample>) -> SampleBatch {
+        SampleBatch {
+            samples,
+            verdict: None,
+        }
+    }
+}
+
+/// What the engine did not keep of one batch: samples none of whose values it kept (late, over the key cap)
+/// with their values, and every value it dropped, by reason. A value late for its cohort only is left out:
+/// it is kept for its instance.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub rejected_samples: u64,
+    pub rejected_values: u64,
+    pub dropped: Vec<(DropReason, u64)>,
+}
+
+impl Verdict {
+    pub fn of(out: &crate::core::Output) -> Verdict {
+        let mut dropped: Vec<(DropReason, u64)> = Vec::new();
+        for (reason, _) in out
+            .dropped
+            .iter()
+            .filter(|(r, _)| *r != DropReason::LateForCohort)
+        {
+            match dropped.iter_mut().find(|(r, _)| r == reason) {
+                Some((_, n)) => *n += 1,
+                None => dropped.push((*reason, 1)),
+            }
+        }
+        Verdict {
+            rejected_samples: out.rejected_samples,
+            rejected_values: out.rejected_sample_values,
+            dropped,
+        }
+    }
+}
+
+/// How long an export request waits for the engine's [`Verdict`] before it is answered without one (the
+/// samples are queued either way).
+const VERDICT_WAIT: Duration = Duration::from_secs(2);
 
 /// The engine's queue is full: the sender should retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +90,74 @@ pub struct Ingest {
     pub max_clock_skew_ns: u64,
     /// Memory for the requests being decoded, shared by both transports.
     pub budget: DecodeBudget,
+}
+
+/// A request whose samples are queued: its answer waits for the engine's verdict (see [`Pending::traces`]).
+/// The decoded request need not be kept meanwhile.
+pub struct Pending {
+    stats: ExtractStats,
+    /// Samples (and their values) rejected here, before the engine: stamped too far in the future.
+    rejected: (u64, u64),
+    verdict: Option<oneshot::Receiver<Verdict>>,
+    telemetry: Telemetry,
+}
+
+impl Pending {
+    /// Waits for the engine and folds what it dropped into the request's account; records what was accepted.
+    async fn settle(mut self) -> (ExtractStats, u64, u64) {
+        let verdict = match self.verdict.take() {
+            Some(rx) => tokio::time::timeout(VERDICT_WAIT, rx)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            None => None,
+        };
+        let (mut samples, mut values) = self.rejected;
+        let mut stats = self.stats;
+        if let Some(v) = verdict {
+            samples += v.rejected_samples;
+            values += v.rejected_values;
+            // Counted in self-telemetry by the engine; here only for the answer.
+            for (reason, n) in v.dropped {
+                *stats.dropped_values.entry(reason).or_default() += n;
+            }
+        }
+        (stats, samples, values)
+    }
+
+    /// The answer to a trace export: partial success when anything was rejected or dropped, with why.
+    pub async fn traces(self) -> ExportTraceServiceResponse {
+        let telemetry = self.telemetry.clone();
+        let (stats, samples, _) = self.settle().await;
+        // A span gives one sample.
+        telemetry
+            .accepted_spans
+            .inc_by(stats.spans_accepted.saturating_sub(samples));
+        let message = stats.error_message();
+        ExportTraceServiceResponse {
+            partial_success: (!message.is_empty()).then(|| ExportTracePartialSuccess {
+                rejected_spans: (stats.rejected_spans() + samples) as i64,
+                error_message: message,
+            }),
+        }
+    }
+
+    /// The answer to a metrics export; every dropped point counts as rejected.
+    pub async fn metrics(self) -> ExportMetricsServiceResponse {
+        let telemetry = self.telemetry.clone();
+        let (stats, _, values) = self.settle().await;
+        // A point gives one value.
+        telemetry
+            .accepted_metric_points
+            .inc_by(stats.metric_points_accepted.saturating_sub(values));
+        let message = stats.error_message();
+        ExportMetricsServiceResponse {
+            partial_success: (!message.is_empty()).then(|| ExportMetricsPartialSuccess {
+                rejected_data_points: stats.dropped_values.values().sum::<u64>() as i64,
+                error_message: message,
+            }),
+        }
+    }
 }
 
 impl Ingest {
@@ -57,67 +177,63 @@ impl Ingest {
         })
     }
 
-    /// Extracts and enqueues spans; the answer carries partial success when anything was rejected.
-    pub fn traces(
-        &self,
-        resource_spans: &[ResourceSpans],
-    ) -> Result<ExportTraceServiceResponse, Busy> {
+    /// Extracts and enqueues spans; [`Pending::traces`] is the answer.
+    pub fn traces(&self, resource_spans: &[ResourceSpans]) -> Result<Pending, Busy> {
         let mut samples = Vec::new();
         let mut stats = ExtractStats::default();
         extract_spans(resource_spans, &self.extract, &mut samples, &mut stats);
-        let stats = self.enqueue(samples, stats)?;
-        let message = stats.error_message();
-        Ok(ExportTraceServiceResponse {
-            partial_success: (!message.is_empty()).then(|| ExportTracePartialSuccess {
-                rejected_spans: stats.rejected_spans() as i64,
-                error_message: message,
-            }),
-        })
+        self.enqueue(samples, stats)
     }
 
-    /// Extracts and enqueues metric points; every dropped point counts as rejected.
-    pub fn metrics(
-        &self,
-        resource_metrics: &[ResourceMetrics],
-    ) -> Result<ExportMetricsServiceResponse, Busy> {
+    /// Extracts and enqueues metric points; [`Pending::metrics`] is the answer.
+    pub fn metrics(&self, resource_metrics: &[ResourceMetrics]) -> Result<Pending, Busy> {
         let mut samples = Vec::new();
         let mut stats = ExtractStats::default();
         extract_metrics(resource_metrics, &self.extract, &mut samples, &mut stats);
-        let stats = self.enqueue(samples, stats)?;
-        let message = stats.error_message();
-        Ok(ExportMetricsServiceResponse {
-            partial_success: (!message.is_empty()).then(|| ExportMetricsPartialSuccess {
-                rejected_data_points: stats.dropped_values.values().sum::<u64>() as i64,
-                error_message: message,
-            }),
-        })
+        self.enqueue(samples, stats)
     }
 
     fn enqueue(
         &self,
-        mut samples: SampleBatch,
+        mut samples: Vec<MemorySample>,
         mut stats: ExtractStats,
-    ) -> Result<ExtractStats, Busy> {
+    ) -> Result<Pending, Busy> {
         // The receiving host's clock is read here, at the edge, never in the engine.
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         let horizon = now.saturating_add(self.max_clock_skew_ns);
+        let mut rejected = (0, 0);
         samples.retain(|s| {
             let ok = s.time_unix_nano <= horizon;
             if !ok {
+                rejected.0 += 1;
+                rejected.1 += s.values.len() as u64;
                 for _ in 0..s.values.len() {
                     stats.drop_value(DropReason::FutureTimestamp);
                 }
             }
             ok
         });
-        if !samples.is_empty() {
-            self.tx.try_send(samples).map_err(|_| Busy)?;
-        }
+        let verdict = if samples.is_empty() {
+            None
+        } else {
+            let (tx, rx) = oneshot::channel();
+            let batch = SampleBatch {
+                samples,
+                verdict: Some(tx),
+            };
+            self.tx.try_send(batch).map_err(|_| Busy)?;
+            Some(rx)
+        };
         self.telemetry.record_extract(&stats);
-        Ok(stats)
+        Ok(Pending {
+            stats,
+            rejected,
+            verdict,
+            telemetry: self.telemetry.clone(),
+        })
     }
 
     /// Logs carry no memory samples: counted and let go.
