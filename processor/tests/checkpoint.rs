@@ -1,6 +1,6 @@
-//! `service.checkpoint` on the real binary: state written at SIGTERM is back after the restart; a corrupt
-//! checkpoint or one from other settings is reported, set aside and skipped; a second memdrift on the same
-//! directory is refused with a message that names it.
+//! `service.checkpoint` on the real binary: state written on the interval is back after a kill -9, and state
+//! written at SIGTERM after a clean restart; a corrupt checkpoint or one from other settings is reported, set
+//! aside and skipped; a second memdrift on the same directory is refused with a message that names it.
 
 mod common;
 
@@ -47,7 +47,7 @@ fn spans(instances: usize) -> Vec<u8> {
 
 fn checkpointed(dir: &Path, state: &Path) -> std::path::PathBuf {
     let service = format!(
-        "  checkpoint:\n    directory: {}\n    interval: 30s\n",
+        "  checkpoint:\n    directory: {}\n    interval: 1s\n",
         state.display()
     );
     pipeline_file(dir, &service, "")
@@ -60,7 +60,7 @@ fn state_survives_a_restart_and_a_bad_checkpoint_is_skipped() {
     let config = checkpointed(&dir, &state);
     let instances = r#"memdrift_keys{kind="instance"}"#;
 
-    // First run: six instances' series, then SIGTERM writes the checkpoint.
+    // First run: six instances' series, written by the interval's checkpoint; then the process is killed.
     let first = Running::start(Some(&config));
     let (status, body) = http_request(
         first.http,
@@ -102,30 +102,40 @@ fn state_survives_a_restart_and_a_bad_checkpoint_is_skipped() {
         "{err}"
     );
 
-    let (exit, _, log) = first.terminate(Duration::from_secs(15));
-    assert!(exit.success(), "{log:#?}");
-    assert!(state.join("checkpoint").exists(), "{log:#?}");
-
-    // Restarted: the six instances are back before any new data arrives.
-    let restarted = Running::start(Some(&config));
-    assert!(
-        restarted
-            .seen
-            .iter()
-            .any(|l| l.contains("state restored from the checkpoint")),
-        "{:#?}",
-        restarted.seen
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while metric(&restarted, instances) < 6.0 {
+    // The timer saves once the interval has passed (on its next tick, within a step).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(&first, "memdrift_checkpoints_total") < 1.0 {
         assert!(
             std::time::Instant::now() < deadline,
-            "the restored instances are not counted"
+            "no checkpoint on the interval"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (exit, _, log) = restarted.terminate(Duration::from_secs(15));
-    assert!(exit.success(), "{log:#?}");
+    assert!(metric(&first, "memdrift_checkpoint_bytes") > 0.0);
+    let mut first = first;
+    first.child.kill().expect("kill -9");
+    first.child.wait().expect("reaped");
+
+    // After the crash, then after a clean stop (SIGTERM writes the state once more): the six instances are
+    // back before any new data arrives.
+    for how in ["after kill -9", "after SIGTERM"] {
+        let restarted = Running::start(Some(&config));
+        assert!(
+            (restarted.seen.iter()).any(|l| l.contains("state restored from the checkpoint")),
+            "{how}: {:#?}",
+            restarted.seen
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while metric(&restarted, instances) < 6.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{how}: the restored instances are not counted"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (exit, _, log) = restarted.terminate(Duration::from_secs(15));
+        assert!(exit.success(), "{how}: {log:#?}");
+    }
 
     // One flipped byte: reported, counted, set aside; memdrift starts fresh.
     let file = state.join("checkpoint");

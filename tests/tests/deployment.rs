@@ -614,9 +614,35 @@ fn kubernetes_manifests_hold_together_and_the_pipeline_parses() {
             )
         })
         .collect();
-    let _accepted: Pipeline =
+    let accepted: Pipeline =
         Pipeline::parse_with_env("k8s/configmap.yaml", text, &|k| env.get(k).cloned())
             .unwrap_or_else(|e| panic!("{e}"));
+    // The root filesystem is read-only: the directories memdrift writes (the exporter's queue, the
+    // checkpoint) are on writable volumes.
+    assert_eq!(
+        container["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    let writable: Vec<&str> = container["volumeMounts"]
+        .as_sequence()
+        .expect("volume mounts")
+        .iter()
+        .filter(|m| m["readOnly"].as_bool() != Some(true))
+        .filter_map(|m| ystr(m, &["mountPath"]))
+        .collect();
+    let checkpoint = (accepted.file.service.checkpoint.as_ref())
+        .map(|c| c.directory.clone())
+        .expect("the example keeps a checkpoint");
+    let queue = env
+        .get("MEMDRIFT_OTLP_QUEUE_DIR")
+        .cloned()
+        .expect("the example queues on disk");
+    for dir in [checkpoint, queue] {
+        assert!(
+            writable.iter().any(|m| Path::new(&dir).starts_with(m)),
+            "{dir} is on none of the writable mounts {writable:?}"
+        );
+    }
     for port in [":4317", ":4318", ":9464"] {
         assert!(text.contains(port), "the pipeline listens on {port}");
     }

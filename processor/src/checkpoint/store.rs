@@ -4,6 +4,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -99,13 +100,16 @@ impl Store {
 /// What the engine thread does with the checkpoint directory: restores the core once at start, then saves it
 /// every `interval` and at the end. Failures are logged and counted, never fatal.
 pub struct Checkpoints {
-    store: Store,
+    store: Arc<Store>,
     /// What [`settings`] gives for the running pipeline.
     settings: String,
     /// `None`: only at the end.
     interval: Option<Duration>,
     last: Instant,
     telemetry: Telemetry,
+    /// The file write of the last interval's checkpoint (encoding is on the engine thread; writing and syncing
+    /// the file is not, so the engine does not wait on the disk).
+    writing: Option<JoinHandle<Result<u64, CheckpointError>>>,
 }
 
 impl Checkpoints {
@@ -118,11 +122,12 @@ impl Checkpoints {
         telemetry: Telemetry,
     ) -> Result<Checkpoints, CheckpointError> {
         Ok(Checkpoints {
-            store: Store::open(dir)?,
+            store: Arc::new(Store::open(dir)?),
             settings,
             interval: (!interval.is_zero()).then_some(interval),
             last: Instant::now(),
             telemetry,
+            writing: None,
         })
     }
 
@@ -159,23 +164,64 @@ impl Checkpoints {
         }
     }
 
-    /// Saves when the interval has passed since the last save.
+    /// Saves when the interval has passed since the last save: encodes the state here and writes the file on
+    /// a thread of its own. While the last write is still going, the save waits for the next tick.
     pub fn save_if_due(&mut self, core: &Core) {
-        if self.interval.is_some_and(|i| self.last.elapsed() >= i) {
-            self.save(core);
+        if self.interval.is_none_or(|i| self.last.elapsed() < i) {
+            return;
+        }
+        if self.writing.as_ref().is_some_and(|w| !w.is_finished()) {
+            return;
+        }
+        self.collect();
+        self.last = Instant::now();
+        match core.save(&self.settings) {
+            Ok(snapshot) => {
+                let store = Arc::clone(&self.store);
+                let spawned = std::thread::Builder::new()
+                    .name("memdrift-checkpoint".into())
+                    .spawn(move || store.save(&snapshot));
+                match spawned {
+                    Ok(w) => self.writing = Some(w),
+                    Err(e) => self.record(Err(CheckpointError::Io {
+                        path: self.store.path(),
+                        source: e,
+                    })),
+                }
+            }
+            Err(e) => self.record(Err(e)),
         }
     }
 
+    /// The last save, at shutdown: waits for a write in progress, then writes here.
     pub fn save(&mut self, core: &Core) {
+        self.collect();
         self.last = Instant::now();
-        let started = Instant::now();
-        match core.save(&self.settings).and_then(|s| self.store.save(&s)) {
+        let written = core.save(&self.settings).and_then(|s| self.store.save(&s));
+        self.record(written);
+    }
+
+    /// Waits for the write in progress, if any, and records how it went.
+    fn collect(&mut self) {
+        if let Some(w) = self.writing.take() {
+            let written = w.join().unwrap_or_else(|_| {
+                Err(CheckpointError::Io {
+                    path: self.store.path(),
+                    source: io::Error::other("the checkpoint writer panicked"),
+                })
+            });
+            self.record(written);
+        }
+    }
+
+    fn record(&self, written: Result<u64, CheckpointError>) {
+        match written {
             Ok(bytes) => {
                 self.telemetry.checkpoints.inc();
                 self.telemetry
                     .checkpoint_bytes
                     .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-                tracing::debug!(bytes, took = ?started.elapsed(), "checkpoint written");
+                tracing::debug!(bytes, "checkpoint written");
             }
             Err(e) => {
                 self.telemetry

@@ -431,6 +431,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_eviction_list_stays_bounded_by_twice_the_cap() {
+        let limits = ConnectionLimits {
+            max_connections: 4,
+            ..ConnectionLimits::default()
+        };
+        let (l, addr) = listener(limits).await;
+        let shared = Arc::clone(&l.shared);
+        echo(l);
+        // 200 connections come, talk and go, and some stay silent a while: the list of candidates for eviction
+        // never holds more than twice the cap (plus the one being added).
+        for i in 0..200 {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            if i % 3 != 0 {
+                c.write_all(b"x").await.expect("write");
+                let mut b = [0u8; 1];
+                c.read_exact(&mut b).await.expect("echo");
+            }
+            drop(c);
+            let held = shared.order.lock().map(|o| o.len()).unwrap_or(usize::MAX);
+            assert!(held <= 2 * 4 + 1, "{held} slots held after {i} connections");
+        }
+    }
+
+    #[tokio::test]
     async fn when_every_connection_talks_a_new_one_is_closed_at_once() {
         let limits = ConnectionLimits {
             max_connections: 2,
