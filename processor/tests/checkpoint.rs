@@ -45,6 +45,21 @@ fn spans(instances: usize) -> Vec<u8> {
     format!(r#"{{"resourceSpans":[{}]}}"#, resources.join(",")).into_bytes()
 }
 
+/// Waits until `series` reads at least `value`; fails with `what` after `limit`.
+fn wait_for(
+    running: &Running,
+    series: &str,
+    value: f64,
+    limit: Duration,
+    what: impl std::fmt::Display,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    while metric(running, series) < value {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn checkpointed(dir: &Path, state: &Path) -> std::path::PathBuf {
     let service = format!(
         "  checkpoint:\n    directory: {}\n    interval: 1s\n",
@@ -70,14 +85,13 @@ fn state_survives_a_restart_and_a_bad_checkpoint_is_skipped() {
         &spans(6),
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while metric(&first, instances) < 6.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the engine never saw the six instances"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        &first,
+        instances,
+        6.0,
+        Duration::from_secs(20),
+        "the engine never saw the six instances",
+    );
 
     // A second memdrift on the same directory is refused, naming the directory and the holder.
     let second = Command::new(BIN)
@@ -103,14 +117,13 @@ fn state_survives_a_restart_and_a_bad_checkpoint_is_skipped() {
     );
 
     // The timer saves once the interval has passed (on its next tick, within a step).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while metric(&first, "memdrift_checkpoints_total") < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint on the interval"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        &first,
+        "memdrift_checkpoints_total",
+        1.0,
+        Duration::from_secs(30),
+        "no checkpoint on the interval",
+    );
     assert!(metric(&first, "memdrift_checkpoint_bytes") > 0.0);
     let mut first = first;
     first.child.kill().expect("kill -9");
@@ -125,14 +138,13 @@ fn state_survives_a_restart_and_a_bad_checkpoint_is_skipped() {
             "{how}: {:#?}",
             restarted.seen
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while metric(&restarted, instances) < 6.0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{how}: the restored instances are not counted"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for(
+            &restarted,
+            instances,
+            6.0,
+            Duration::from_secs(20),
+            format!("{how}: the restored instances are not counted"),
+        );
         let (exit, _, log) = restarted.terminate(Duration::from_secs(15));
         assert!(exit.success(), "{how}: {log:#?}");
     }
