@@ -11,6 +11,7 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
+use memdrift::checkpoint::Snapshot;
 use memdrift::config::Pipeline;
 use memdrift::core::Core;
 use memdrift::extract::model::TraceRequest;
@@ -80,7 +81,8 @@ fuzz_target!(|data: &[u8]| {
         }
         if i == records.len() / 2 {
             // A restart halfway: the state saved and restored into a new core, which carries on.
-            let snapshot = core.save("fuzz").expect("state encodes");
+            let bytes = core.save_to_bytes("fuzz").expect("state encodes");
+            let snapshot = Snapshot::from_bytes(&bytes).expect("reads back");
             let mut restored = self::core();
             restored.restore(&snapshot, "fuzz").expect("state decodes");
             assert_eq!(restored.engine().live_keys(), core.engine().live_keys());

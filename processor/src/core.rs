@@ -1,10 +1,11 @@
 //! The pure heart shared by `run` and `replay`: samples in; closed windows and anomaly events out.
 
 use std::collections::BTreeMap;
+use std::io::{Cursor, Seek, Write};
 
 use memdrift_anomaly::Anomaly;
 
-use crate::checkpoint::{self, CheckpointError, Snapshot, SETTINGS};
+use crate::checkpoint::{self, CheckpointError, Snapshot, SnapshotWriter, SETTINGS};
 use crate::detect::{Detector, Findings, Gauge};
 use crate::engine::{ClosedWindow, Engine, EngineConfig, EngineState};
 use crate::extract::DropReason;
@@ -56,20 +57,32 @@ impl Core {
         &self.detectors
     }
 
-    /// The state of the engine and every detector, for a checkpoint; `settings` names the settings it was built
-    /// under ([`checkpoint::settings`]).
-    pub fn save(&self, settings: &str) -> Result<Snapshot, CheckpointError> {
-        let mut sections = vec![
-            (SETTINGS.to_string(), settings.as_bytes().to_vec()),
-            (
-                ENGINE.to_string(),
-                checkpoint::encode(ENGINE, &self.engine.state())?,
-            ),
-        ];
+    /// Writes the state of the engine and every detector as a checkpoint; `settings` names the settings it was
+    /// built under (`checkpoint::store::settings`).
+    pub fn save<W: Write + Seek>(
+        &self,
+        settings: &str,
+        out: &mut SnapshotWriter<W>,
+    ) -> Result<(), CheckpointError> {
+        out.raw(SETTINGS, settings.as_bytes())?;
+        out.section(ENGINE, &|w| {
+            checkpoint::encode(ENGINE, &self.engine.state(), w)
+        })?;
         for d in &self.detectors {
-            sections.push((d.name().to_string(), d.save()?));
+            out.section(d.name(), &|w| d.save(w))?;
         }
-        Ok(Snapshot { sections })
+        Ok(())
+    }
+
+    /// [`Core::save`] into memory: the checkpoint file's bytes.
+    pub fn save_to_bytes(&self, settings: &str) -> Result<Vec<u8>, CheckpointError> {
+        let io = |e: std::io::Error| CheckpointError::Encode {
+            section: "checkpoint".into(),
+            message: e.to_string(),
+        };
+        let mut w = SnapshotWriter::new(Cursor::new(Vec::new())).map_err(io)?;
+        self.save(settings, &mut w)?;
+        Ok(w.finish().map_err(io)?.0.into_inner())
     }
 
     /// Carries on from a checkpoint saved under the same `settings`. All or nothing: on an error the core is
@@ -78,7 +91,10 @@ impl Core {
         snapshot.check_settings(settings)?;
         let engine: EngineState = checkpoint::decode(ENGINE, snapshot.section(ENGINE)?)?;
         let before = (self.detectors.iter())
-            .map(|d| d.save())
+            .map(|d| {
+                let mut state = Vec::new();
+                d.save(&mut state).map(|()| state)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let restored = self
             .detectors

@@ -234,7 +234,12 @@ fn ten_minutes_of_load_hostile_clients_and_a_flapping_backend() {
     let stop = Arc::new(AtomicBool::new(false));
     let backend = serve_backend(Arc::clone(&stop));
     let dir = tempdir("soak");
-    let config = pipeline_file(&dir, "  shutdown_timeout: 5s\n", "");
+    // A checkpoint every 10 s (encoding and writing it under load is part of what stays flat).
+    let service = format!(
+        "  shutdown_timeout: 5s\n  checkpoint:\n    directory: {}\n    interval: 10s\n",
+        dir.join("state").display()
+    );
+    let config = pipeline_file(&dir, &service, "");
     std::env::set_var(
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         format!("http://{}", backend.addr),
@@ -364,5 +369,15 @@ fn ten_minutes_of_load_hostile_clients_and_a_flapping_backend() {
         assert_eq!(counter(&text, lost), 0.0, "{lost}");
     }
     assert!(backend.records.load(Ordering::Relaxed) as f64 >= emitted);
+    let checkpoints = counter(&text, "memdrift_checkpoints_total");
+    eprintln!(
+        "checkpoints written {checkpoints}, the last {:.1} MiB",
+        counter(&text, "memdrift_checkpoint_bytes") / (1 << 20) as f64
+    );
+    assert!(
+        checkpoints >= (secs / 10 / 2) as f64,
+        "{checkpoints} checkpoints"
+    );
+    assert_eq!(counter(&text, "memdrift_checkpoint_failures_total"), 0.0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -275,8 +275,8 @@ impl Detector for FirstWindow {
         "first_window"
     }
 
-    fn save(&self) -> Result<Vec<u8>, CheckpointError> {
-        checkpoint::encode(self.name(), &self.fired)
+    fn save(&self, out: &mut dyn std::io::Write) -> Result<(), CheckpointError> {
+        checkpoint::encode(self.name(), &self.fired, out)
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), CheckpointError> {

@@ -77,14 +77,123 @@ impl CheckpointError {
     }
 }
 
-/// One part's state, CBOR-encoded.
-pub fn encode<T: Serialize + ?Sized>(section: &str, state: &T) -> Result<Vec<u8>, CheckpointError> {
-    let mut out = Vec::new();
-    ciborium::into_writer(state, &mut out).map_err(|e| CheckpointError::Encode {
+/// Encodes one part's state (CBOR) into `out`, a section being written.
+pub fn encode<T: Serialize + ?Sized>(
+    section: &str,
+    state: &T,
+    out: &mut dyn io::Write,
+) -> Result<(), CheckpointError> {
+    ciborium::into_writer(state, out).map_err(|e| CheckpointError::Encode {
         section: section.to_string(),
         message: e.to_string(),
-    })?;
-    Ok(out)
+    })
+}
+
+/// Writes a checkpoint section by section straight into `out`, never holding it in memory (a state can be tens
+/// of megabytes of reservoir values): each section is encoded twice, once to learn its length and once to
+/// write it, which needs the state unchanged between the two (it is: the engine thread is the writer). The
+/// header's length and checksum are filled in at the end.
+pub struct SnapshotWriter<W: io::Write + io::Seek> {
+    out: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+/// A section's encoding writes through this: into the file, counted and checksummed.
+struct Body<'a, W: io::Write + io::Seek>(&'a mut SnapshotWriter<W>);
+
+impl<W: io::Write + io::Seek> io::Write for Body<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.0.out.write(buf)?;
+        self.0.crc.update(&buf[..n]);
+        self.0.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.out.flush()
+    }
+}
+
+/// Counts what an encoding would write.
+struct Count(u64);
+
+impl io::Write for Count {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: io::Write + io::Seek> SnapshotWriter<W> {
+    /// Starts a checkpoint at the start of `out`.
+    pub fn new(mut out: W) -> io::Result<SnapshotWriter<W>> {
+        out.write_all(MAGIC)?;
+        out.write_all(&FORMAT_VERSION.to_le_bytes())?;
+        out.write_all(&[0; 12])?;
+        Ok(SnapshotWriter {
+            out,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        })
+    }
+
+    fn head(&mut self, name: &str, len: u64) -> Result<(), CheckpointError> {
+        // Section names are ours and short.
+        let name = &name.as_bytes()[..name.len().min(usize::from(u16::MAX))];
+        let mut body = Body(self);
+        let io = |e: io::Error| CheckpointError::Encode {
+            section: String::from_utf8_lossy(name).into_owned(),
+            message: e.to_string(),
+        };
+        io::Write::write_all(&mut body, &(name.len() as u16).to_le_bytes()).map_err(io)?;
+        io::Write::write_all(&mut body, name).map_err(io)?;
+        io::Write::write_all(&mut body, &len.to_le_bytes()).map_err(io)
+    }
+
+    /// A section of bytes as they are.
+    pub fn raw(&mut self, name: &str, data: &[u8]) -> Result<(), CheckpointError> {
+        self.head(name, data.len() as u64)?;
+        io::Write::write_all(&mut Body(self), data).map_err(|e| CheckpointError::Encode {
+            section: name.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// A section `encode` writes (it is called twice and must write the same bytes both times).
+    pub fn section(
+        &mut self,
+        name: &str,
+        encode: &dyn Fn(&mut dyn io::Write) -> Result<(), CheckpointError>,
+    ) -> Result<(), CheckpointError> {
+        let mut count = Count(0);
+        encode(&mut count)?;
+        self.head(name, count.0)?;
+        let before = self.len;
+        encode(&mut Body(self))?;
+        if self.len - before != count.0 {
+            return Err(CheckpointError::Encode {
+                section: name.to_string(),
+                message: "the state changed while it was written".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Fills in the header; returns `out` and the checkpoint's size in bytes.
+    pub fn finish(mut self) -> io::Result<(W, u64)> {
+        self.out.flush()?;
+        self.out
+            .seek(io::SeekFrom::Start((MAGIC.len() + 4) as u64))?;
+        self.out.write_all(&self.len.to_le_bytes())?;
+        self.out.write_all(&self.crc.finalize().to_le_bytes())?;
+        self.out.flush()?;
+        Ok((self.out, HEADER_LEN as u64 + self.len))
+    }
 }
 
 /// One part's state back from [`encode`].
@@ -121,22 +230,14 @@ impl Snapshot {
 
     /// The file's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut body = Vec::new();
-        for (name, data) in &self.sections {
-            // Section names are ours and short.
-            let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
-            body.extend_from_slice(&len.to_le_bytes());
-            body.extend_from_slice(&name.as_bytes()[..usize::from(len)]);
-            body.extend_from_slice(&(data.len() as u64).to_le_bytes());
-            body.extend_from_slice(data);
-        }
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        out.extend_from_slice(&body);
-        out
+        let written = SnapshotWriter::new(io::Cursor::new(Vec::new())).and_then(|mut w| {
+            for (name, data) in &self.sections {
+                w.raw(name, data).map_err(io::Error::other)?;
+            }
+            w.finish()
+        });
+        // Writing into memory does not fail.
+        written.map(|(c, _)| c.into_inner()).unwrap_or_default()
     }
 
     /// Reads the file's bytes, checking magic, version, length and checksum.
@@ -199,10 +300,11 @@ pub(crate) mod tests {
         Snapshot {
             sections: vec![
                 (SETTINGS.into(), b"window 60s".to_vec()),
-                (
-                    "engine".into(),
-                    encode("engine", &vec![1.5f64, f64::NAN]).unwrap(),
-                ),
+                ("engine".into(), {
+                    let mut b = Vec::new();
+                    encode("engine", &vec![1.5f64, f64::NAN], &mut b).unwrap();
+                    b
+                }),
             ],
         }
     }

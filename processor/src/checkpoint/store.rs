@@ -2,14 +2,14 @@
 //! the end.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use super::{CheckpointError, Snapshot};
+use super::{CheckpointError, Snapshot, SnapshotWriter};
 use crate::core::Core;
 use crate::detect::Configured;
 use crate::engine::EngineConfig;
@@ -71,30 +71,52 @@ impl Store {
         fs::rename(self.path(), &to).map_err(|source| CheckpointError::Io { path: to, source })
     }
 
-    /// Writes `snapshot` whole, then puts it in place of the previous one. Returns the bytes written.
-    pub fn save(&self, snapshot: &Snapshot) -> Result<u64, CheckpointError> {
-        let bytes = snapshot.to_bytes();
+    /// Writes a checkpoint to `checkpoint.tmp` (`write` fills it, e.g. with [`Core::save`]). Buffered writes
+    /// into the page cache: [`Store::commit`] makes it durable and puts it in place.
+    pub fn write(
+        &self,
+        write: impl FnOnce(&mut SnapshotWriter<BufWriter<File>>) -> Result<(), CheckpointError>,
+    ) -> Result<Written, CheckpointError> {
+        let temp = self.dir.join(TEMP);
+        let io = |source| CheckpointError::Io {
+            path: temp.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(io)?;
+        let mut w = SnapshotWriter::new(BufWriter::with_capacity(1 << 16, file)).map_err(io)?;
+        write(&mut w)?;
+        let (out, bytes) = w.finish().map_err(io)?;
+        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        Ok(Written { file, bytes })
+    }
+
+    /// Syncs a checkpoint [`Store::write`] wrote and renames it over the previous one. Returns its size.
+    pub fn commit(&self, written: Written) -> Result<u64, CheckpointError> {
         let temp = self.dir.join(TEMP);
         let io_at = |path: &Path| {
             let path = path.to_path_buf();
             move |source| CheckpointError::Io { path, source }
         };
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
-            .map_err(io_at(&temp))?;
-        file.write_all(&bytes).map_err(io_at(&temp))?;
-        file.sync_all().map_err(io_at(&temp))?;
-        drop(file);
+        written.file.sync_all().map_err(io_at(&temp))?;
+        drop(written.file);
         fs::rename(&temp, self.path()).map_err(io_at(&self.path()))?;
         // The rename itself is durable once the directory is synced.
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
-        Ok(bytes.len() as u64)
+        Ok(written.bytes)
     }
+}
+
+/// A checkpoint written to the temporary file, not yet synced or in place.
+pub struct Written {
+    file: File,
+    bytes: u64,
 }
 
 /// What the engine thread does with the checkpoint directory: restores the core once at start, then saves it
@@ -107,8 +129,8 @@ pub struct Checkpoints {
     interval: Option<Duration>,
     last: Instant,
     telemetry: Telemetry,
-    /// The file write of the last interval's checkpoint (encoding is on the engine thread; writing and syncing
-    /// the file is not, so the engine does not wait on the disk).
+    /// The sync and rename of the last interval's checkpoint, done off the engine thread so that it does not
+    /// wait on the disk.
     writing: Option<JoinHandle<Result<u64, CheckpointError>>>,
 }
 
@@ -164,8 +186,9 @@ impl Checkpoints {
         }
     }
 
-    /// Saves when the interval has passed since the last save: encodes the state here and writes the file on
-    /// a thread of its own. While the last write is still going, the save waits for the next tick.
+    /// Saves when the interval has passed since the last save: writes the state into the temporary file here
+    /// (buffered, into the page cache, no copy of it in memory) and syncs and renames it on a thread of its
+    /// own. While the last one is still being synced, the save waits for the next tick.
     pub fn save_if_due(&mut self, core: &Core) {
         if self.interval.is_none_or(|i| self.last.elapsed() < i) {
             return;
@@ -175,12 +198,12 @@ impl Checkpoints {
         }
         self.collect();
         self.last = Instant::now();
-        match core.save(&self.settings) {
-            Ok(snapshot) => {
+        match self.store.write(|w| core.save(&self.settings, w)) {
+            Ok(written) => {
                 let store = Arc::clone(&self.store);
                 let spawned = std::thread::Builder::new()
                     .name("memdrift-checkpoint".into())
-                    .spawn(move || store.save(&snapshot));
+                    .spawn(move || store.commit(written));
                 match spawned {
                     Ok(w) => self.writing = Some(w),
                     Err(e) => self.record(Err(CheckpointError::Io {
@@ -197,7 +220,9 @@ impl Checkpoints {
     pub fn save(&mut self, core: &Core) {
         self.collect();
         self.last = Instant::now();
-        let written = core.save(&self.settings).and_then(|s| self.store.save(&s));
+        let written = (self.store)
+            .write(|w| core.save(&self.settings, w))
+            .and_then(|w| self.store.commit(w));
         self.record(written);
     }
 
@@ -245,7 +270,15 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         let store = Store::open(&dir).unwrap();
         assert_eq!(store.load().unwrap(), None);
-        store.save(&snapshot()).unwrap();
+        let written = store
+            .write(|w| {
+                for (name, data) in &snapshot().sections {
+                    w.raw(name, data)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        store.commit(written).unwrap();
         assert_eq!(store.load().unwrap(), Some(snapshot()));
         let second = Store::open(&dir).err().expect("the directory is locked");
         assert!(

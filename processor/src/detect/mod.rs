@@ -181,8 +181,9 @@ pub trait Detector: Send {
     /// How many keys the detector holds state for, so tests and self-telemetry can show it stays bounded.
     fn live_keys(&self) -> usize;
 
-    /// The state it keeps between windows, encoded for a checkpoint ([`checkpoint::encode`]).
-    fn save(&self) -> Result<Vec<u8>, CheckpointError>;
+    /// Writes the state it keeps between windows into `out`, encoded for a checkpoint ([`checkpoint::encode`]).
+    /// Called twice per checkpoint (to size the section, then to write it): it must write the same bytes.
+    fn save(&self, out: &mut dyn std::io::Write) -> Result<(), CheckpointError>;
 
     /// Carries on from what [`Detector::save`] wrote under the same settings, in place of its own state.
     fn restore(&mut self, state: &[u8]) -> Result<(), CheckpointError>;

@@ -491,8 +491,8 @@ impl Detector for Growth {
         self.instances.len()
     }
 
-    fn save(&self) -> Result<Vec<u8>, CheckpointError> {
-        checkpoint::encode(self.name(), &(&self.instances, self.overflow))
+    fn save(&self, out: &mut dyn std::io::Write) -> Result<(), CheckpointError> {
+        checkpoint::encode(self.name(), &(&self.instances, self.overflow), out)
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), CheckpointError> {

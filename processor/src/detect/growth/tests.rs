@@ -1044,7 +1044,7 @@ fn a_restart_in_the_middle_of_a_slow_leak_keeps_the_warning_lead() {
     // Stopped at the cut, saved to bytes, and a new core restored from them.
     let mut before = build();
     feed_pods(&mut before, &pods, leaky.limit, 0..cut);
-    let bytes = before.save(&settings).expect("save").to_bytes();
+    let bytes = before.save_to_bytes(&settings).expect("save");
     drop(before);
     let mut after = build();
     let snapshot = Snapshot::from_bytes(&bytes).expect("reads back");

@@ -772,8 +772,8 @@ impl Detector for SpreadDrift {
             .sum()
     }
 
-    fn save(&self) -> Result<Vec<u8>, CheckpointError> {
-        checkpoint::encode(self.name(), &self.series)
+    fn save(&self, out: &mut dyn std::io::Write) -> Result<(), CheckpointError> {
+        checkpoint::encode(self.name(), &self.series, out)
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), CheckpointError> {

@@ -602,7 +602,7 @@ fn a_restart_while_a_finding_is_open_neither_reopens_nor_forgets_it() {
 
     let mut first = build();
     assert_eq!(feed(&mut first, &samples[..cut]), before);
-    let bytes = first.save(&fingerprint).expect("save").to_bytes();
+    let bytes = first.save_to_bytes(&fingerprint).expect("save");
     drop(first);
     let mut second = build();
     let snapshot = Snapshot::from_bytes(&bytes).expect("reads back");
