@@ -297,13 +297,7 @@ fn ten_minutes_of_load_hostile_clients_and_a_flapping_backend() {
     let mut rss = Vec::new();
     while Instant::now() < load_until {
         std::thread::sleep(Duration::from_secs(5));
-        let status = std::fs::read_to_string(format!("/proc/{}/status", running.child.id()))
-            .expect("status");
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS");
+        let kb = running.status_kb("VmRSS");
         if started.elapsed() > warmup {
             rss.push(kb);
         }

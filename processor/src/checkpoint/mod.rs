@@ -228,18 +228,6 @@ impl Snapshot {
         }
     }
 
-    /// The file's bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let written = SnapshotWriter::new(io::Cursor::new(Vec::new())).and_then(|mut w| {
-            for (name, data) in &self.sections {
-                w.raw(name, data).map_err(io::Error::other)?;
-            }
-            w.finish()
-        });
-        // Writing into memory does not fail.
-        written.map(|(c, _)| c.into_inner()).unwrap_or_default()
-    }
-
     /// Reads the file's bytes, checking magic, version, length and checksum.
     pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot, CheckpointError> {
         let corrupt = |what: &str| CheckpointError::Corrupt(what.to_string());
@@ -295,6 +283,21 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    impl Snapshot {
+        /// The file's bytes, as [`SnapshotWriter`] writes them.
+        fn to_bytes(&self) -> Vec<u8> {
+            let (c, _) = (SnapshotWriter::new(io::Cursor::new(Vec::new())))
+                .and_then(|mut w| {
+                    for (name, data) in &self.sections {
+                        w.raw(name, data).map_err(io::Error::other)?;
+                    }
+                    w.finish()
+                })
+                .expect("writing into memory");
+            c.into_inner()
+        }
+    }
 
     pub(crate) fn snapshot() -> Snapshot {
         Snapshot {

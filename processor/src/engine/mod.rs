@@ -382,7 +382,7 @@ impl Engine {
     /// What a checkpoint keeps of the engine: every service's sources, cohorts, open panes and progress. Not
     /// the settings (the pipeline gives them again), nor the counters (self-telemetry starts again at zero).
     pub fn state(&self) -> impl serde::Serialize + '_ {
-        SavedRef {
+        Saved {
             services: &self.services,
             max_event_time: self.max_event_time,
             floor: self.floor,
@@ -462,18 +462,11 @@ impl Engine {
     }
 }
 
-/// [`Engine::state`] as written.
-#[derive(serde::Serialize)]
-struct SavedRef<'a> {
-    services: &'a HashMap<Arc<str>, Service>,
-    max_event_time: u64,
-    floor: u64,
-    expired_at: u64,
-}
-
-#[derive(serde::Deserialize)]
-struct Saved {
-    services: HashMap<Arc<str>, Service>,
+/// What a checkpoint keeps of the engine: its services borrowed when written ([`Engine::state`]), owned when
+/// read back.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved<S> {
+    services: S,
     max_event_time: u64,
     floor: u64,
     expired_at: u64,
@@ -482,7 +475,7 @@ struct Saved {
 /// [`Engine::state`] as read back: what [`Engine::restore`] takes.
 #[derive(serde::Deserialize)]
 #[serde(transparent)]
-pub struct EngineState(Saved);
+pub struct EngineState(Saved<HashMap<Arc<str>, Service>>);
 
 /// The count of live series against the cap, while one sample's values are added.
 struct Live<'a> {

@@ -146,14 +146,18 @@ impl Running {
 
     /// The process's peak resident memory so far, in bytes (Linux).
     pub fn peak_rss(&self) -> u64 {
+        self.status_kb("VmHWM") * 1024
+    }
+
+    /// One of the process's `/proc/<pid>/status` figures in kB (`VmRSS`, `VmHWM`, ...).
+    pub fn status_kb(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("proc status");
-        let kb: u64 = status
+        status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM");
-        kb * 1024
+            .unwrap_or_else(|| panic!("{field} in {status}"))
     }
 
     /// Sends SIGTERM and waits at most `limit` for the exit; returns the exit, the time it took and the log.

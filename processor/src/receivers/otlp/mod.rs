@@ -6,8 +6,9 @@ pub mod http;
 pub mod json;
 mod json_repair;
 
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
@@ -15,9 +16,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
-use std::sync::mpsc::SyncSender;
-use std::time::Duration;
-
+use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
 use self::budget::DecodeBudget;
@@ -30,16 +29,6 @@ use crate::telemetry::Telemetry;
 pub struct SampleBatch {
     pub samples: Vec<MemorySample>,
     pub verdict: Option<oneshot::Sender<Verdict>>,
-}
-
-impl SampleBatch {
-    /// A batch nobody waits on (tests, tools).
-    pub fn new(samples: Vec<MemorySample>) -> SampleBatch {
-        SampleBatch {
-            samples,
-            verdict: None,
-        }
-    }
 }
 
 /// What the engine did not keep of one batch: samples none of whose values it kept (late, over the key cap)
@@ -99,12 +88,14 @@ pub struct Pending {
     /// Samples (and their values) rejected here, before the engine: stamped too far in the future.
     rejected: (u64, u64),
     verdict: Option<oneshot::Receiver<Verdict>>,
-    telemetry: Telemetry,
+    /// `memdrift_receiver_accepted_spans_total` or `_metric_points_total`: counted once the engine has spoken.
+    accepted: IntCounter,
 }
 
 impl Pending {
-    /// Waits for the engine and folds what it dropped into the request's account; records what was accepted.
-    async fn settle(mut self) -> (ExtractStats, u64, u64) {
+    /// Waits for the engine and folds what it dropped into the request's account. Returns the samples and the
+    /// values rejected after extraction (here or by the engine).
+    async fn settle(&mut self) -> (u64, u64) {
         let verdict = match self.verdict.take() {
             Some(rx) => tokio::time::timeout(VERDICT_WAIT, rx)
                 .await
@@ -113,25 +104,23 @@ impl Pending {
             None => None,
         };
         let (mut samples, mut values) = self.rejected;
-        let mut stats = self.stats;
         if let Some(v) = verdict {
             samples += v.rejected_samples;
             values += v.rejected_values;
             // Counted in self-telemetry by the engine; here only for the answer.
             for (reason, n) in v.dropped {
-                *stats.dropped_values.entry(reason).or_default() += n;
+                *self.stats.dropped_values.entry(reason).or_default() += n;
             }
         }
-        (stats, samples, values)
+        (samples, values)
     }
 
     /// The answer to a trace export: partial success when anything was rejected or dropped, with why.
-    pub async fn traces(self) -> ExportTraceServiceResponse {
-        let telemetry = self.telemetry.clone();
-        let (stats, samples, _) = self.settle().await;
+    pub async fn traces(mut self) -> ExportTraceServiceResponse {
+        let (samples, _) = self.settle().await;
+        let stats = &self.stats;
         // A span gives one sample.
-        telemetry
-            .accepted_spans
+        self.accepted
             .inc_by(stats.spans_accepted.saturating_sub(samples));
         let message = stats.error_message();
         ExportTraceServiceResponse {
@@ -143,12 +132,11 @@ impl Pending {
     }
 
     /// The answer to a metrics export; every dropped point counts as rejected.
-    pub async fn metrics(self) -> ExportMetricsServiceResponse {
-        let telemetry = self.telemetry.clone();
-        let (stats, _, values) = self.settle().await;
+    pub async fn metrics(mut self) -> ExportMetricsServiceResponse {
+        let (_, values) = self.settle().await;
+        let stats = &self.stats;
         // A point gives one value.
-        telemetry
-            .accepted_metric_points
+        self.accepted
             .inc_by(stats.metric_points_accepted.saturating_sub(values));
         let message = stats.error_message();
         ExportMetricsServiceResponse {
@@ -182,7 +170,7 @@ impl Ingest {
         let mut samples = Vec::new();
         let mut stats = ExtractStats::default();
         extract_spans(resource_spans, &self.extract, &mut samples, &mut stats);
-        self.enqueue(samples, stats)
+        self.enqueue(samples, stats, &self.telemetry.accepted_spans)
     }
 
     /// Extracts and enqueues metric points; [`Pending::metrics`] is the answer.
@@ -190,13 +178,14 @@ impl Ingest {
         let mut samples = Vec::new();
         let mut stats = ExtractStats::default();
         extract_metrics(resource_metrics, &self.extract, &mut samples, &mut stats);
-        self.enqueue(samples, stats)
+        self.enqueue(samples, stats, &self.telemetry.accepted_metric_points)
     }
 
     fn enqueue(
         &self,
         mut samples: Vec<MemorySample>,
         mut stats: ExtractStats,
+        accepted: &IntCounter,
     ) -> Result<Pending, Busy> {
         // The receiving host's clock is read here, at the edge, never in the engine.
         let now = SystemTime::now()
@@ -232,7 +221,7 @@ impl Ingest {
             stats,
             rejected,
             verdict,
-            telemetry: self.telemetry.clone(),
+            accepted: accepted.clone(),
         })
     }
 
