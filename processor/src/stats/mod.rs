@@ -13,11 +13,36 @@ pub use scale::{
     SpreadSummary, TestResult,
 };
 pub use trend::{
-    mann_kendall, mann_kendall_sen, mann_kendall_slope, theil_sen, theil_sen_with, MannKendall,
-    SenSlope,
+    mann_kendall, mann_kendall_sen, mann_kendall_slope, sen_slope, theil_sen, theil_sen_with,
+    MannKendall, SenSlope,
 };
 
 use statrs::distribution::{ContinuousCDF, Normal};
+
+/// The integer whose order is `f64::total_cmp`'s order of `v` (the transform `total_cmp` applies to both sides
+/// of every comparison). Sorting and selecting on it compares integers: the detectors' order statistics are
+/// most of their cost.
+pub fn order_key(v: f64) -> i64 {
+    let bits = v.to_bits() as i64;
+    bits ^ (((bits >> 63) as u64) >> 1) as i64
+}
+
+/// The float an [`order_key`] stands for (bit for bit).
+pub fn from_order_key(k: i64) -> f64 {
+    f64::from_bits((k ^ (((k >> 63) as u64) >> 1) as i64) as u64)
+}
+
+/// Sorts `values` as `sort_unstable_by(f64::total_cmp)` does, comparing integers, without allocating: each
+/// value is held as its [`order_key`]'s bits while sorting.
+pub fn sort_floats(values: &mut [f64]) {
+    for v in values.iter_mut() {
+        *v = f64::from_bits(order_key(*v) as u64);
+    }
+    values.sort_unstable_by_key(|v| v.to_bits() as i64);
+    for v in values.iter_mut() {
+        *v = from_order_key(v.to_bits() as i64);
+    }
+}
 
 /// The standard normal quantile.
 pub fn normal_quantile(p: f64) -> f64 {
@@ -87,6 +112,37 @@ pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sort_floats_sorts_as_total_cmp_does() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let special = [
+            f64::NAN,
+            -f64::NAN,
+            -0.0,
+            0.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e-310,
+        ];
+        for n in [0usize, 1, 2, 7, 20, 64, 301] {
+            let mut v: Vec<f64> = (0..n)
+                .map(|_| {
+                    if rng.random_range(0.0..1.0) < 0.1 {
+                        special[rng.random_range(0..special.len())]
+                    } else {
+                        rng.random_range(-1e6..1e6f64).round()
+                    }
+                })
+                .collect();
+            let mut want = v.clone();
+            want.sort_by(f64::total_cmp);
+            sort_floats(&mut v);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&v), bits(&want), "n {n}");
+        }
+    }
 
     #[test]
     fn benjamini_hochberg_matches_the_worked_example() {

@@ -3,7 +3,7 @@
 
 use statrs::distribution::{ContinuousCDF, FisherSnedecor};
 
-use super::quantile_sorted;
+use super::{from_order_key, order_key, quantile_sorted, sort_floats};
 
 /// A test's outcome.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -49,14 +49,14 @@ impl SpreadSummary {
             return None;
         }
         let mut sorted = values.to_vec();
-        sorted.sort_unstable_by(f64::total_cmp);
+        sort_floats(&mut sorted);
         let median = quantile_sorted(&sorted, 0.5);
         let mean = values.iter().sum::<f64>() / n as f64;
         let m2: f64 = values.iter().map(|x| (x - mean).powi(2)).sum();
-        let mut z: Vec<f64> = values.iter().map(|x| (x - median).abs()).collect();
-        let z_mean = z.iter().sum::<f64>() / n as f64;
-        let z_ss = z.iter().map(|v| (v - z_mean).powi(2)).sum();
-        let mad = median_in_place(&mut z);
+        let z = || values.iter().map(|x| (x - median).abs());
+        let z_mean = z().sum::<f64>() / n as f64;
+        let z_ss = z().map(|v| (v - z_mean).powi(2)).sum();
+        let mad = median_abs_dev_sorted(&sorted, median);
         // Bonett trims 1 / (2 sqrt(n - 4)) from each end for the kurtosis estimate's centre.
         let cut = ((n as f64) / (2.0 * ((n as f64) - 4.0).sqrt())).floor() as usize;
         let kept = &sorted[cut..n - cut];
@@ -193,14 +193,51 @@ pub fn bonett_sd_ratio_from(
     ))
 }
 
+/// The median of |x - `median`| over `sorted` (ascending), as [`median_in_place`] gives it, without a copy: the
+/// deviations below and above the median are two ascending runs, merged from the median outward until the
+/// middle.
+fn median_abs_dev_sorted(sorted: &[f64], median: f64) -> f64 {
+    let n = sorted.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let split = sorted.partition_point(|x| *x <= median);
+    let (below, above) = sorted.split_at(split);
+    let mut down = below.iter().rev().map(|x| (x - median).abs()).peekable();
+    let mut up = above.iter().map(|x| (x - median).abs()).peekable();
+    let mut next = || match (down.peek(), up.peek()) {
+        (Some(a), Some(b)) if a.total_cmp(b).is_gt() => up.next(),
+        (Some(_), _) => down.next(),
+        (None, _) => up.next(),
+    };
+    // The (n/2 - 1)-th and (n/2)-th smallest deviations (0-based).
+    let mut prev = f64::NAN;
+    for _ in 0..n / 2 {
+        prev = next().unwrap_or(f64::NAN);
+    }
+    let mid = next().unwrap_or(f64::NAN);
+    if n % 2 == 1 {
+        mid
+    } else {
+        0.5 * (prev + mid)
+    }
+}
+
 /// The median (mean of the two middle values for an even count), reordering `values`; linear time.
 pub fn median_in_place(values: &mut [f64]) -> f64 {
     let n = values.len();
     if n == 0 {
         return f64::NAN;
     }
-    let (lower, mid, _) = values.select_nth_unstable_by(n / 2, f64::total_cmp);
-    let mid = *mid;
+    // Selected on the values' order keys (integer comparisons); put back in place after.
+    for v in values.iter_mut() {
+        *v = f64::from_bits(order_key(*v) as u64);
+    }
+    values.select_nth_unstable_by_key(n / 2, |v| v.to_bits() as i64);
+    for v in values.iter_mut() {
+        *v = from_order_key(v.to_bits() as i64);
+    }
+    let (lower, mid) = (&values[..n / 2], values[n / 2]);
     if n % 2 == 1 {
         mid
     } else {
@@ -353,6 +390,35 @@ mod tests {
         )
         .is_none());
         assert!(lag1_autocorrelation(&[1.0; 20]).is_none());
+    }
+
+    #[test]
+    fn the_merged_deviations_give_median_in_place_s_mad() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for n in 1..60 {
+            for ties in [false, true] {
+                let mut v: Vec<f64> = (0..n)
+                    .map(|_| {
+                        let x = rng.random_range(-50.0..50.0f64);
+                        if ties {
+                            x.round()
+                        } else {
+                            x
+                        }
+                    })
+                    .collect();
+                super::sort_floats(&mut v);
+                let median = quantile_sorted(&v, 0.5);
+                let mut z: Vec<f64> = v.iter().map(|x| (x - median).abs()).collect();
+                let want = median_in_place(&mut z);
+                assert_eq!(
+                    median_abs_dev_sorted(&v, median).to_bits(),
+                    want.to_bits(),
+                    "n {n}"
+                );
+            }
+        }
     }
 
     #[test]

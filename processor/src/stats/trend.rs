@@ -6,7 +6,7 @@
 
 use statrs::distribution::{ContinuousCDF, Normal};
 
-use super::normal_quantile;
+use super::{from_order_key as slope_of, normal_quantile, order_key as key, sort_floats};
 
 /// Theil-Sen slope per step with a two-sided confidence interval, and the median intercept at position 0.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -35,7 +35,7 @@ pub struct MannKendall {
 /// Var(S) under no trend, with the correction for tied values.
 fn var_s_ties(values: &mut [f64]) -> f64 {
     let n = values.len() as f64;
-    values.sort_by(f64::total_cmp);
+    sort_floats(values);
     let mut ties = 0.0;
     let mut i = 0;
     while i < values.len() {
@@ -63,10 +63,13 @@ fn present(y: &[f64]) -> (Vec<f64>, Vec<f64>) {
 
 /// The present points with every pairwise slope and Kendall's S, from one pass over the pairs: positions
 /// increase, so a pair's slope has the sign of its value difference.
+///
+/// Slopes are held as [`key`]s: integers ordered as `f64::total_cmp` orders the slopes, so the selections
+/// below compare integers (most of a trend test's time is those selections).
 struct Pairs {
     x: Vec<f64>,
     v: Vec<f64>,
-    slopes: Vec<f64>,
+    slopes: Vec<i64>,
     s: f64,
 }
 
@@ -76,12 +79,19 @@ fn pairs(y: &[f64]) -> Pairs {
     let mut slopes = Vec::with_capacity(n * n.saturating_sub(1) / 2);
     let mut s = 0i64;
     for i in 0..n {
-        for j in i + 1..n {
-            debug_assert!(x[j] > x[i]);
-            let d = v[j] - v[i];
-            s += (d > 0.0) as i64 - (d < 0.0) as i64;
-            slopes.push(d / (x[j] - x[i]));
-        }
+        let (xi, vi) = (x[i], v[i]);
+        debug_assert!(x[i + 1..].iter().all(|&xj| xj > xi));
+        // Two straight loops over the rest: both vectorise.
+        s += v[i + 1..]
+            .iter()
+            .map(|&vj| (vj > vi) as i64 - (vj < vi) as i64)
+            .sum::<i64>();
+        slopes.extend(
+            v[i + 1..]
+                .iter()
+                .zip(&x[i + 1..])
+                .map(|(&vj, &xj)| key((vj - vi) / (xj - xi))),
+        );
     }
     Pairs {
         x,
@@ -91,13 +101,13 @@ fn pairs(y: &[f64]) -> Pairs {
     }
 }
 
-fn pick(s: &mut [f64], k: usize) -> f64 {
-    *s.select_nth_unstable_by(k, f64::total_cmp).1
+fn pick(s: &mut [i64], k: usize) -> f64 {
+    slope_of(*s.select_nth_unstable(k).1)
 }
 
 /// The median of the pairwise slopes (the Theil-Sen slope). `slopes` is reordered, not changed, and left
 /// partitioned around position m/2, which [`order_stat`] then uses to search only one side.
-fn median_slope(slopes: &mut [f64]) -> f64 {
+fn median_slope(slopes: &mut [i64]) -> f64 {
     let m = slopes.len();
     let k = m / 2;
     let b = pick(slopes, k);
@@ -105,22 +115,18 @@ fn median_slope(slopes: &mut [f64]) -> f64 {
         b
     } else {
         // Everything before position k is at most the k-th: the (k-1)-th is their maximum.
-        let a = slopes[..k]
-            .iter()
-            .copied()
-            .max_by(f64::total_cmp)
-            .unwrap_or(b);
+        let a = slopes[..k].iter().copied().max().map_or(b, slope_of);
         (a + b) / 2.0
     }
 }
 
 /// The `i`-th smallest slope, `slopes` being partitioned around m/2 by [`median_slope`]: a selection within the
 /// one side that holds it.
-fn order_stat(slopes: &mut [f64], i: usize) -> f64 {
+fn order_stat(slopes: &mut [i64], i: usize) -> f64 {
     let k = slopes.len() / 2;
     match i.cmp(&k) {
         std::cmp::Ordering::Less => pick(&mut slopes[..k], i),
-        std::cmp::Ordering::Equal => slopes[k],
+        std::cmp::Ordering::Equal => slope_of(slopes[k]),
         std::cmp::Ordering::Greater => pick(&mut slopes[k + 1..], i - k - 1),
     }
 }
@@ -242,6 +248,13 @@ pub fn theil_sen(y: &[f64], level: f64) -> Option<SenSlope> {
     theil_sen_with(y, level, 1.0)
 }
 
+/// The Theil-Sen slope alone, without its interval or intercept: for a series only asked how fast it rises.
+/// `None` with fewer than 3 points.
+pub fn sen_slope(y: &[f64]) -> Option<f64> {
+    let mut p = pairs(y);
+    (p.v.len() >= 3).then(|| median_slope(&mut p.slopes))
+}
+
 /// [`theil_sen`] with Var(S) multiplied by `inflation` (e.g. Hamed-Rao's n/n*): a wider interval for
 /// autocorrelated series.
 pub fn theil_sen_with(y: &[f64], level: f64, inflation: f64) -> Option<SenSlope> {
@@ -349,6 +362,31 @@ mod tests {
     }
 
     #[test]
+    fn slope_keys_order_as_total_cmp_and_round_trip() {
+        let mut v = vec![
+            f64::NEG_INFINITY,
+            -1e300,
+            -2.5,
+            -f64::MIN_POSITIVE / 4.0,
+            -0.0,
+            0.0,
+            f64::MIN_POSITIVE / 4.0,
+            1e-300,
+            3.0,
+            f64::MAX,
+            f64::INFINITY,
+        ];
+        let keys: Vec<i64> = v.iter().map(|&x| key(x)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        for (x, k) in v.iter().zip(&keys) {
+            assert_eq!(slope_of(*k).to_bits(), x.to_bits());
+        }
+        v.reverse();
+        v.sort_by_key(|&x| key(x));
+        assert!(v.windows(2).all(|w| w[0].total_cmp(&w[1]).is_lt()));
+    }
+
+    #[test]
     fn gaps_keep_positions() {
         let y = [1.0, f64::NAN, 3.0, 4.0, f64::NAN, 6.0];
         let s = theil_sen(&y, 0.9).unwrap();
@@ -388,7 +426,7 @@ mod tests {
             );
             assert_eq!(mann_kendall_slope(&y), Some((alone, sen.slope)), "n {n}");
             // The order statistics against a full sort.
-            let mut all: Vec<f64> = pairs(&y).slopes;
+            let mut all: Vec<f64> = pairs(&y).slopes.into_iter().map(slope_of).collect();
             all.sort_by(f64::total_cmp);
             let m = all.len();
             let median = if m % 2 == 1 {
@@ -397,6 +435,7 @@ mod tests {
                 (all[m / 2 - 1] + all[m / 2]) / 2.0
             };
             assert_eq!(sen.slope, median, "n {n}");
+            assert_eq!(sen_slope(&y), Some(median), "n {n}");
         }
     }
 }

@@ -145,23 +145,49 @@ pub fn robust_rank(present: usize) -> usize {
 /// peak, the k-th largest falls short of the peak by k/(n+1) of the range, and the k-th smallest is as far
 /// above the floor, so the shortfall is k (high - low) / (n + 1 - 2k). Sparse samples (a minute metric)
 /// rarely catch a GC cycle's top: this is what they miss. NaN when all are gaps.
-fn window_high(track: &Track, i: i64, span: usize, scratch: &mut Vec<f64>) -> (f64, f64) {
-    scratch.clear();
-    if let Some(end) = track.pos(i) {
-        let start = track
-            .pos((i - span as i64 + 1).max(track.started))
-            .unwrap_or(0);
-        scratch.extend(track.max.range(start..=end).filter(|v| v.is_finite()));
-    }
-    let n = scratch.len();
+fn window_high(track: &Track, i: i64, span: usize) -> (f64, f64) {
+    let Some(end) = track.pos(i) else {
+        return (f64::NAN, f64::NAN);
+    };
+    let start = track
+        .pos((i - span as i64 + 1).max(track.started))
+        .unwrap_or(0);
+    let present = || track.max.range(start..=end).filter(|v| v.is_finite());
+    let n = present().count();
     if n == 0 {
         return (f64::NAN, f64::NAN);
     }
     let k = robust_rank(n).min(n);
-    scratch.sort_unstable_by(|a, b| b.total_cmp(a));
-    let (high, low) = (scratch[k - 1], scratch[n - k]);
+    let (high, low) = kth_extremes(present().copied(), k);
     let room = (n + 1).saturating_sub(2 * k).max(1);
     (high, k as f64 * (high - low) / room as f64)
+}
+
+/// The `k`-th largest and `k`-th smallest of `values` (`k` at most [`robust_rank`]'s 3, at most their number,
+/// ties counted), in one pass: the values a descending sort puts at `k - 1` and `n - k`.
+fn kth_extremes(values: impl Iterator<Item = f64>, k: usize) -> (f64, f64) {
+    let mut top = [f64::NEG_INFINITY; 3];
+    let mut bottom = [f64::INFINITY; 3];
+    for v in values {
+        // Insert into the kept k largest (descending) and k smallest (ascending).
+        if v > top[k - 1] {
+            let mut j = k - 1;
+            while j > 0 && top[j - 1] < v {
+                top[j] = top[j - 1];
+                j -= 1;
+            }
+            top[j] = v;
+        }
+        if v < bottom[k - 1] {
+            let mut j = k - 1;
+            while j > 0 && bottom[j - 1] > v {
+                bottom[j] = bottom[j - 1];
+                j -= 1;
+            }
+            bottom[j] = v;
+        }
+    }
+    (top[k - 1], bottom[k - 1])
 }
 
 /// Reads the envelope, or `None` before the run holds half the lookback (and at least `recent`) of windows
@@ -179,10 +205,9 @@ fn envelope(track: &Track, s: &GrowthSettings, step_ns: u64) -> Option<Envelope>
     }
     let mut points = Vec::with_capacity(look as usize / STRIDE + 1);
     let mut gaps = Vec::with_capacity(points.capacity());
-    let mut scratch = Vec::with_capacity(span);
     let mut i = track.last;
     while i >= from {
-        let (robust, short) = window_high(track, i, span, &mut scratch);
+        let (robust, short) = window_high(track, i, span);
         points.push(robust);
         if robust.is_finite() {
             gaps.push(short);

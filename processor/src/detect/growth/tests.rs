@@ -1080,3 +1080,20 @@ fn a_restart_in_the_middle_of_a_slow_leak_keeps_the_warning_lead() {
     );
     assert_eq!(fresh.engine().live_keys(), 0);
 }
+
+#[test]
+fn the_one_pass_extremes_are_the_sorted_ones() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for n in 1..40 {
+        // Rounded values: ties.
+        let v: Vec<f64> = (0..n)
+            .map(|_| rng.random_range(0.0..8.0f64).round())
+            .collect();
+        let mut sorted = v.clone();
+        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+        for k in 1..=robust_rank(n).min(n) {
+            let want = (sorted[k - 1], sorted[n - k]);
+            assert_eq!(kth_extremes(v.iter().copied(), k), want, "n {n} k {k}");
+        }
+    }
+}

@@ -48,7 +48,7 @@ use super::grid::{
 };
 use super::{checkpoint, CheckpointError, Detector, Findings, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig};
-use crate::stats::{mann_kendall_sen, theil_sen, MannKendall, SenSlope};
+use crate::stats::{mann_kendall_sen, sen_slope, theil_sen, MannKendall, SenSlope};
 
 impl Settings for LeakSettings {
     const NAME: &'static str = "leak";
@@ -176,7 +176,7 @@ fn fast(
     let last = finite(win).last()?;
     let still = last - highest(&win[..l - w - 1]) >= 0.25 * b * (w + 1) as f64;
     let material = b * k.per_s >= s.min_slope;
-    let steady = theil_sen(before, 0.95).is_none_or(|t| t.slope <= b);
+    let steady = sen_slope(before).is_none_or(|t| t <= b);
     let high = last >= highest(before) + 0.5 * b * (l - 1) as f64;
     let g = growth(&line, win, k.per_hour);
     // A one-time step rises in one half of the stretch; a leak in both.
@@ -233,11 +233,7 @@ fn sustained(
         return None;
     }
     let third = span / 3;
-    let slopes: Vec<Option<f64>> = win
-        .chunks(third)
-        .take(3)
-        .map(|c| theil_sen(c, 0.95).map(|t| t.slope))
-        .collect();
+    let slopes: Vec<Option<f64>> = win.chunks(third).take(3).map(sen_slope).collect();
     // Every third must rise at half the stretch's slope, which must be material: a stretch with a third below
     // half the least material slope can neither open nor hold a finding, and the costly trend test over the
     // whole stretch is skipped (most instances, which are calm).
@@ -286,7 +282,7 @@ fn classify(
         let pts = &pts[start.min(pts.len())..];
         if finite(pts).count() * 10 >= pts.len() * 7 && pts.len() >= 4 {
             seen[k] = true;
-            rising[k] = theil_sen(pts, 0.95).is_some_and(|h| h.slope >= 0.5 * rss.slope);
+            rising[k] = sen_slope(pts).is_some_and(|h| h >= 0.5 * rss.slope);
         }
     }
     if rising[0] {

@@ -289,23 +289,43 @@ impl LookValues {
                 rho: (0.0, 0.0, 0),
             };
         }
-        // A cohort has a handful of instances: a linear scan beats a map.
-        let mut by_instance: Vec<(u32, Vec<f64>)> = Vec::new();
-        for (v, tag) in values.iter().zip(tags) {
-            match by_instance.iter_mut().find(|(t, _)| t == tag) {
-                Some((_, seq)) => seq.push(*v),
-                None => by_instance.push((*tag, vec![*v])),
+        // A cohort has a handful of instances: one pass over the values per instance, in the order the
+        // instances first appear, with buffers reused from one instance to the next.
+        let mut out = LookValues {
+            values: Vec::with_capacity(values.len()),
+            rho: (0.0, 0.0, 0),
+        };
+        let n = values.len().min(tags.len());
+        let mut seen: Vec<u32> = Vec::new();
+        let mut diffs = Vec::with_capacity(n);
+        let mut scratch = Vec::with_capacity(n);
+        for (k, tag) in tags[..n].iter().enumerate() {
+            if seen.last() == Some(tag) || seen.contains(tag) {
+                continue;
             }
-        }
-        let mut out = LookValues::default();
-        let mut scratch = Vec::new();
-        for (_, seq) in by_instance.iter().filter(|(_, s)| s.len() >= 3) {
-            let diffs: Vec<f64> = seq.windows(2).map(|w| w[1] - w[0]).collect();
+            seen.push(*tag);
+            diffs.clear();
+            let mut seq = values[k..n]
+                .iter()
+                .zip(&tags[k..n])
+                .filter(|(_, t)| *t == tag)
+                .map(|(v, _)| *v);
+            let Some(mut prev) = seq.next() else {
+                continue;
+            };
+            for v in seq {
+                diffs.push(v - prev);
+                prev = v;
+            }
+            if diffs.len() < 2 {
+                continue;
+            }
             scratch.clear();
             scratch.extend_from_slice(&diffs);
             let median = median_in_place(&mut scratch);
-            let z: Vec<f64> = diffs.iter().map(|v| (v - median).abs()).collect();
-            if let Some((a, b, len)) = lag_autocorrelations(&z) {
+            scratch.clear();
+            scratch.extend(diffs.iter().map(|v| (v - median).abs()));
+            if let Some((a, b, len)) = lag_autocorrelations(&scratch) {
                 out.rho.0 += a * len as f64;
                 out.rho.1 += b * len as f64;
                 out.rho.2 += len;
