@@ -2,13 +2,15 @@
 # The whole service over the network, side by side with Rotel (a Rust OTLP collector; `--exporter blackhole`
 # decodes every request and drops it): each server pinned to one core (SERVER_CPUS, default 0), the load
 # generator (tests/src/bin/loadgen.rs) on another (LOADER_CPUS, default 1). For each server and case, RUNS
-# (default 3) runs of SECS (default 20) measured seconds after a 5 s warm-up; a fresh server per run. Prints a
+# (default 3) runs of SECS (default 20) measured seconds after WARMUP (default 5) seconds; a fresh server per
+# run. MEMDRIFT (default target/release/memdrift) is the binary run. Prints a
 # Markdown table of medians: accepted spans/s, server CPU-s per million spans, server RSS (median over the run),
 # export latency p50/p99, and memdrift / Rotel. Raw results (one JSON object per run) go to OUT (default
 # target/bench-e2e/results.jsonl).
 #
 #   scripts/bench-e2e.sh                     # the standard cases (about 15 minutes)
 #   CASES="grpc:50000" RUNS=1 scripts/bench-e2e.sh
+#   CASES="grpc:10000 grpc:200000" WARMUP=90 SECS=30 scripts/bench-e2e.sh   # steady memory: windows full
 #   SERVERS=memdrift SERVER_CPUS=0,1 LOADER_CPUS=1 CASES="grpc:closed" scripts/bench-e2e.sh   # two cores
 #
 # A case is PROTOCOL:LOAD, PROTOCOL one of grpc, http-protobuf, http-json, http-protobuf-gzip, grpc-gzip and
@@ -18,12 +20,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 RUNS="${RUNS:-3}"
 SECS="${SECS:-20}"
+WARMUP="${WARMUP:-5}"
 SERVERS="${SERVERS:-memdrift rotel}"
 SERVER_CPUS="${SERVER_CPUS:-0}"
 LOADER_CPUS="${LOADER_CPUS:-1}"
 CASES="${CASES:-grpc:10000 grpc:50000 http-protobuf:50000 http-json:50000 grpc:200000 grpc:closed}"
 OUT="${OUT:-target/bench-e2e/results.jsonl}"
 VENV="${VENV:-.venv}"
+MEMDRIFT="${MEMDRIFT:-target/release/memdrift}"
 
 log() { printf 'bench-e2e: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -47,7 +51,7 @@ start() {
         memdrift)
             # The embedded default pipeline, its anomaly output to a file (not the terminal).
             RUST_LOG=warn MEMDRIFT_GRPC_ENDPOINT=127.0.0.1:4317 MEMDRIFT_HTTP_ENDPOINT=127.0.0.1:4318 \
-                MEMDRIFT_PROMETHEUS_ENDPOINT=127.0.0.1:9464 taskset -c "$SERVER_CPUS" target/release/memdrift run \
+                MEMDRIFT_PROMETHEUS_ENDPOINT=127.0.0.1:9464 taskset -c "$SERVER_CPUS" "$MEMDRIFT" run \
                 >"$state/memdrift.out" 2>"$state/memdrift.err" &
             ;;
         rotel)
@@ -78,7 +82,7 @@ stop() {
 for case in $CASES; do
     proto="${case%%:*}"
     load="${case#*:}"
-    args=(--seconds "$SECS" --warmup 5)
+    args=(--seconds "$SECS" --warmup "$WARMUP")
     case $proto in
         grpc) args+=(--protocol grpc --endpoint 127.0.0.1:4317) ;;
         grpc-gzip) args+=(--protocol grpc --gzip --endpoint 127.0.0.1:4317) ;;

@@ -3,15 +3,10 @@
 
 use std::process::Command;
 
-use memdrift_e2e::{metric_value, Loopback};
+use memdrift_e2e::{metric_value, scrape, Loopback};
 
 async fn accepted_by_memdrift(prometheus: std::net::SocketAddr) -> f64 {
-    let text = reqwest::get(format!("http://{prometheus}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let text = scrape(prometheus).await;
     metric_value(&text, "memdrift_receiver_accepted_spans_total").unwrap_or(0.0)
 }
 

@@ -402,12 +402,7 @@ async fn the_service_sends_what_its_detectors_find_and_counts_it() {
         "links {links:?} must name sent spans"
     );
 
-    let text = reqwest::get(format!("http://{prom}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let text = memdrift_e2e::scrape(prom).await;
     for (series, want) in [
         (
             "memdrift_exporter_sent_total{exporter=\"otlp\",signal=\"logs\"}",

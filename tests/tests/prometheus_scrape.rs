@@ -51,12 +51,7 @@ async fn prometheus_scrapes_the_endpoint_and_promtool_accepts_it() {
     ));
     let service = Service::start(pipeline).await.expect("service starts");
     let target = service.prometheus_addr.expect("prometheus bound");
-    let text = reqwest::get(format!("http://{target}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let text = memdrift_e2e::scrape(target).await;
     for series in [
         "memdrift_exporter_sent_total{exporter=\"otlp\",signal=\"logs\"}",
         "memdrift_exporter_failed_total{exporter=\"otlp\",signal=\"traces\"}",

@@ -198,6 +198,9 @@ fn build_engine(name: &str, text: &str, file: &PipelineFile) -> Result<EngineCon
     if let Some(n) = w.max_samples_per_pane {
         cfg.max_samples_per_pane = n;
     }
+    if let Some(n) = w.instance_samples_per_pane {
+        cfg.instance_samples_per_pane = n;
+    }
     if let Some(n) = w.exemplars {
         cfg.exemplars = n;
     }
@@ -254,11 +257,12 @@ fn build_engine(name: &str, text: &str, file: &PipelineFile) -> Result<EngineCon
             "set source_idle to a few scrape intervals, e.g. source_idle: 5m",
         );
     }
-    if cfg.max_keys == 0 || cfg.max_samples_per_pane == 0 {
+    if cfg.max_keys == 0 || cfg.max_samples_per_pane == 0 || cfg.instance_samples_per_pane == 0 {
         return bad(
             "max_keys",
-            "processors.windows: max_keys and max_samples_per_pane must be positive".into(),
-            "e.g. max_keys: 100000, max_samples_per_pane: 2048",
+            "processors.windows: max_keys, max_samples_per_pane and instance_samples_per_pane must be positive"
+                .into(),
+            "e.g. max_keys: 100000, max_samples_per_pane: 512, instance_samples_per_pane: 64",
         );
     }
     Ok(cfg)

@@ -244,8 +244,12 @@ pub struct WindowsSection {
     pub idle_timeout: Option<Duration>,
     /// Cap on live series; samples for new series beyond it are counted as overflow. Default 100000.
     pub max_keys: Option<usize>,
-    /// Values kept per series per step for order statistics (a uniform reservoir beyond). Default 2048.
+    /// Values a cohort series keeps per step for the spread comparison (a uniform reservoir beyond): 3,072 per
+    /// one-minute window, which measures a spread ratio to about 2%. Default 512.
     pub max_samples_per_pane: Option<usize>,
+    /// Values an instance series keeps per step (for its window's median, MAD and p95 only: the per-instance
+    /// detectors read exact extremes). Default 64.
+    pub instance_samples_per_pane: Option<usize>,
     /// Trace ids kept per window as exemplars. Default 5.
     pub exemplars: Option<usize>,
 }

@@ -11,7 +11,12 @@ pub struct EngineConfig {
     pub source_idle_ns: u64,
     pub idle_timeout_ns: u64,
     pub max_keys: usize,
+    /// Values a cohort series keeps per pane (a uniform reservoir beyond): what the spread comparison reads.
     pub max_samples_per_pane: usize,
+    /// Values an instance series keeps per pane. The per-instance detectors read a pane's extremes and last
+    /// value, which are exact whatever this is; the values only give an instance window's median, MAD and p95
+    /// (replay summaries). Kept small, an instance costs the same memory at any request rate.
+    pub instance_samples_per_pane: usize,
     /// Trace ids kept per pane and reported per window: those of the largest values.
     pub exemplars: usize,
 }
@@ -26,7 +31,8 @@ impl Default for EngineConfig {
             source_idle_ns: 300 * S,
             idle_timeout_ns: 600 * S,
             max_keys: 100_000,
-            max_samples_per_pane: 2048,
+            max_samples_per_pane: 512,
+            instance_samples_per_pane: 64,
             exemplars: 5,
         }
     }

@@ -37,13 +37,12 @@ impl Pane {
         }
     }
 
+    /// Adds one value; at most `cap` values are kept (a uniform reservoir), `exemplars` trace ids.
     fn push(
         &mut self,
-        t: u64,
-        v: f64,
-        tag: u32,
+        (t, v, tag): (u64, f64, u32),
         trace: Option<Exemplar>,
-        cfg: &EngineConfig,
+        (cap, exemplars): (usize, usize),
         rng: &mut u64,
     ) {
         self.moments.push(v);
@@ -52,7 +51,7 @@ impl Pane {
         if t >= self.last.0 {
             self.last = (t, v);
         }
-        if self.reservoir.len() < cfg.max_samples_per_pane {
+        if self.reservoir.len() < cap {
             self.reservoir.push(v);
             self.tags.push(tag);
         } else {
@@ -65,9 +64,9 @@ impl Pane {
         }
         if let Some(id) = trace {
             let pos = self.exemplars.partition_point(|(x, _)| *x >= v);
-            if pos < cfg.exemplars {
+            if pos < exemplars {
                 self.exemplars.insert(pos, (v, id));
-                self.exemplars.truncate(cfg.exemplars);
+                self.exemplars.truncate(exemplars);
             }
         }
     }
@@ -93,15 +92,27 @@ struct Series {
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct Group {
     series: [Option<Series>; Signal::COUNT],
+    /// Values kept per pane: `max_samples_per_pane` for a cohort, `instance_samples_per_pane` for an instance.
+    cap: usize,
     /// The newest event time of a sample added to it.
     pub last_seen: u64,
 }
 
 impl Group {
-    pub fn new() -> Group {
+    /// A cohort's group: its values feed the spread comparison.
+    pub fn cohort(cfg: &EngineConfig) -> Group {
         Group {
             series: Default::default(),
+            cap: cfg.max_samples_per_pane,
             last_seen: 0,
+        }
+    }
+
+    /// An instance's group: the per-instance detectors read its panes' extremes, not its values.
+    pub fn instance(cfg: &EngineConfig) -> Group {
+        Group {
+            cap: cfg.instance_samples_per_pane,
+            ..Group::cohort(cfg)
         }
     }
 
@@ -137,14 +148,12 @@ impl Group {
             }
         };
         series.panes[idx].push(
-            sample.time_unix_nano,
-            v,
-            tag,
+            (sample.time_unix_nano, v, tag),
             sample.trace_id.map(|trace_id| Exemplar {
                 trace_id,
                 span_id: sample.span_id,
             }),
-            cfg,
+            (self.cap, cfg.exemplars),
             &mut series.rng,
         );
     }

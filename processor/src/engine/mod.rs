@@ -17,7 +17,9 @@
 //! windows of the sources that have gone quiet.
 //!
 //! Bounds: at most `max_keys` live (group, signal) series, new ones beyond the cap counted as overflow; a pane
-//! keeps exact moments but at most `max_samples_per_pane` values (a uniform reservoir) for the order statistics;
+//! keeps exact moments, extremes and last value but at most `max_samples_per_pane` values for a cohort
+//! (`instance_samples_per_pane` for an instance, whose detectors read extremes) in a uniform reservoir for the
+//! order statistics;
 //! a group not seen for `idle_timeout` of event time is forgotten (a whole service once nothing newer than that
 //! has come from it; an instance or cohort once its service's newest sample is that far ahead).
 
@@ -89,9 +91,9 @@ struct Service {
 }
 
 impl Instance {
-    fn new() -> Instance {
+    fn new(cfg: &EngineConfig) -> Instance {
         Instance {
-            group: Group::new(),
+            group: Group::instance(cfg),
             clock: Clock::default(),
             newest: 0,
             quiet_ticks: 0,
@@ -241,7 +243,7 @@ impl Engine {
         let instance = service
             .instances
             .entry(s.instance.clone())
-            .or_insert_with(Instance::new);
+            .or_insert_with(|| Instance::new(cfg));
         instance.quiet_ticks = 0;
         if earliest_end <= instance.clock.closed_end {
             self.stats.late_values += s.values.len() as u64;
@@ -257,7 +259,7 @@ impl Engine {
             service
                 .cohorts
                 .entry(s.cohort.clone())
-                .or_insert_with(Group::new)
+                .or_insert_with(|| Group::cohort(cfg))
         });
         let mut live = Live {
             series: &mut self.live_series,

@@ -160,6 +160,16 @@ fn reservoir_bounds_values_but_moments_stay_exact() {
     assert_eq!(s.values.len(), 100);
     // A uniform sample of 0..5000 has its median near 2500 (sd of the sample median here is about 250).
     assert!((s.median - 2500.0).abs() < 1000.0, "median {}", s.median);
+    // The instance's series keeps fewer values (its detectors read extremes), with the same exact moments and
+    // extremes: an instance's memory does not grow with its request rate.
+    let i = closed[0]
+        .summaries
+        .iter()
+        .find(|s| matches!(&s.key.group.scope, Scope::Instance(id) if &**id == "i1"))
+        .expect("the instance's window");
+    assert_eq!(i.values.len(), 64);
+    assert_eq!((i.count, i.mean, i.min, i.max), (5000, 2499.5, 0.0, 4999.0));
+    assert_eq!(i.newest_pane.map(|p| (p.min, p.max)), Some((0.0, 4999.0)));
 }
 
 #[test]
@@ -485,4 +495,52 @@ fn at_the_key_cap_idle_services_make_room_for_a_newcomer() {
     busy.advance();
     assert_eq!(busy.ingest(&[late_comer(121.0)]).len(), 1);
     assert_eq!(busy.stats().evicted_services, 0);
+}
+
+/// The engine's saved state (what it holds) after four minutes (past the services' two minutes of finding their
+/// sources) of 4 services x 2 cohorts x 2 instances sending 3 signals at `per_s` samples a second per instance.
+fn state_bytes_at(per_s: usize) -> usize {
+    let mut e = Engine::new(EngineConfig::default());
+    let signals = [
+        Signal::RssEnd,
+        Signal::HeapAllocated,
+        Signal::RequestAllocated,
+    ];
+    let mut k = 0u64;
+    for tick in 0..(240 * per_s) {
+        let t = tick as f64 / per_s as f64;
+        let mut batch = Vec::new();
+        for svc in ["a", "b", "c", "d"] {
+            for (cohort, inst) in [("1.0", "i1"), ("1.0", "i2"), ("1.1", "i3"), ("1.1", "i4")] {
+                k = k
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let v = 1e9 + (k >> 40) as f64;
+                for s in signals {
+                    batch.push(sample(svc, cohort, inst, t, s, v));
+                }
+            }
+        }
+        e.ingest(&batch);
+        e.advance();
+    }
+    let mut out = Vec::new();
+    crate::checkpoint::encode("engine", &e.state(), &mut out).expect("encodes");
+    out.len()
+}
+
+#[test]
+fn memory_for_a_fixed_set_of_series_does_not_grow_with_the_rate() {
+    // 30 and 300 samples a second per instance: both fill every reservoir (512 values per cohort pane, 64 per
+    // instance pane); what is held then is the same.
+    let (slow, fast) = (state_bytes_at(30), state_bytes_at(300));
+    let ratio = fast as f64 / slow as f64;
+    assert!(
+        (0.95..1.05).contains(&ratio),
+        "{slow} bytes at 30/s, {fast} at 300/s"
+    );
+    // And it is what the README's table says: 4 x 2 cohorts x 3 signals at most 45 KiB each, 4 x 4 instances x
+    // 3 signals at most 7 KiB each, in memory; in CBOR a value and its tag take 14 bytes, not 12.
+    let table = 4 * 2 * 3 * 45 * 1024 + 4 * 4 * 3 * 7 * 1024;
+    assert!(fast * 12 < table * 14, "{fast} bytes");
 }
