@@ -513,23 +513,18 @@ async fn run(a: Args) -> Result<serde_json::Value, String> {
     };
     let client = Client::connect(&a).await?;
     let tally = Arc::new(Tally::default());
-    // Exports begun from the end of the warm-up until `over` are measured.
+    // An export is measured when it begins in [warm-up, end of run): decided where it is sent, from one reading
+    // of the clock that also decides whether it is sent at all, so nothing sent goes uncounted.
     let started = Instant::now();
     let warmup = Duration::from_secs_f64(a.warmup);
-    let over = Arc::new(AtomicBool::new(false));
-    let measuring = {
-        let over = over.clone();
-        move || started.elapsed() >= warmup && !over.load(Ordering::Relaxed)
-    };
+    let total = Duration::from_secs_f64(a.warmup + a.seconds);
     let batch = a.batch as u64;
     let in_flight = Arc::new(AtomicU64::new(0));
     let send = {
-        let (tally, measuring, in_flight) = (tally.clone(), measuring.clone(), in_flight.clone());
-        move |mut client: Client, body: Bytes| {
-            let (tally, measuring, in_flight) =
-                (tally.clone(), measuring.clone(), in_flight.clone());
+        let (tally, in_flight) = (tally.clone(), in_flight.clone());
+        move |mut client: Client, body: Bytes, counted: bool| {
+            let (tally, in_flight) = (tally.clone(), in_flight.clone());
             async move {
-                let counted = measuring();
                 let t = Instant::now();
                 let answer = client.export(body).await;
                 if counted {
@@ -539,30 +534,33 @@ async fn run(a: Args) -> Result<serde_json::Value, String> {
             }
         }
     };
-    let total = Duration::from_secs_f64(a.warmup + a.seconds);
     let mut workers = Vec::new();
     match a.rate {
         Some(rate) => {
             // A batch every `batch / rate` seconds, skipped (and counted as behind) at `max_in_flight`.
             let every = Duration::from_secs_f64(a.batch as f64 / rate);
             let max = a.max_in_flight as u64;
-            let (tally, measuring, in_flight) =
-                (tally.clone(), measuring.clone(), in_flight.clone());
+            let (tally, in_flight) = (tally.clone(), in_flight.clone());
             let (send, pool, client) = (send.clone(), pool.clone(), client.clone());
             workers.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 let mut sends = Vec::new();
-                while started.elapsed() < total {
+                loop {
                     tick.tick().await;
+                    let now = started.elapsed();
+                    if now >= total {
+                        break;
+                    }
                     if in_flight.load(Ordering::Relaxed) >= max {
-                        if measuring() {
+                        if now >= warmup {
                             tally.behind.fetch_add(1, Ordering::Relaxed);
                         }
                         continue;
                     }
                     in_flight.fetch_add(1, Ordering::Relaxed);
-                    sends.push(tokio::spawn(send(client.clone(), pool.take())));
+                    let body = pool.take();
+                    sends.push(tokio::spawn(send(client.clone(), body, now >= warmup)));
                     sends.retain(|w: &tokio::task::JoinHandle<()>| !w.is_finished());
                 }
                 for w in sends {
@@ -575,9 +573,13 @@ async fn run(a: Args) -> Result<serde_json::Value, String> {
                 let (send, pool, client) = (send.clone(), pool.clone(), client.clone());
                 let in_flight = in_flight.clone();
                 workers.push(tokio::spawn(async move {
-                    while started.elapsed() < total {
+                    loop {
+                        let now = started.elapsed();
+                        if now >= total {
+                            break;
+                        }
                         in_flight.fetch_add(1, Ordering::Relaxed);
-                        send(client.clone(), pool.take()).await;
+                        send(client.clone(), pool.take(), now >= warmup).await;
                     }
                 }));
             }
@@ -598,7 +600,6 @@ async fn run(a: Args) -> Result<serde_json::Value, String> {
         }
     }
     let (cpu1, elapsed) = (a.pid.and_then(cpu_seconds), t0.elapsed().as_secs_f64());
-    over.store(true, Ordering::Relaxed);
     for w in workers {
         let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
     }
