@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 
-use super::config::EngineConfig;
 use super::summary::{robust_summary, Moments};
 use super::window::{GroupKey, PaneSummary, SeriesKey, WindowSummary};
 use crate::sample::{Exemplar, MemorySample};
@@ -92,27 +91,15 @@ struct Series {
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct Group {
     series: [Option<Series>; Signal::COUNT],
-    /// Values kept per pane: `max_samples_per_pane` for a cohort, `instance_samples_per_pane` for an instance.
-    cap: usize,
     /// The newest event time of a sample added to it.
     pub last_seen: u64,
 }
 
 impl Group {
-    /// A cohort's group: its values feed the spread comparison.
-    pub fn cohort(cfg: &EngineConfig) -> Group {
+    pub fn new() -> Group {
         Group {
             series: Default::default(),
-            cap: cfg.max_samples_per_pane,
             last_seen: 0,
-        }
-    }
-
-    /// An instance's group: the per-instance detectors read its panes' extremes, not its values.
-    pub fn instance(cfg: &EngineConfig) -> Group {
-        Group {
-            cap: cfg.instance_samples_per_pane,
-            ..Group::cohort(cfg)
         }
     }
 
@@ -125,7 +112,8 @@ impl Group {
         self.series[signal as usize].is_some()
     }
 
-    /// Adds `v` of `signal` to pane `pane`; the series must exist or `open` be true.
+    /// Adds `v` of `signal` to pane `pane`, keeping at most `keep` = (values, exemplars) per pane: a cohort
+    /// keeps `max_samples_per_pane` values, an instance `instance_samples_per_pane` (its detectors read extremes).
     pub fn push(
         &mut self,
         pane: i64,
@@ -133,7 +121,7 @@ impl Group {
         signal: Signal,
         v: f64,
         tag: u32,
-        cfg: &EngineConfig,
+        keep: (usize, usize),
     ) {
         self.last_seen = self.last_seen.max(sample.time_unix_nano);
         let series = self.series[signal as usize].get_or_insert_with(|| Series {
@@ -153,7 +141,7 @@ impl Group {
                 trace_id,
                 span_id: sample.span_id,
             }),
-            (self.cap, cfg.exemplars),
+            keep,
             &mut series.rng,
         );
     }

@@ -91,9 +91,9 @@ struct Service {
 }
 
 impl Instance {
-    fn new(cfg: &EngineConfig) -> Instance {
+    fn new() -> Instance {
         Instance {
-            group: Group::instance(cfg),
+            group: Group::new(),
             clock: Clock::default(),
             newest: 0,
             quiet_ticks: 0,
@@ -243,7 +243,7 @@ impl Engine {
         let instance = service
             .instances
             .entry(s.instance.clone())
-            .or_insert_with(|| Instance::new(cfg));
+            .or_insert_with(Instance::new);
         instance.quiet_ticks = 0;
         if earliest_end <= instance.clock.closed_end {
             self.stats.late_values += s.values.len() as u64;
@@ -259,7 +259,7 @@ impl Engine {
             service
                 .cohorts
                 .entry(s.cohort.clone())
-                .or_insert_with(|| Group::cohort(cfg))
+                .or_insert_with(Group::new)
         });
         let mut live = Live {
             series: &mut self.live_series,
@@ -272,7 +272,8 @@ impl Engine {
                 dropped.push((DropReason::KeyOverflow, signal));
                 continue;
             }
-            instance.group.push(pane, s, signal, v, tag, cfg);
+            let keep = (cfg.instance_samples_per_pane, cfg.exemplars);
+            instance.group.push(pane, s, signal, v, tag, keep);
             let Some(group) = cohort.as_deref_mut() else {
                 self.stats.late_for_cohort_values += 1;
                 dropped.push((DropReason::LateForCohort, signal));
@@ -283,7 +284,14 @@ impl Engine {
                 dropped.push((DropReason::KeyOverflow, signal));
                 continue;
             }
-            group.push(pane, s, signal, v, tag, cfg);
+            group.push(
+                pane,
+                s,
+                signal,
+                v,
+                tag,
+                (cfg.max_samples_per_pane, cfg.exemplars),
+            );
         }
     }
 

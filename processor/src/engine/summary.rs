@@ -1,6 +1,7 @@
 //! Window summaries: count, mean, sd, median, MAD, p95.
 
 pub use crate::stats::quantile_sorted;
+use crate::stats::sort_floats;
 
 /// Running moments of one pane, mergeable exactly (Chan et al.'s parallel update), so the mean and sd of a
 /// window are exact even when the pane keeps only a reservoir of its values.
@@ -48,11 +49,11 @@ impl Moments {
 /// Median, raw median absolute deviation (unscaled: multiply by 1.4826 for a normal-consistent sd estimate) and
 /// p95 of `values`, which it sorts in place.
 pub fn robust_summary(values: &mut [f64]) -> (f64, f64, f64) {
-    values.sort_unstable_by(f64::total_cmp);
+    sort_floats(values);
     let median = quantile_sorted(values, 0.5);
     let p95 = quantile_sorted(values, 0.95);
     let mut dev: Vec<f64> = values.iter().map(|v| (v - median).abs()).collect();
-    dev.sort_unstable_by(f64::total_cmp);
+    sort_floats(&mut dev);
     (median, quantile_sorted(&dev, 0.5), p95)
 }
 

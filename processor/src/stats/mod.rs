@@ -32,16 +32,22 @@ pub fn from_order_key(k: i64) -> f64 {
     f64::from_bits((k ^ (((k >> 63) as u64) >> 1) as i64) as u64)
 }
 
-/// Sorts `values` as `sort_unstable_by(f64::total_cmp)` does, comparing integers, without allocating: each
-/// value is held as its [`order_key`]'s bits while sorting.
-pub fn sort_floats(values: &mut [f64]) {
+/// Runs `f` on `values` held as their [`order_key`]s' bits (so that `f` may order them by `v.to_bits() as i64`,
+/// an integer comparison), then puts the floats back. No allocation.
+pub fn with_order_keys<R>(values: &mut [f64], f: impl FnOnce(&mut [f64]) -> R) -> R {
     for v in values.iter_mut() {
         *v = f64::from_bits(order_key(*v) as u64);
     }
-    values.sort_unstable_by_key(|v| v.to_bits() as i64);
+    let r = f(values);
     for v in values.iter_mut() {
         *v = from_order_key(v.to_bits() as i64);
     }
+    r
+}
+
+/// Sorts `values` as `sort_unstable_by(f64::total_cmp)` does, comparing integers ([`with_order_keys`]).
+pub fn sort_floats(values: &mut [f64]) {
+    with_order_keys(values, |k| k.sort_unstable_by_key(|v| v.to_bits() as i64));
 }
 
 /// The standard normal quantile.

@@ -3,7 +3,7 @@
 
 use statrs::distribution::{ContinuousCDF, FisherSnedecor};
 
-use super::{from_order_key, order_key, quantile_sorted, sort_floats};
+use super::{quantile_sorted, sort_floats, with_order_keys};
 
 /// A test's outcome.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -229,14 +229,9 @@ pub fn median_in_place(values: &mut [f64]) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    // Selected on the values' order keys (integer comparisons); put back in place after.
-    for v in values.iter_mut() {
-        *v = f64::from_bits(order_key(*v) as u64);
-    }
-    values.select_nth_unstable_by_key(n / 2, |v| v.to_bits() as i64);
-    for v in values.iter_mut() {
-        *v = from_order_key(v.to_bits() as i64);
-    }
+    with_order_keys(values, |k| {
+        k.select_nth_unstable_by_key(n / 2, |v| v.to_bits() as i64);
+    });
     let (lower, mid) = (&values[..n / 2], values[n / 2]);
     if n % 2 == 1 {
         mid

@@ -277,7 +277,8 @@ fn encode(a: &Args, req: &ExportTraceServiceRequest) -> Result<Bytes, String> {
 /// The bodies requests take in turn, rebuilt every second with fresh values and timestamps.
 struct Pool {
     bodies: Mutex<Arc<Vec<Bytes>>>,
-    bytes_per_request: AtomicU64,
+    /// The mean body size of the first pool (later pools are the same shape).
+    bytes_per_request: u64,
     next: AtomicU64,
 }
 
@@ -488,9 +489,7 @@ async fn run(a: Args) -> Result<serde_json::Value, String> {
     let mut rng = StdRng::seed_from_u64(1);
     let first = Pool::build(&a, &mut rng, 0)?;
     let pool = Arc::new(Pool {
-        bytes_per_request: AtomicU64::new(
-            first.iter().map(|b| b.len() as u64).sum::<u64>() / POOL as u64,
-        ),
+        bytes_per_request: first.iter().map(|b| b.len() as u64).sum::<u64>() / POOL as u64,
         bodies: Mutex::new(Arc::new(first)),
         next: AtomicU64::new(0),
     });
@@ -630,7 +629,7 @@ async fn run(a: Args) -> Result<serde_json::Value, String> {
         "seconds": elapsed,
         "batch": a.batch,
         "series": a.services * a.cohorts * a.instances,
-        "bytes_per_request": pool.bytes_per_request.load(Ordering::Relaxed),
+        "bytes_per_request": pool.bytes_per_request,
         "requests": tally.requests.load(Ordering::Relaxed),
         "spans_sent": sent,
         "spans_accepted": accepted,

@@ -152,34 +152,35 @@ fn window_high(track: &Track, i: i64, span: usize) -> (f64, f64) {
     let start = track
         .pos((i - span as i64 + 1).max(track.started))
         .unwrap_or(0);
-    let present = || track.max.range(start..=end).filter(|v| v.is_finite());
-    let n = present().count();
+    let (n, top, bottom) = extremes(track.max.range(start..=end).copied());
     if n == 0 {
         return (f64::NAN, f64::NAN);
     }
     let k = robust_rank(n).min(n);
-    let (high, low) = kth_extremes(present().copied(), k);
+    let (high, low) = (top[k - 1], bottom[k - 1]);
     let room = (n + 1).saturating_sub(2 * k).max(1);
     (high, k as f64 * (high - low) / room as f64)
 }
 
-/// The `k`-th largest and `k`-th smallest of `values` (`k` at most [`robust_rank`]'s 3, at most their number,
-/// ties counted), in one pass: the values a descending sort puts at `k - 1` and `n - k`.
-fn kth_extremes(values: impl Iterator<Item = f64>, k: usize) -> (f64, f64) {
+/// In one pass over `values`: how many are finite, and the three largest (descending) and three smallest
+/// (ascending) of those, ties counted: a descending sort's first three and last three. [`robust_rank`] never
+/// asks for more than the 3rd.
+fn extremes(values: impl Iterator<Item = f64>) -> (usize, [f64; 3], [f64; 3]) {
     let mut top = [f64::NEG_INFINITY; 3];
     let mut bottom = [f64::INFINITY; 3];
-    for v in values {
-        // Insert into the kept k largest (descending) and k smallest (ascending).
-        if v > top[k - 1] {
-            let mut j = k - 1;
+    let mut n = 0;
+    for v in values.filter(|v| v.is_finite()) {
+        n += 1;
+        if v > top[2] {
+            let mut j = 2;
             while j > 0 && top[j - 1] < v {
                 top[j] = top[j - 1];
                 j -= 1;
             }
             top[j] = v;
         }
-        if v < bottom[k - 1] {
-            let mut j = k - 1;
+        if v < bottom[2] {
+            let mut j = 2;
             while j > 0 && bottom[j - 1] > v {
                 bottom[j] = bottom[j - 1];
                 j -= 1;
@@ -187,7 +188,7 @@ fn kth_extremes(values: impl Iterator<Item = f64>, k: usize) -> (f64, f64) {
             bottom[j] = v;
         }
     }
-    (top[k - 1], bottom[k - 1])
+    (n, top, bottom)
 }
 
 /// Reads the envelope, or `None` before the run holds half the lookback (and at least `recent`) of windows

@@ -300,7 +300,7 @@ impl LookValues {
         let mut diffs = Vec::with_capacity(n);
         let mut scratch = Vec::with_capacity(n);
         for (k, tag) in tags[..n].iter().enumerate() {
-            if seen.last() == Some(tag) || seen.contains(tag) {
+            if seen.contains(tag) {
                 continue;
             }
             seen.push(*tag);
