@@ -18,7 +18,6 @@ use memdrift::extract::model::TraceRequest;
 use memdrift::extract::{extract_spans, ExtractConfig, ExtractStats};
 use memdrift::sample::MemorySample;
 use memdrift::signal::{Signal, SignalValues};
-use prost::Message;
 
 const T0: u64 = 1_700_000_000_000_000_000;
 
@@ -37,12 +36,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(req) = TraceRequest::decode(data) {
         let mut samples = Vec::new();
         let mut stats = ExtractStats::default();
-        extract_spans(
-            &req.resource_spans,
-            &ExtractConfig::default(),
-            &mut samples,
-            &mut stats,
-        );
+        extract_spans(&req, &ExtractConfig::default(), &mut samples, &mut stats);
         core.ingest(&samples);
     }
     let mut batch = Vec::new();

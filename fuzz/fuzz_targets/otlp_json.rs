@@ -11,10 +11,9 @@ fuzz_target!(|body: &[u8]| {
     let _ = count_log_records(body);
     if let Ok(doc) = JsonDocument::parse(body) {
         let config = ExtractConfig::default();
-        let (traces, metrics) = doc.into_model();
         let mut out = Vec::new();
         let mut stats = ExtractStats::default();
-        extract_spans(&traces.resource_spans, &config, &mut out, &mut stats);
-        extract_metrics(&metrics.resource_metrics, &config, &mut out, &mut stats);
+        extract_spans(&doc.traces(), &config, &mut out, &mut stats);
+        extract_metrics(&doc.metrics(), &config, &mut out, &mut stats);
     }
 });

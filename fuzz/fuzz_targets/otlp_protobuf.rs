@@ -1,25 +1,36 @@
-//! Any bytes as an OTLP/protobuf body of each signal: the decode budget's wire walk, the decoders and extraction
-//! never panic, and the walk accepts every body prost decodes (or valid input would be refused as malformed).
+//! Any bytes as an OTLP/protobuf body of each signal: the log-record walk, the decoders and extraction never
+//! panic, and decoding asks the decode budget for at least what it holds (or the budget would not bound memory).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use memdrift::extract::model::{MetricsRequest, TraceRequest};
 use memdrift::extract::{extract_metrics, extract_spans, ExtractConfig, ExtractStats};
-use memdrift::receivers::otlp::budget::{weigh, LOG_RECORDS, METRICS, TRACES};
-use prost::Message;
+use memdrift::receivers::otlp::budget::{weigh, LOG_RECORDS};
 
 fuzz_target!(|body: &[u8]| {
     let config = ExtractConfig::default();
-    let (traces, metrics) = (weigh(body, &TRACES), weigh(body, &METRICS));
     let _ = weigh(body, &LOG_RECORDS);
     let mut out = Vec::new();
     let mut stats = ExtractStats::default();
-    if let Ok(req) = TraceRequest::decode(body) {
-        assert!(traces.is_ok(), "prost decoded traces the walk refused");
-        extract_spans(&req.resource_spans, &config, &mut out, &mut stats);
+    let mut charged = 0;
+    let traces = TraceRequest::decode_within(body, &config, &mut |n| {
+        charged += n;
+        true
+    });
+    if let Ok(req) = traces {
+        assert!(req.heap_bytes() <= charged, "traces hold more than charged");
+        extract_spans(&req, &config, &mut out, &mut stats);
     }
-    if let Ok(req) = MetricsRequest::decode(body) {
-        assert!(metrics.is_ok(), "prost decoded metrics the walk refused");
-        extract_metrics(&req.resource_metrics, &config, &mut out, &mut stats);
+    let mut charged = 0;
+    let metrics = MetricsRequest::decode_within(body, &config, &mut |n| {
+        charged += n;
+        true
+    });
+    if let Ok(req) = metrics {
+        assert!(
+            req.heap_bytes() <= charged,
+            "metrics hold more than charged"
+        );
+        extract_metrics(&req, &config, &mut out, &mut stats);
     }
 });

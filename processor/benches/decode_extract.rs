@@ -3,14 +3,12 @@
 //! # What is measured
 //!
 //! The receiver-side CPU cost of turning one export request body into [`MemorySample`]s, on a single thread,
-//! for a batch of [`BATCH_SPANS`] spans. Five benchmarks in the group `decode_extract/512_spans`:
+//! for a batch of [`BATCH_SPANS`] spans. Four benchmarks in the group `decode_extract/512_spans`:
 //!
-//! - `protobuf`: `prost::Message::decode` of extraction's model (`extract::model::TraceRequest`) from the body as
-//!   `bytes::Bytes`, then `extract_spans`. Both receivers decode from a `Bytes`-backed buffer (axum's body
-//!   `Bytes` for OTLP/HTTP, tonic's `DecodeBuf` over `BytesMut` for gRPC), so keys, string values and ids are
-//!   slices of the body, not copies.
-//! - `protobuf_from_slice`: the same from a `&[u8]`, for comparison (prost then copies every `bytes` field).
-//! - `json`: `JsonDocument::parse` of the OTLP/JSON body, `into_model`, then `extract_spans` (what the
+//! - `protobuf`: `extract::model::TraceRequest::decode_keeping` of the body in place (keys, string values and
+//!   ids are slices of it; attributes extraction does not read are skipped unread), then `extract_spans`: what
+//!   both receivers do.
+//! - `json`: `JsonDocument::parse` of the OTLP/JSON body, `traces()`, then `extract_spans` (what the
 //!   OTLP/HTTP-JSON receiver and `replay` do).
 //! - `extract_only`: `extract_spans` on an already decoded request, so that decode cost = `protobuf` - this.
 //! - `decode_generated_types_only`: decoding opentelemetry-proto's generated `ExportTraceServiceRequest`, the
@@ -45,7 +43,6 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
@@ -55,7 +52,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use prost::Message;
 
-use memdrift::extract::model::{self, TraceRequest};
+use memdrift::extract::model::TraceRequest;
 use memdrift::extract::{extract_spans, ExtractConfig, ExtractStats};
 use memdrift::receivers::otlp::json::JsonDocument;
 use memdrift::sample::MemorySample;
@@ -190,38 +187,25 @@ fn export_request() -> ExportTraceServiceRequest {
 
 /// What the receiver does with decoded spans: fresh output and stats per request.
 fn extract(
-    resource_spans: &[model::ResourceSpans],
+    request: &TraceRequest<'_>,
     config: &ExtractConfig,
 ) -> (Vec<MemorySample>, ExtractStats) {
     let mut samples = Vec::new();
     let mut stats = ExtractStats::default();
-    extract_spans(resource_spans, config, &mut samples, &mut stats);
+    extract_spans(request, config, &mut samples, &mut stats);
     (samples, stats)
 }
 
 fn decode_extract(c: &mut Criterion) {
     let request = export_request();
     let config = ExtractConfig::default();
-    let protobuf = Bytes::from(request.encode_to_vec());
+    let protobuf = request.encode_to_vec();
     let json = serde_json::to_vec(&request).expect("the request serializes to OTLP/JSON");
-    let decoded = TraceRequest::decode(protobuf.clone()).expect("valid protobuf");
+    let decoded = TraceRequest::decode(&protobuf).expect("valid protobuf");
+    let document = JsonDocument::parse(&json).expect("valid OTLP/JSON");
 
     // Every path must do the same work: every span yields one sample, with the resource's cohort.
-    for (path, spans) in [
-        ("protobuf", decoded.resource_spans.clone()),
-        (
-            "protobuf_from_slice",
-            TraceRequest::decode(&protobuf[..]).unwrap().resource_spans,
-        ),
-        (
-            "json",
-            JsonDocument::parse(&json)
-                .unwrap()
-                .into_model()
-                .0
-                .resource_spans,
-        ),
-    ] {
+    for (path, spans) in [("protobuf", decoded.clone()), ("json", document.traces())] {
         let (samples, stats) = extract(&spans, &config);
         assert_eq!(samples.len(), BATCH_SPANS, "{path}: one sample per span");
         assert_eq!(stats.spans_accepted, BATCH_SPANS as u64, "{path}");
@@ -249,40 +233,27 @@ fn decode_extract(c: &mut Criterion) {
 
     group.bench_function("protobuf", |b| {
         b.iter(|| {
-            // A clone of `Bytes` is a reference count, as when the receiver hands its body to prost; keys,
-            // string values and ids are then slices of it.
-            let req = TraceRequest::decode(black_box(protobuf.clone())).expect("valid protobuf");
-            let out = extract(&req.resource_spans, &config);
-            (req, out)
-        })
-    });
-
-    group.bench_function("protobuf_from_slice", |b| {
-        b.iter(|| {
-            let req = TraceRequest::decode(black_box(&protobuf[..])).expect("valid protobuf");
-            let out = extract(&req.resource_spans, &config);
-            (req, out)
+            let req = TraceRequest::decode_keeping(black_box(&protobuf), &config)
+                .expect("valid protobuf");
+            extract(&req, &config)
         })
     });
 
     group.bench_function("json", |b| {
         b.iter(|| {
-            let (spans, metrics) = JsonDocument::parse(black_box(&json))
-                .expect("valid OTLP/JSON")
-                .into_model();
-            let out = extract(&spans.resource_spans, &config);
-            (spans, metrics, out)
+            let doc = JsonDocument::parse(black_box(&json)).expect("valid OTLP/JSON");
+            extract(&doc.traces(), &config)
         })
     });
 
     group.bench_function("extract_only", |b| {
-        b.iter(|| extract(black_box(&decoded.resource_spans), &config))
+        b.iter(|| extract(black_box(&decoded), &config))
     });
 
     // The reference the model replaced: decoding the generated opentelemetry-proto types alone, no extraction.
     group.bench_function("decode_generated_types_only", |b| {
         b.iter(|| {
-            ExportTraceServiceRequest::decode(black_box(protobuf.clone())).expect("valid protobuf")
+            ExportTraceServiceRequest::decode(black_box(&protobuf[..])).expect("valid protobuf")
         })
     });
 

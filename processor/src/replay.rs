@@ -210,21 +210,10 @@ pub fn replay(pipeline: &Pipeline, opts: &ReplayOptions) -> Result<ReplaySummary
                     continue;
                 }
             };
-            let (spans, metrics) = doc.into_model();
             let mut stats = ExtractStats::default();
             samples.clear();
-            extract_spans(
-                &spans.resource_spans,
-                &pipeline.extract,
-                &mut samples,
-                &mut stats,
-            );
-            extract_metrics(
-                &metrics.resource_metrics,
-                &pipeline.extract,
-                &mut samples,
-                &mut stats,
-            );
+            extract_spans(&doc.traces(), &pipeline.extract, &mut samples, &mut stats);
+            extract_metrics(&doc.metrics(), &pipeline.extract, &mut samples, &mut stats);
             summary.samples += samples.len() as u64;
             summary.extract.merge(&stats);
             let out = core.ingest(&samples);

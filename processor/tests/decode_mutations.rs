@@ -1,6 +1,6 @@
 //! Seeded mutation of valid and hostile OTLP bodies through every decoder memdrift has, then extraction and the
-//! engine with the default detectors: nothing panics or loops, and the decode budget's wire walk accepts every
-//! body prost decodes (it would otherwise refuse valid input as malformed). A short, deterministic stand-in
+//! engine with the default detectors: nothing panics or loops, and decoding asks the decode budget for at least
+//! what it holds. A short, deterministic stand-in
 //! for coverage-guided fuzzing that runs in every `cargo test` (the corpus holds the hostile cases found so far:
 //! empty repeated messages, far-future timestamps, deep groups, huge lengths).
 
@@ -8,7 +8,7 @@ use memdrift::config::Pipeline;
 use memdrift::core::Core;
 use memdrift::extract::model::{MetricsRequest, TraceRequest};
 use memdrift::extract::{extract_metrics, extract_spans, ExtractConfig, ExtractStats};
-use memdrift::receivers::otlp::budget::{weigh, LOG_RECORDS, METRICS, TRACES};
+use memdrift::receivers::otlp::budget::{weigh, LOG_RECORDS};
 use memdrift::receivers::otlp::json::{count_log_records, JsonDocument};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -150,7 +150,7 @@ fn mutate(rng: &mut StdRng, body: &mut Vec<u8>) {
 }
 
 #[test]
-fn mutated_bodies_never_panic_and_the_wire_walk_accepts_what_prost_decodes() {
+fn mutated_bodies_never_panic_and_decoding_is_charged_what_it_holds() {
     let pipeline = Pipeline::default_pipeline().expect("the default pipeline");
     let config = ExtractConfig::default();
     let mut core = Core::new(pipeline.engine.clone(), pipeline.build_detectors());
@@ -160,30 +160,33 @@ fn mutated_bodies_never_panic_and_the_wire_walk_accepts_what_prost_decodes() {
     for round in 0..200_000 {
         let mut body = corpus[round % corpus.len()].clone();
         mutate(&mut rng, &mut body);
-        let weighed = (weigh(&body, &TRACES), weigh(&body, &METRICS));
         let _ = weigh(&body, &LOG_RECORDS);
         let _ = count_log_records(&body);
         let mut out = Vec::new();
         let mut stats = ExtractStats::default();
-        if let Ok(req) = TraceRequest::decode(body.as_slice()) {
-            assert!(
-                weighed.0.is_ok(),
-                "prost decoded what the walk refused: {body:?}"
-            );
-            extract_spans(&req.resource_spans, &config, &mut out, &mut stats);
+        // Decoding asks the budget for at least what it ends up holding.
+        let mut charged = 0;
+        let traces = TraceRequest::decode_within(&body, &config, &mut |n| {
+            charged += n;
+            true
+        });
+        if let Ok(req) = traces {
+            assert!(req.heap_bytes() <= charged, "traces: {body:?}");
+            extract_spans(&req, &config, &mut out, &mut stats);
             decoded += 1;
         }
-        if let Ok(req) = MetricsRequest::decode(body.as_slice()) {
-            assert!(
-                weighed.1.is_ok(),
-                "prost decoded what the walk refused: {body:?}"
-            );
-            extract_metrics(&req.resource_metrics, &config, &mut out, &mut stats);
+        let mut charged = 0;
+        let metrics = MetricsRequest::decode_within(&body, &config, &mut |n| {
+            charged += n;
+            true
+        });
+        if let Ok(req) = metrics {
+            assert!(req.heap_bytes() <= charged, "metrics: {body:?}");
+            extract_metrics(&req, &config, &mut out, &mut stats);
         }
         if let Ok(doc) = JsonDocument::parse(&body) {
-            let (t, m) = doc.into_model();
-            extract_spans(&t.resource_spans, &config, &mut out, &mut stats);
-            extract_metrics(&m.resource_metrics, &config, &mut out, &mut stats);
+            extract_spans(&doc.traces(), &config, &mut out, &mut stats);
+            extract_metrics(&doc.metrics(), &config, &mut out, &mut stats);
         }
         samples += out.len();
         core.ingest(&out);

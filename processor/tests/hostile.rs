@@ -35,9 +35,12 @@ fn empty_items(items: usize) -> Vec<u8> {
     field(1, &field(2, &scope))
 }
 
-/// A trace request whose resource holds `n` empty attributes.
-fn empty_attributes(n: usize) -> Vec<u8> {
-    let resource = field(1, &[0x0au8, 0x00].repeat(n));
+/// A trace request whose resource holds about `bytes` of attributes named `service.name` with no value: 16
+/// bytes each on the wire, and kept by decoding (extraction reads that key), so each costs an entry in memory.
+/// (Attributes with keys extraction does not read are skipped unread and cost nothing.)
+fn read_attributes(bytes: usize) -> Vec<u8> {
+    let one = field(1, &field(1, b"service.name"));
+    let resource = field(1, &one.repeat(bytes / one.len()));
     field(1, &resource)
 }
 
@@ -121,9 +124,9 @@ fn counter(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Requests of empty messages (2 bytes on the wire, about a hundred in memory each), two at a time on every
-/// path: refused before decoding when they would pass the decode budget (64 MiB here), log records counted
-/// without decoding. Peak memory stays within the budget plus the bodies in flight; the service still serves.
+/// Requests of empty messages (2 bytes on the wire, tens of bytes in memory each), two at a time on every path:
+/// refused as soon as decoding them would pass the decode budget (64 MiB here), log records counted without
+/// decoding. Peak memory stays within the budget plus the bodies in flight; the service still serves.
 #[test]
 fn requests_that_would_decode_into_gigabytes_are_refused_and_memory_stays_bounded() {
     let dir = tempdir("amplification");
@@ -132,7 +135,7 @@ fn requests_that_would_decode_into_gigabytes_are_refused_and_memory_stays_bounde
     let (grpc, http) = (running.grpc, running.http);
     let body_bytes = 15 * MIB;
     let spans = empty_items(body_bytes / 2);
-    let attributes = empty_attributes(body_bytes / 2);
+    let attributes = read_attributes(body_bytes);
     let json = json_empty_spans(body_bytes);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (http_codes, grpc_codes) = std::thread::scope(|s| {
@@ -169,8 +172,8 @@ fn requests_that_would_decode_into_gigabytes_are_refused_and_memory_stays_bounde
             .collect();
         (http_codes, grpc_codes)
     });
-    // Spans and attributes weigh hundreds of MB decoded: over the whole budget, refused for good (413), or
-    // refused for now (503) when the bodies in flight had taken the budget before this one could be weighed.
+    // Spans and attributes take hundreds of MB decoded: over the whole budget, refused for good (413), or
+    // refused for now (503) when the bodies in flight had taken the budget before this one could be decoded.
     // Log records are only counted; they too may find the budget taken, but never fail.
     // (0: answered early and reset before the answer could be read; counted below all the same.)
     assert!(

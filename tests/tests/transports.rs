@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use memdrift::extract::model::{from_proto, TraceRequest};
+use memdrift::extract::model::TraceRequest;
 use memdrift::extract::{extract_spans, ExtractConfig, ExtractStats};
 use memdrift::receivers::listener::{ConnectionLimits, GuardedListener};
 use memdrift::receivers::otlp::budget::DecodeBudget;
@@ -129,13 +129,9 @@ fn mixed_batch() -> ExportTraceServiceRequest {
 fn expected(req: &ExportTraceServiceRequest) -> (Vec<MemorySample>, ExtractStats) {
     let mut out = Vec::new();
     let mut stats = ExtractStats::default();
-    let lean: TraceRequest = from_proto(req);
-    extract_spans(
-        &lean.resource_spans,
-        &ExtractConfig::default(),
-        &mut out,
-        &mut stats,
-    );
+    let body = req.encode_to_vec();
+    let lean = TraceRequest::decode(&body).expect("valid protobuf");
+    extract_spans(&lean, &ExtractConfig::default(), &mut out, &mut stats);
     (out, stats)
 }
 

@@ -46,7 +46,8 @@ pub struct OtlpReceiver {
     #[serde(default)]
     pub max_clock_skew: Option<Duration>,
     /// Memory for the requests being decoded at once, both transports together, in bytes: each request
-    /// reserves its body and what decoding it builds (weighed on the wire first). One that does not fit beside
+    /// holds its body and what decoding it builds (protobuf: asked for allocation by allocation; JSON: weighed
+    /// first). One that does not fit beside
     /// the others is refused for now (HTTP 503 + Retry-After, gRPC UNAVAILABLE: the sender retries); one bigger
     /// than the whole budget is refused for good (HTTP 413, gRPC RESOURCE_EXHAUSTED). Default 256 MiB.
     #[serde(default = "default_decode_budget_bytes")]

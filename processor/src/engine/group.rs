@@ -61,6 +61,11 @@ impl Pane {
                 self.tags[j] = tag;
             }
         }
+        // Full, and no larger than the smallest kept: not kept (the common case, decided without a search).
+        let full = self.exemplars.len() >= exemplars;
+        if full && self.exemplars.last().is_none_or(|(x, _)| *x >= v) {
+            return;
+        }
         if let Some(id) = trace {
             let pos = self.exemplars.partition_point(|(x, _)| *x >= v);
             if pos < exemplars {
@@ -128,12 +133,17 @@ impl Group {
             panes: VecDeque::new(),
             rng: 0x9e37_79b9_7f4a_7c15 ^ (signal as u64 + 1),
         });
-        let idx = match series.panes.binary_search_by_key(&pane, |p| p.index) {
-            Ok(i) => i,
-            Err(i) => {
-                series.panes.insert(i, Pane::new(pane));
-                i
-            }
+        // Most samples belong to the newest pane.
+        let newest = series.panes.len().checked_sub(1);
+        let idx = match newest.filter(|&i| series.panes[i].index == pane) {
+            Some(i) => i,
+            None => match series.panes.binary_search_by_key(&pane, |p| p.index) {
+                Ok(i) => i,
+                Err(i) => {
+                    series.panes.insert(i, Pane::new(pane));
+                    i
+                }
+            },
         };
         series.panes[idx].push(
             (sample.time_unix_nano, v, tag),

@@ -76,11 +76,16 @@ struct Instance {
     quiet_ticks: u32,
 }
 
+/// The engine's maps by service, instance and cohort label, looked up for every sample: foldhash (seeded per
+/// process) rather than SipHash, which cost several times as much per lookup. Their sizes are bounded by
+/// `max_keys`, so a sender choosing labels to collide can slow lookups in a bounded map, not grow it.
+type KeyMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Service {
-    cohorts: HashMap<Option<Arc<str>>, Group>,
+    cohorts: KeyMap<Option<Arc<str>>, Group>,
     clock: Clock,
-    instances: HashMap<Arc<str>, Instance>,
+    instances: KeyMap<Arc<str>, Instance>,
     /// The oldest and newest event times it has sent.
     oldest: u64,
     newest: u64,
@@ -104,9 +109,9 @@ impl Instance {
 impl Service {
     fn new() -> Service {
         Service {
-            cohorts: HashMap::new(),
+            cohorts: KeyMap::default(),
             clock: Clock::default(),
-            instances: HashMap::new(),
+            instances: KeyMap::default(),
             oldest: u64::MAX,
             newest: 0,
             quiet_ticks: 0,
@@ -122,7 +127,7 @@ const QUIET_EXTRA_TICKS: u32 = 2;
 /// The engine. Pure: samples in, closed windows out.
 pub struct Engine {
     config: EngineConfig,
-    services: HashMap<Arc<str>, Service>,
+    services: KeyMap<Arc<str>, Service>,
     /// Services that received samples since the last advance: only their clocks can have moved.
     touched: Vec<Arc<str>>,
     live_series: usize,
@@ -146,7 +151,7 @@ impl Engine {
         );
         Engine {
             config,
-            services: HashMap::new(),
+            services: KeyMap::default(),
             touched: Vec::new(),
             live_series: 0,
             live_by_kind: [0; 2],
@@ -219,9 +224,10 @@ impl Engine {
         // Progress of the whole input, for expiry: a sample refused over the key cap still moves it, so that
         // idle groups go and new ones can enter.
         self.max_event_time = self.max_event_time.max(s.time_unix_nano);
-        let known =
-            (self.services.get(&s.service)).is_some_and(|v| v.instances.contains_key(&s.instance));
-        if self.live_series >= cfg.max_keys && !known {
+        let known = || {
+            (self.services.get(&s.service)).is_some_and(|v| v.instances.contains_key(&s.instance))
+        };
+        if self.live_series >= cfg.max_keys && !known() {
             self.newcomer_refused = true;
             self.stats.overflow_values += s.values.len() as u64;
             dropped.extend(
@@ -485,7 +491,7 @@ struct Saved<S> {
 /// [`Engine::state`] as read back: what [`Engine::restore`] takes.
 #[derive(serde::Deserialize)]
 #[serde(transparent)]
-pub struct EngineState(Saved<HashMap<Arc<str>, Service>>);
+pub struct EngineState(Saved<KeyMap<Arc<str>, Service>>);
 
 /// The count of live series against the cap, while one sample's values are added.
 struct Live<'a> {

@@ -1,6 +1,6 @@
 //! OTLP gauge and sum points -> samples, for services that export memory metrics and no memspan spans.
 
-use super::model::{Data, PointValue, ResourceMetrics};
+use super::model::{MetricsRequest, PointValue};
 
 use super::spans::{item_cohort, ResourceContext};
 use super::value::check_bytes;
@@ -12,23 +12,24 @@ use crate::signal::SignalValues;
 /// Extracts one sample per number point of every metric named in the metric table. Other metrics, and
 /// histogram-like points, are not memory levels and are passed over without counting as errors.
 pub fn extract_metrics(
-    resource_metrics: &[ResourceMetrics],
+    request: &MetricsRequest<'_>,
     config: &ExtractConfig,
     out: &mut Vec<MemorySample>,
     stats: &mut ExtractStats,
 ) {
-    for rm in resource_metrics {
-        let ctx = ResourceContext::new(rm.resource.as_ref(), config, stats);
-        for metric in rm.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
-            let Some(&signal) = config.metric_signals.get(&metric.name) else {
+    for (resource, metrics) in request.resource_metrics() {
+        let ctx = ResourceContext::new(resource, config, stats);
+        for metric in metrics {
+            let signal = std::str::from_utf8(metric.name)
+                .ok()
+                .and_then(|name| config.metric_signals.get(name));
+            let Some(&signal) = signal else {
                 continue;
             };
-            let points = match &metric.data {
-                Some(Data::Gauge(g)) => &g.data_points,
-                Some(Data::Sum(s)) => &s.data_points,
-                _ => continue,
-            };
-            for point in points {
+            if metric.kind.is_none() {
+                continue;
+            }
+            for point in request.points(metric) {
                 stats.metric_points += 1;
                 let raw = match point.value {
                     Some(PointValue::AsDouble(d)) => d,
@@ -60,7 +61,7 @@ pub fn extract_metrics(
                 out.push(MemorySample {
                     service: ctx.service.clone(),
                     instance: ctx.instance.clone(),
-                    cohort: ctx.cohort(item_cohort(&point.attributes, config, stats)),
+                    cohort: ctx.cohort(item_cohort(request.attributes(point), config, stats)),
                     time_unix_nano: point.time_unix_nano,
                     trace_id: None,
                     span_id: None,

@@ -8,6 +8,7 @@ mod metrics;
 pub mod model;
 mod spans;
 mod value;
+pub mod wire;
 
 use std::collections::HashMap;
 
@@ -82,6 +83,32 @@ pub fn default_metric_signals() -> HashMap<String, Signal> {
     .into_iter()
     .map(|(name, signal)| (name.to_string(), signal))
     .collect()
+}
+
+/// The resource attributes that name a sample's service and instance (see `spans::ResourceContext`).
+const RESOURCE_KEYS: [&str; 4] = [
+    "service.name",
+    "service.instance.id",
+    "host.name",
+    "k8s.pod.name",
+];
+
+/// Decoding keeps only the attributes extraction reads: memory attributes and cohort attributes on spans and
+/// points, identity and cohort attributes on resources.
+impl model::KeepKeys for ExtractConfig {
+    fn resource(&self, key: &[u8]) -> bool {
+        RESOURCE_KEYS.iter().any(|k| k.as_bytes() == key) || self.is_cohort_key(key)
+    }
+
+    fn item(&self, key: &[u8]) -> bool {
+        key.starts_with(b"memspan.") || self.is_cohort_key(key)
+    }
+}
+
+impl ExtractConfig {
+    fn is_cohort_key(&self, key: &[u8]) -> bool {
+        self.cohort_attributes.iter().any(|k| k.as_bytes() == key)
+    }
 }
 
 /// What one extraction saw, for self-telemetry and partial success.
@@ -173,5 +200,134 @@ impl ExtractStats {
             *mine += theirs;
         }
         self.labels_shortened += other.labels_shortened;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model::{MetricsRequest, TraceRequest};
+    use super::*;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::metrics::v1 as pm;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1 as pt;
+    use prost::Message;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Keys extraction reads and keys it does not, on resources and items alike.
+    const KEYS: [&str; 12] = [
+        "service.name",
+        "service.instance.id",
+        "host.name",
+        "k8s.pod.name",
+        "service.version",
+        "memspan.cohort",
+        "feature_flag.result.variant",
+        "memspan.rss.end",
+        "memspan.rss.start",
+        "memspan.heap.allocated",
+        "gen_ai.request.model",
+        "memspan.unknown",
+    ];
+
+    fn attributes(rng: &mut StdRng) -> Vec<KeyValue> {
+        (0..rng.random_range(0..8))
+            .map(|_| {
+                let value = match rng.random_range(0..4) {
+                    0 => Value::StringValue(
+                        ["a", "1.5.0", "canary", ""][rng.random_range(0..4)].into(),
+                    ),
+                    1 => Value::IntValue(rng.random_range(-5..5_000_000)),
+                    2 => Value::DoubleValue(rng.random_range(0.0..1e7)),
+                    _ => Value::BoolValue(rng.random()),
+                };
+                KeyValue {
+                    key: KEYS[rng.random_range(0..KEYS.len())].into(),
+                    value: Some(AnyValue { value: Some(value) }),
+                    ..Default::default()
+                }
+            })
+            .collect()
+    }
+
+    fn resource(rng: &mut StdRng) -> Option<Resource> {
+        Some(Resource {
+            attributes: attributes(rng),
+            ..Default::default()
+        })
+    }
+
+    /// Skipping the attributes extraction does not read changes nothing it extracts or counts.
+    #[test]
+    fn decoding_only_the_keys_read_extracts_the_same() {
+        let config = ExtractConfig::default();
+        let mut rng = StdRng::seed_from_u64(5);
+        for _ in 0..300 {
+            let traces = ExportTraceServiceRequest {
+                resource_spans: (0..rng.random_range(1..3))
+                    .map(|_| pt::ResourceSpans {
+                        resource: resource(&mut rng),
+                        scope_spans: vec![pt::ScopeSpans {
+                            spans: (0..rng.random_range(0..6))
+                                .map(|i| pt::Span {
+                                    trace_id: vec![1; 16],
+                                    span_id: vec![i + 1; 8],
+                                    end_time_unix_nano: 1_700_000_000_000_000_000,
+                                    attributes: attributes(&mut rng),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })
+                    .collect(),
+            }
+            .encode_to_vec();
+            let metrics = ExportMetricsServiceRequest {
+                resource_metrics: vec![pm::ResourceMetrics {
+                    resource: resource(&mut rng),
+                    scope_metrics: vec![pm::ScopeMetrics {
+                        metrics: vec![pm::Metric {
+                            name: "container.memory.working_set".into(),
+                            data: Some(pm::metric::Data::Gauge(pm::Gauge {
+                                data_points: (0..rng.random_range(0..4))
+                                    .map(|_| pm::NumberDataPoint {
+                                        time_unix_nano: 1_700_000_000_000_000_000,
+                                        value: Some(pm::number_data_point::Value::AsInt(7 << 20)),
+                                        attributes: attributes(&mut rng),
+                                        ..Default::default()
+                                    })
+                                    .collect(),
+                            })),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            }
+            .encode_to_vec();
+            let run = |all: bool| {
+                let (mut out, mut stats) = (Vec::new(), ExtractStats::default());
+                let t = if all {
+                    TraceRequest::decode(&traces)
+                } else {
+                    TraceRequest::decode_keeping(&traces, &config)
+                };
+                extract_spans(&t.expect("valid"), &config, &mut out, &mut stats);
+                let m = if all {
+                    MetricsRequest::decode(&metrics)
+                } else {
+                    MetricsRequest::decode_keeping(&metrics, &config)
+                };
+                extract_metrics(&m.expect("valid"), &config, &mut out, &mut stats);
+                (out, stats)
+            };
+            assert_eq!(run(true), run(false));
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::model::{KeyValue, Resource, ResourceSpans};
+use super::model::{KeyValue, TraceRequest};
 
 use super::value::{bytes_value, label_value};
 use super::{DropReason, ExtractConfig, ExtractStats, RefuseReason};
@@ -18,12 +18,7 @@ pub(super) struct ResourceContext {
 }
 
 impl ResourceContext {
-    pub fn new(
-        resource: Option<&Resource>,
-        config: &ExtractConfig,
-        stats: &mut ExtractStats,
-    ) -> Self {
-        let attrs: &[KeyValue] = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+    pub fn new(attrs: &[KeyValue<'_>], config: &ExtractConfig, stats: &mut ExtractStats) -> Self {
         let mut find = |key: &str| {
             let (label, shortened) = attrs
                 .iter()
@@ -68,7 +63,7 @@ impl ResourceContext {
 
 /// The first configured cohort attribute among `attrs`, as (its rank in the configuration, its value).
 pub(super) fn item_cohort(
-    attrs: &[KeyValue],
+    attrs: &[KeyValue<'_>],
     config: &ExtractConfig,
     stats: &mut ExtractStats,
 ) -> Option<(usize, String)> {
@@ -103,19 +98,20 @@ fn span_id(bytes: &[u8]) -> Option<SpanId> {
 
 /// Extracts the samples of a batch of spans, appending to `out`.
 pub fn extract_spans(
-    resource_spans: &[ResourceSpans],
+    request: &TraceRequest<'_>,
     config: &ExtractConfig,
     out: &mut Vec<MemorySample>,
     stats: &mut ExtractStats,
 ) {
-    for rs in resource_spans {
-        let ctx = ResourceContext::new(rs.resource.as_ref(), config, stats);
-        for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+    for (resource, spans) in request.resource_spans() {
+        let ctx = ResourceContext::new(resource, config, stats);
+        for span in spans {
             stats.spans += 1;
+            let attributes = request.attributes(span);
             let mut values = SignalValues::default();
             let mut had_memory = false;
-            for kv in &span.attributes {
-                let Some(signal) = Signal::from_span_attribute(&kv.key) else {
+            for kv in attributes {
+                let Some(signal) = Signal::from_span_attribute(kv.key) else {
                     continue;
                 };
                 had_memory = true;
@@ -160,10 +156,10 @@ pub fn extract_spans(
             out.push(MemorySample {
                 service: ctx.service.clone(),
                 instance: ctx.instance.clone(),
-                cohort: ctx.cohort(item_cohort(&span.attributes, config, stats)),
+                cohort: ctx.cohort(item_cohort(attributes, config, stats)),
                 time_unix_nano: time,
-                trace_id: trace_id(&span.trace_id),
-                span_id: span_id(&span.span_id),
+                trace_id: trace_id(span.trace_id),
+                span_id: span_id(span.span_id),
                 values,
             });
         }

@@ -127,7 +127,7 @@ pub fn bounded_label(text: &str) -> (String, bool) {
 mod tests {
     use super::*;
 
-    fn any(v: Value) -> AnyValue {
+    fn any(v: Value<'_>) -> AnyValue<'_> {
         AnyValue { value: Some(v) }
     }
 
@@ -146,11 +146,11 @@ mod tests {
             (Value::Double(f64::INFINITY), DropReason::NotFinite),
             (Value::Double(1.5), DropReason::Fractional),
             (Value::Int(i64::MAX), DropReason::TooLarge),
-            (Value::String("12MB".into()), DropReason::String),
+            (Value::String(b"12MB"), DropReason::String),
             (Value::Bool(true), DropReason::WrongType),
         ];
         for (v, reason) in cases {
-            assert_eq!(bytes_value(Some(&any(v.clone()))), Err(reason), "{v:?}");
+            assert_eq!(bytes_value(Some(&any(v))), Err(reason), "{v:?}");
         }
         assert_eq!(bytes_value(None), Err(DropReason::WrongType));
         assert_eq!(
@@ -162,18 +162,15 @@ mod tests {
     #[test]
     fn labels_read_text_numbers_and_bools_but_not_invalid_utf8() {
         assert_eq!(
-            label_value(Some(&any(Value::String("1.5.0".into())))).map(|l| l.0),
+            label_value(Some(&any(Value::String(b"1.5.0")))).map(|l| l.0),
             Some("1.5.0".into())
         );
         assert_eq!(
             label_value(Some(&any(Value::Int(2)))),
             Some(("2".into(), false))
         );
-        assert_eq!(
-            label_value(Some(&any(Value::String(vec![0xff, 0xfe].into())))),
-            None
-        );
-        assert_eq!(label_value(Some(&any(Value::String("".into())))), None);
+        assert_eq!(label_value(Some(&any(Value::String(&[0xff, 0xfe])))), None);
+        assert_eq!(label_value(Some(&any(Value::String(b"")))), None);
     }
 
     #[test]
@@ -191,7 +188,7 @@ mod tests {
         let wide = "\u{20ac}".repeat(100);
         let (w, cut) = bounded_label(&wide);
         assert!(cut && w.len() <= MAX_LABEL_BYTES && w.starts_with('\u{20ac}'));
-        let via_attribute = label_value(Some(&any(Value::String(mib.into_bytes().into()))));
+        let via_attribute = label_value(Some(&any(Value::String(mib.as_bytes()))));
         assert_eq!(via_attribute, Some((a, true)));
     }
 

@@ -1,85 +1,31 @@
-//! What a request costs in memory once decoded, known before decoding it, and a budget for all requests in
-//! flight together.
+//! A budget of memory for all requests in flight together, and what a request is charged against it.
 //!
-//! Protobuf lets a small body decode into a large value: an empty span is 2 bytes on the wire and about a
-//! hundred in memory, so 16 MiB of them would take about 800 MB. Before a body is decoded, [`weigh`] walks its
-//! wire format once (no allocation) and adds up the in-memory size of every message that decoding would build,
-//! following only the fields extraction's model keeps ([`crate::extract::model`]). A request then reserves that
-//! much, plus its body, from the receiver's [`DecodeBudget`]:
-//! - a request that weighs more than the whole budget can never be taken: refused for good (HTTP 413, gRPC
+//! Protobuf lets a small body decode into a large value: an empty span is 2 bytes on the wire and tens of bytes
+//! in memory, so 16 MiB of them would take hundreds of MB. A request holds its body's bytes from the receiver's
+//! [`DecodeBudget`] as they arrive ([`BudgetedBody`]); decoding then asks the budget for every allocation of the
+//! request's arenas before it is made ([`crate::extract::model::Budget`], answered by [`Reservation::charge`]),
+//! so no walk of the body is needed beforehand and what is held is what decoding actually builds:
+//! - a request that needs more than the whole budget can never be taken: refused for good (HTTP 413, gRPC
 //!   RESOURCE_EXHAUSTED without RetryInfo, as for an over-size body);
 //! - one that does not fit beside the requests in flight is refused for now (HTTP 503 + Retry-After, gRPC
 //!   UNAVAILABLE): the sender backs off and retries, nothing it sent is lost.
 //!
-//! The same walk counts log records, which memdrift counts and never decodes.
+//! [`weigh`] walks a body's wire format once without allocating and adds up a size per message of a [`Shape`]:
+//! with [`LOG_RECORDS`] it counts log records, which memdrift counts and never decodes.
 
-use std::mem::size_of;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::extract::model as m;
+pub use crate::extract::wire::WireError;
+use crate::extract::wire::{skip, take, varint};
 use crate::receivers::memory_limit::MemoryLimiter;
 
-/// A message on the wire: its in-memory size once decoded, and the fields holding messages that decoding builds
-/// (field number, their shape). Fields not named are skipped, as prost skips them.
+/// A message on the wire: what it counts for, and the fields holding messages to follow (field number, their
+/// shape). Fields not named are skipped, as prost skips them.
 pub struct Shape {
     pub size: usize,
     pub children: &'static [(u32, &'static Shape)],
 }
-
-static KEY_VALUE: Shape = Shape {
-    size: size_of::<m::KeyValue>(),
-    children: &[],
-};
-/// `Resource` is held inline by its parent; its attributes are not.
-static RESOURCE: Shape = Shape {
-    size: 0,
-    children: &[(1, &KEY_VALUE)],
-};
-static SPAN: Shape = Shape {
-    size: size_of::<m::Span>(),
-    children: &[(9, &KEY_VALUE)],
-};
-static SCOPE_SPANS: Shape = Shape {
-    size: size_of::<m::ScopeSpans>(),
-    children: &[(2, &SPAN)],
-};
-static RESOURCE_SPANS: Shape = Shape {
-    size: size_of::<m::ResourceSpans>(),
-    children: &[(1, &RESOURCE), (2, &SCOPE_SPANS)],
-};
-/// `ExportTraceServiceRequest` as extraction decodes it.
-pub static TRACES: Shape = Shape {
-    size: size_of::<m::TraceRequest>(),
-    children: &[(1, &RESOURCE_SPANS)],
-};
-
-static POINT: Shape = Shape {
-    size: size_of::<m::NumberDataPoint>(),
-    children: &[(7, &KEY_VALUE)],
-};
-/// `Gauge` and `Sum`, held inline by the metric.
-static POINTS: Shape = Shape {
-    size: 0,
-    children: &[(1, &POINT)],
-};
-static METRIC: Shape = Shape {
-    size: size_of::<m::Metric>(),
-    children: &[(5, &POINTS), (7, &POINTS)],
-};
-static SCOPE_METRICS: Shape = Shape {
-    size: size_of::<m::ScopeMetrics>(),
-    children: &[(2, &METRIC)],
-};
-static RESOURCE_METRICS: Shape = Shape {
-    size: size_of::<m::ResourceMetrics>(),
-    children: &[(1, &RESOURCE), (2, &SCOPE_METRICS)],
-};
-/// `ExportMetricsServiceRequest` as extraction decodes it.
-pub static METRICS: Shape = Shape {
-    size: size_of::<m::MetricsRequest>(),
-    children: &[(1, &RESOURCE_METRICS)],
-};
 
 static LOG_RECORD: Shape = Shape {
     size: 1,
@@ -98,45 +44,6 @@ pub static LOG_RECORDS: Shape = Shape {
     size: 0,
     children: &[(1, &RESOURCE_LOGS)],
 };
-
-/// A body that is not valid protobuf wire format.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WireError(pub &'static str);
-
-impl std::fmt::Display for WireError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-fn varint(buf: &mut &[u8]) -> Result<u64, WireError> {
-    let mut value = 0u64;
-    for shift in (0..70).step_by(7) {
-        let (&byte, rest) = buf.split_first().ok_or(WireError("truncated varint"))?;
-        *buf = rest;
-        if shift == 63 && byte > 1 {
-            return Err(WireError("varint over 64 bits"));
-        }
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            return Ok(value);
-        }
-    }
-    Err(WireError("varint over 10 bytes"))
-}
-
-fn take<'a>(buf: &mut &'a [u8], n: u64) -> Result<&'a [u8], WireError> {
-    let n = usize::try_from(n).map_err(|_| WireError("length past the buffer"))?;
-    if n > buf.len() {
-        return Err(WireError("length past the buffer"));
-    }
-    let (head, rest) = buf.split_at(n);
-    *buf = rest;
-    Ok(head)
-}
-
-/// Nesting of groups prost follows before it gives up (its recursion limit).
-const MAX_GROUP_DEPTH: u32 = 100;
 
 /// The in-memory size of `body` decoded as `shape` (the top message's own size included). One pass, no
 /// allocation; recursion only as deep as the shape. It accepts every body prost decodes (unknown fields of any
@@ -160,30 +67,6 @@ pub fn weigh(body: &[u8], shape: &Shape) -> Result<usize, WireError> {
         }
     }
     Ok(total)
-}
-
-/// Skips one field that is not length-delimited (a group with everything in it).
-fn skip(buf: &mut &[u8], wire: u64, field: u64, depth: u32) -> Result<(), WireError> {
-    match wire {
-        0 => varint(buf).map(|_| ()),
-        1 => take(buf, 8).map(|_| ()),
-        5 => take(buf, 4).map(|_| ()),
-        2 => {
-            let len = varint(buf)?;
-            take(buf, len).map(|_| ())
-        }
-        3 if depth < MAX_GROUP_DEPTH => loop {
-            let key = varint(buf)?;
-            match (key >> 3, key & 7) {
-                (inner, 4) if inner == field => return Ok(()),
-                (_, 4) => return Err(WireError("a group ends with another group's tag")),
-                (inner, w) => skip(buf, w, inner, depth + 1)?,
-            }
-        },
-        3 => Err(WireError("groups nested too deep")),
-        4 => Err(WireError("a group ends that never began")),
-        _ => Err(WireError("unknown wire type")),
-    }
 }
 
 /// Why a request could not reserve memory.
@@ -235,12 +118,41 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Holds `more` bytes besides, if they fit the budget.
+    /// Holds `more` bytes besides, if they fit the budget; refused for good when this reservation would then
+    /// be larger than the whole budget.
     pub fn grow(&mut self, more: usize, budget: &DecodeBudget) -> Result<(), Refusal> {
+        let need = self.bytes.saturating_add(more);
+        if need > budget.total {
+            return Err(Refusal::TooLarge {
+                need,
+                budget: budget.total,
+            });
+        }
         let held = budget.reserve(more)?;
         self.bytes += held.bytes;
         std::mem::forget(held);
         Ok(())
+    }
+
+    /// A decode budget for [`crate::extract::model`]: grows this reservation by each allocation asked for,
+    /// and keeps the first refusal in `refused`.
+    pub fn charge<'r>(
+        &'r mut self,
+        budget: &'r DecodeBudget,
+        refused: &'r mut Option<Refusal>,
+    ) -> impl FnMut(usize) -> bool + 'r {
+        move |more| match self.grow(more, budget) {
+            Ok(()) => true,
+            Err(r) => {
+                refused.get_or_insert(r);
+                false
+            }
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 
@@ -295,13 +207,6 @@ impl DecodeBudget {
             bytes: need,
             in_use: Arc::clone(&self.in_use),
         })
-    }
-
-    /// Weighs `body` as `shape` and reserves its decoded size plus the body itself.
-    pub fn admit(&self, body: &[u8], shape: &Shape) -> Result<Reservation, Admission> {
-        let decoded = weigh(body, shape).map_err(Admission::Malformed)?;
-        self.reserve(decoded.saturating_add(body.len()))
-            .map_err(Admission::Refused)
     }
 }
 
@@ -383,13 +288,6 @@ where
     }
 }
 
-/// Why [`DecodeBudget::admit`] did not admit a body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    Malformed(WireError),
-    Refused(Refusal),
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,15 +313,55 @@ mod tests {
     }
 
     #[test]
-    fn empty_spans_weigh_what_decoding_them_builds() {
+    fn decoding_is_charged_what_it_builds_and_refused_past_the_budget() {
+        use crate::extract::model::{AllKeys, DecodeError, TraceRequest};
         let body = empty_spans(1000);
         assert!(body.len() < 2100, "{} bytes on the wire", body.len());
-        let w = weigh(&body, &TRACES).expect("valid");
-        let spans = 1000 * size_of::<m::Span>();
-        assert!(w >= spans && w < spans + 1000, "{w}");
-        // 16 MiB of them would be hundreds of MB decoded: more than the default budget on its own.
-        let per_span = size_of::<m::Span>() / 2;
-        assert!(per_span * (16 << 20) > 256 << 20);
+        let budget = DecodeBudget::new(1 << 20);
+        let mut held = budget.reserve(body.len()).expect("fits");
+        let mut refused = None;
+        let decoded =
+            TraceRequest::decode_within(&body, &AllKeys, &mut held.charge(&budget, &mut refused))
+                .expect("valid and within the budget");
+        // Charged at least what the arenas hold, and under twice that (they grow by doubling).
+        let spans = 1000 * std::mem::size_of::<crate::extract::model::Span>();
+        let charged = held.bytes() - body.len();
+        assert!(
+            decoded.heap_bytes() <= charged,
+            "{} > {charged}",
+            decoded.heap_bytes()
+        );
+        assert!(
+            charged >= spans && charged <= 2 * decoded.heap_bytes(),
+            "{charged}"
+        );
+        assert_eq!(budget.in_use(), held.bytes());
+        drop((decoded, held));
+        assert_eq!(budget.in_use(), 0);
+
+        // A budget too small for the whole request: refused for good, not for now, and nothing stays held.
+        let small = DecodeBudget::new(body.len() + spans / 4);
+        let mut held = small.reserve(body.len()).expect("the body fits");
+        let mut refused = None;
+        let e =
+            TraceRequest::decode_within(&body, &AllKeys, &mut held.charge(&small, &mut refused));
+        assert_eq!(e.err(), Some(DecodeError::OverBudget));
+        assert!(
+            matches!(refused, Some(Refusal::TooLarge { .. })),
+            "{refused:?}"
+        );
+        drop(held);
+        assert_eq!(small.in_use(), 0);
+
+        // Room taken by others: refused for now.
+        let shared = DecodeBudget::new(4 * spans);
+        let _other = shared.reserve(3 * spans).expect("fits");
+        let mut held = shared.reserve(body.len()).expect("fits");
+        let mut refused = None;
+        let e =
+            TraceRequest::decode_within(&body, &AllKeys, &mut held.charge(&shared, &mut refused));
+        assert_eq!(e.err(), Some(DecodeError::OverBudget));
+        assert!(matches!(refused, Some(Refusal::Busy { .. })), "{refused:?}");
     }
 
     #[test]
@@ -461,16 +399,13 @@ mod tests {
         let body = empty_spans(10);
         for cut in 1..body.len() {
             // Every prefix either weighs or is refused; none panics.
-            let _ = weigh(&body[..cut], &TRACES);
+            let _ = weigh(&body[..cut], &LOG_RECORDS);
         }
-        assert!(weigh(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f], &TRACES).is_err());
-        assert!(weigh(&[0x0b], &TRACES).is_err(), "a group never ended");
+        assert!(weigh(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f], &LOG_RECORDS).is_err());
+        assert!(weigh(&[0x0b], &LOG_RECORDS).is_err(), "a group never ended");
         // A group in an unknown field is skipped, as prost skips it.
-        assert_eq!(
-            weigh(&[0x2b, 0x08, 0x01, 0x2c], &TRACES),
-            Ok(size_of::<m::TraceRequest>())
-        );
-        assert!(weigh(&[0xff; 11], &TRACES).is_err(), "11-byte varint");
+        assert_eq!(weigh(&[0x2b, 0x08, 0x01, 0x2c], &LOG_RECORDS), Ok(0));
+        assert!(weigh(&[0xff; 11], &LOG_RECORDS).is_err(), "11-byte varint");
     }
 
     #[tokio::test]
@@ -488,11 +423,26 @@ mod tests {
         assert!(body.frame().await.is_some_and(|f| f.is_ok()));
         assert!(body.frame().await.is_some_and(|f| f.is_ok()));
         assert_eq!(budget.in_use(), 800);
+        // 1,200 bytes can never fit a budget of 1,000: refused for good.
+        assert!(matches!(
+            body.frame().await,
+            Some(Err(BodyError::Refused(Refusal::TooLarge { .. })))
+        ));
+        drop(body);
+        assert_eq!(budget.in_use(), 0);
+        // Beside another request's 800 bytes, a body of 400 is refused for now.
+        let other = budget.reserve(800).expect("fits");
+        let chunks: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> =
+            vec![Ok(http_body::Frame::data(Bytes::from(vec![0u8; 400])))];
+        let mut body = Box::pin(BudgetedBody::new(
+            http_body_util::StreamBody::new(futures_util::stream::iter(chunks)),
+            budget.clone(),
+        ));
         assert!(matches!(
             body.frame().await,
             Some(Err(BodyError::Refused(Refusal::Busy { .. })))
         ));
-        drop(body);
+        drop((body, other));
         assert_eq!(budget.in_use(), 0);
     }
 

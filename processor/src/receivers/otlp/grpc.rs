@@ -19,31 +19,34 @@ use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
-use prost::Message;
 use tonic::body::Body;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstEncoder;
 
-use super::budget::{self, Admission, BodyError, BudgetedBody, Refusal, Reservation, Shape};
+use super::budget::{self, BodyError, BudgetedBody, Refusal, Reservation};
 use super::{Busy, Ingest, Pending};
-use crate::extract::model::{MetricsRequest, TraceRequest};
+use crate::extract::model::{DecodeError, MetricsRequest, TraceRequest};
 use crate::receivers::listener::GuardedListener;
 use crate::receivers::security::{require_grpc, Security};
 use crate::telemetry::Telemetry;
 
-/// One OTLP Export call: its service name, how a request is weighed and decoded, and what to do with it.
+/// One OTLP Export call: its service name, how a request is decoded, and what to do with it.
 pub trait ExportCall: Send + Sync + 'static {
     const SERVICE: &'static str;
     const PATH: &'static str;
-    /// What decoding builds, for the decode budget; `None` when decoding builds nothing.
-    const SHAPE: Option<&'static Shape>;
     type Request: Send + 'static;
     type Response: prost::Message + Send + 'static;
+    /// What the handler gets of the body (which holds its bytes from the decode budget).
     fn decode(body: Bytes) -> Result<Self::Request, String>;
-    /// Extracts and queues the request's samples (synchronously, so the request can be dropped at once).
-    fn handle(ingest: &Ingest, request: Self::Request) -> Result<Option<Pending>, Busy>;
+    /// Decodes, extracts and queues the request's samples (synchronously, so the body can be dropped at once),
+    /// charging what decoding builds to `held`.
+    fn handle(
+        ingest: &Ingest,
+        request: Self::Request,
+        held: &mut Reservation,
+    ) -> Result<Option<Pending>, Unhandled>;
     /// The answer, once the engine has said what it kept.
     fn answer(pending: Option<Pending>) -> impl Future<Output = Self::Response> + Send;
 }
@@ -52,17 +55,51 @@ pub struct Traces;
 pub struct Metrics;
 pub struct Logs;
 
+/// Why a request's samples were not queued.
+pub enum Unhandled {
+    Busy,
+    /// Not a valid OTLP request: what is wrong with it.
+    Malformed(String),
+    /// Decoding it needed more of the decode budget than it could have.
+    Refused(Refusal),
+}
+
+impl Unhandled {
+    fn decoding(e: DecodeError, refused: Option<Refusal>) -> Unhandled {
+        match (e, refused) {
+            (DecodeError::OverBudget, Some(r)) => Unhandled::Refused(r),
+            (DecodeError::OverBudget, None) => Unhandled::Busy,
+            (DecodeError::Malformed(e), _) => Unhandled::Malformed(e.to_string()),
+        }
+    }
+}
+
+impl From<Busy> for Unhandled {
+    fn from(_: Busy) -> Unhandled {
+        Unhandled::Busy
+    }
+}
+
 impl ExportCall for Traces {
     const SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
     const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-    const SHAPE: Option<&'static Shape> = Some(&budget::TRACES);
-    type Request = TraceRequest;
+    /// The body: decoded in place where it is handled ([`TraceRequest`] borrows from it).
+    type Request = Bytes;
     type Response = ExportTraceServiceResponse;
-    fn decode(body: Bytes) -> Result<TraceRequest, String> {
-        TraceRequest::decode(body).map_err(|e| e.to_string())
+    fn decode(body: Bytes) -> Result<Bytes, String> {
+        Ok(body)
     }
-    fn handle(ingest: &Ingest, request: TraceRequest) -> Result<Option<Pending>, Busy> {
-        ingest.traces(&request.resource_spans).map(Some)
+    fn handle(
+        ingest: &Ingest,
+        body: Bytes,
+        held: &mut Reservation,
+    ) -> Result<Option<Pending>, Unhandled> {
+        let mut refused = None;
+        let mut charge = held.charge(&ingest.budget, &mut refused);
+        let request = TraceRequest::decode_within(&body, &ingest.extract, &mut charge);
+        drop(charge);
+        let request = request.map_err(|e| Unhandled::decoding(e, refused))?;
+        Ok(Some(ingest.traces(&request)?))
     }
     async fn answer(pending: Option<Pending>) -> Self::Response {
         match pending {
@@ -75,14 +112,23 @@ impl ExportCall for Traces {
 impl ExportCall for Metrics {
     const SERVICE: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
     const PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
-    const SHAPE: Option<&'static Shape> = Some(&budget::METRICS);
-    type Request = MetricsRequest;
+    /// The body, as for traces.
+    type Request = Bytes;
     type Response = ExportMetricsServiceResponse;
-    fn decode(body: Bytes) -> Result<MetricsRequest, String> {
-        MetricsRequest::decode(body).map_err(|e| e.to_string())
+    fn decode(body: Bytes) -> Result<Bytes, String> {
+        Ok(body)
     }
-    fn handle(ingest: &Ingest, request: MetricsRequest) -> Result<Option<Pending>, Busy> {
-        ingest.metrics(&request.resource_metrics).map(Some)
+    fn handle(
+        ingest: &Ingest,
+        body: Bytes,
+        held: &mut Reservation,
+    ) -> Result<Option<Pending>, Unhandled> {
+        let mut refused = None;
+        let mut charge = held.charge(&ingest.budget, &mut refused);
+        let request = MetricsRequest::decode_within(&body, &ingest.extract, &mut charge);
+        drop(charge);
+        let request = request.map_err(|e| Unhandled::decoding(e, refused))?;
+        Ok(Some(ingest.metrics(&request)?))
     }
     async fn answer(pending: Option<Pending>) -> Self::Response {
         match pending {
@@ -97,14 +143,17 @@ impl ExportCall for Metrics {
 impl ExportCall for Logs {
     const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
     const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
-    const SHAPE: Option<&'static Shape> = None;
     /// The number of log records.
     type Request = usize;
     type Response = ExportLogsServiceResponse;
     fn decode(body: Bytes) -> Result<usize, String> {
         budget::weigh(&body, &budget::LOG_RECORDS).map_err(|e| e.to_string())
     }
-    fn handle(ingest: &Ingest, records: usize) -> Result<Option<Pending>, Busy> {
+    fn handle(
+        ingest: &Ingest,
+        records: usize,
+        _: &mut Reservation,
+    ) -> Result<Option<Pending>, Unhandled> {
         ingest.logs(records as u64);
         Ok(None)
     }
@@ -115,13 +164,21 @@ impl ExportCall for Logs {
     }
 }
 
-/// A decoded request and the memory it holds from the decode budget until handled.
+/// A request and the memory it holds from the decode budget until handled.
 pub struct Budgeted<T> {
     message: T,
-    _reservation: Reservation,
+    reservation: Reservation,
 }
 
-/// tonic's prost codec, with the request weighed and admitted before it is decoded.
+/// The status a refusal of the decode budget answers with: for good when the request can never fit.
+fn refusal_status(r: Refusal) -> Status {
+    match r {
+        Refusal::TooLarge { .. } => Status::resource_exhausted(r.message()),
+        Refusal::Busy { .. } | Refusal::OverMemory { .. } => Status::unavailable(r.message()),
+    }
+}
+
+/// tonic's prost codec, with the body's bytes held from the decode budget before the request is handled.
 struct BudgetCodec<C> {
     ingest: Arc<Ingest>,
     call: PhantomData<fn() -> C>,
@@ -152,28 +209,13 @@ impl<C: ExportCall> Decoder for BudgetCodec<C> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
         // The message is one contiguous buffer here: this takes it without copying.
         let body = buf.copy_to_bytes(buf.remaining());
-        let budget = &self.ingest.budget;
-        let reservation = match C::SHAPE {
-            Some(shape) => budget.admit(&body, shape),
-            None => budget.reserve(body.len()).map_err(Admission::Refused),
-        };
-        let reservation = reservation.map_err(|a| match a {
-            Admission::Malformed(e) => {
-                Status::invalid_argument(format!("the body is not a valid OTLP request: {e}"))
-            }
-            Admission::Refused(r @ Refusal::TooLarge { .. }) => {
-                Status::resource_exhausted(r.message())
-            }
-            Admission::Refused(r @ (Refusal::Busy { .. } | Refusal::OverMemory { .. })) => {
-                Status::unavailable(r.message())
-            }
-        })?;
+        let reservation = (self.ingest.budget.reserve(body.len())).map_err(refusal_status)?;
         let message = C::decode(body).map_err(|e| {
             Status::invalid_argument(format!("the body is not a valid OTLP request: {e}"))
         })?;
         Ok(Some(Budgeted {
             message,
-            _reservation: reservation,
+            reservation,
         }))
     }
 }
@@ -205,14 +247,23 @@ impl<C: ExportCall> UnaryService<Budgeted<C::Request>> for Handler<C> {
     type Response = C::Response;
     type Future = BoxFuture<'static, Result<Response<C::Response>, Status>>;
     fn call(&mut self, request: Request<Budgeted<C::Request>>) -> Self::Future {
-        // The decoded request and its share of the decode budget go as soon as its samples are queued.
-        let pending = C::handle(&self.0, request.into_inner().message);
+        // The body and its share of the decode budget go as soon as its samples are queued.
+        let Budgeted {
+            message,
+            mut reservation,
+        } = request.into_inner();
+        let pending = C::handle(&self.0, message, &mut reservation);
+        drop(reservation);
         Box::pin(async move {
             match pending {
                 Ok(p) => Ok(Response::new(C::answer(p).await)),
-                Err(Busy) => Err(Status::unavailable(
+                Err(Unhandled::Busy) => Err(Status::unavailable(
                     "memdrift's queue is full; retry with backoff",
                 )),
+                Err(Unhandled::Malformed(e)) => Err(Status::invalid_argument(format!(
+                    "the body is not a valid OTLP request: {e}"
+                ))),
+                Err(Unhandled::Refused(r)) => Err(refusal_status(r)),
             }
         })
     }
@@ -245,7 +296,7 @@ impl<C: ExportCall> tower::Service<http::Request<Body>> for ExportServer<C> {
         let budget = self.ingest.budget.clone();
         let req = req.map(|body| {
             Body::new(BudgetedBody::new(body, budget).map_err(|e| match e {
-                BodyError::Refused(r) => Status::unavailable(r.message()),
+                BodyError::Refused(r) => refusal_status(r),
                 BodyError::Inner(e) => Status::from_error(e),
             }))
         });

@@ -18,9 +18,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use prost::Message;
 
-use super::budget::{self, Admission, BodyError, BudgetedBody, Refusal, Reservation, Shape};
+use super::budget::{self, BodyError, BudgetedBody, Refusal, Reservation};
 use super::json::{self, JsonDocument};
 use super::{Ingest, RpcStatus};
+use crate::extract::model::{DecodeError, MetricsRequest, TraceRequest};
 use crate::receivers::listener::{serve_http, GuardedListener};
 use crate::receivers::security::{guard_router, Security};
 
@@ -263,92 +264,99 @@ fn refused(r: Refusal) -> Failure {
     }
 }
 
-/// Reserves what decoding `bytes` builds (weighed first) from the decode budget.
-fn admit(
-    state: &HttpState,
-    encoding: Encoding,
-    bytes: &[u8],
-    shape: &Shape,
-    what: &str,
-) -> Result<Reservation, Failure> {
-    let budget = &state.ingest.budget;
-    match encoding {
-        Encoding::Protobuf => budget.admit(bytes, shape).map_err(|a| match a {
-            Admission::Malformed(e) => malformed(what, e),
-            Admission::Refused(r) => refused(r),
-        }),
-        Encoding::Json => budget
-            .reserve(json::weigh(bytes).saturating_add(bytes.len()))
-            .map_err(refused),
-    }
+/// Reserves the body from the decode budget, and for JSON what reading it builds (weighed first; protobuf
+/// decoding charges its arenas as it goes).
+fn admit(state: &HttpState, encoding: Encoding, bytes: &[u8]) -> Result<Reservation, Failure> {
+    let extra = match encoding {
+        Encoding::Protobuf => 0,
+        Encoding::Json => json::weigh(bytes),
+    };
+    (state.ingest.budget)
+        .reserve(extra.saturating_add(bytes.len()))
+        .map_err(refused)
 }
 
-/// Decodes a body into the request type within the decode budget; JSON goes through the lenient reader. The
-/// reservation is held until the request has been handled.
-async fn decode<T: Message + Default>(
+/// Reads a body and reserves it from the decode budget. The reservation is held until the request has been
+/// handled.
+async fn receive(
     state: &HttpState,
     headers: &HeaderMap,
     body: Body,
-    shape: &Shape,
-    from_json: impl FnOnce(JsonDocument) -> T,
-    what: &str,
-) -> Result<(Encoding, T, Reservation), (Encoding, Failure)> {
+) -> Result<(Encoding, Bytes, Reservation), (Encoding, Failure)> {
     let encoding = content_type(headers).map_err(|f| (Encoding::Protobuf, f))?;
     let bytes = read_body(state, headers, body)
         .await
         .map_err(|f| (encoding, f))?;
-    let reservation = admit(state, encoding, &bytes, shape, what).map_err(|f| (encoding, f))?;
-    let request = match encoding {
-        Encoding::Protobuf => T::decode(bytes).map_err(|e| (encoding, malformed(what, e)))?,
-        Encoding::Json => {
-            from_json(JsonDocument::parse(&bytes).map_err(|e| (encoding, malformed(what, e)))?)
-        }
-    };
-    Ok((encoding, request, reservation))
+    let reservation = admit(state, encoding, &bytes).map_err(|f| (encoding, f))?;
+    Ok((encoding, bytes, reservation))
+}
+
+const TRACES: &str = "OTLP ExportTraceServiceRequest";
+const METRICS: &str = "OTLP ExportMetricsServiceRequest";
+
+/// The answer to a protobuf body that was not decoded.
+fn undecoded(what: &str, e: DecodeError, refusal: Option<Refusal>) -> Failure {
+    match (e, refusal) {
+        (DecodeError::Malformed(e), _) => malformed(what, e),
+        (DecodeError::OverBudget, Some(r)) => refused(r),
+        (DecodeError::OverBudget, None) => busy(),
+    }
 }
 
 async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
-    let (encoding, req, reservation) = match decode(
-        &state,
-        &headers,
-        body,
-        &budget::TRACES,
-        |doc| doc.into_model().0,
-        "OTLP ExportTraceServiceRequest",
-    )
-    .await
-    {
+    let (encoding, bytes, mut reservation) = match receive(&state, &headers, body).await {
         Ok(ok) => ok,
         Err((enc, f)) => return fail(&state, enc, f),
     };
-    let pending = state.ingest.traces(&req.resource_spans);
-    // The decoded request and its share of the decode budget go as soon as its samples are queued.
-    drop((req, reservation));
+    let ingest = &state.ingest;
+    // Decoded in place (protobuf, charging the budget as it goes) or through the lenient JSON reader, then
+    // extracted and queued.
+    let pending = match encoding {
+        Encoding::Protobuf => {
+            let mut refusal = None;
+            let mut charge = reservation.charge(&ingest.budget, &mut refusal);
+            let req = TraceRequest::decode_within(&bytes, &ingest.extract, &mut charge);
+            drop(charge);
+            req.map_err(|e| undecoded(TRACES, e, refusal))
+                .map(|req| ingest.traces(&req))
+        }
+        Encoding::Json => JsonDocument::parse(&bytes)
+            .map_err(|e| malformed(TRACES, e))
+            .map(|doc| ingest.traces(&doc.traces())),
+    };
+    // The body and its share of the decode budget go as soon as its samples are queued.
+    drop((bytes, reservation));
     match pending {
-        Ok(p) => reply(encoding, StatusCode::OK, &p.traces().await),
-        Err(_) => fail(&state, encoding, busy()),
+        Ok(Ok(p)) => reply(encoding, StatusCode::OK, &p.traces().await),
+        Ok(Err(_)) => fail(&state, encoding, busy()),
+        Err(f) => fail(&state, encoding, f),
     }
 }
 
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
-    let (encoding, req, reservation) = match decode(
-        &state,
-        &headers,
-        body,
-        &budget::METRICS,
-        |doc| doc.into_model().1,
-        "OTLP ExportMetricsServiceRequest",
-    )
-    .await
-    {
+    let (encoding, bytes, mut reservation) = match receive(&state, &headers, body).await {
         Ok(ok) => ok,
         Err((enc, f)) => return fail(&state, enc, f),
     };
-    let pending = state.ingest.metrics(&req.resource_metrics);
-    drop((req, reservation));
+    let ingest = &state.ingest;
+    let pending = match encoding {
+        Encoding::Protobuf => {
+            let mut refusal = None;
+            let mut charge = reservation.charge(&ingest.budget, &mut refusal);
+            let req = MetricsRequest::decode_within(&bytes, &ingest.extract, &mut charge);
+            drop(charge);
+            req.map_err(|e| undecoded(METRICS, e, refusal))
+                .map(|req| ingest.metrics(&req))
+        }
+        Encoding::Json => JsonDocument::parse(&bytes)
+            .map_err(|e| malformed(METRICS, e))
+            .map(|doc| ingest.metrics(&doc.metrics())),
+    };
+    drop((bytes, reservation));
     match pending {
-        Ok(p) => reply(encoding, StatusCode::OK, &p.metrics().await),
-        Err(_) => fail(&state, encoding, busy()),
+        Ok(Ok(p)) => reply(encoding, StatusCode::OK, &p.metrics().await),
+        Ok(Err(_)) => fail(&state, encoding, busy()),
+        Err(f) => fail(&state, encoding, f),
     }
 }
 

@@ -30,9 +30,10 @@ pub struct JsonDocument {
     resource_logs: IgnoredAny,
 }
 
-/// The most memory reading one JSON object can build: the largest struct of this model plus the largest of
-/// extraction's model it becomes. Every struct read is a JSON object, so a document with `n` objects builds at
-/// most `n` times this (strings are slices of the body or copies no longer than it).
+/// The most memory reading one JSON object can build: the largest struct of this model plus twice the largest
+/// entry of extraction's model it becomes (whose arenas grow by doubling). Every struct read is a JSON object,
+/// so a document with `n` objects builds at most `n` times this (strings are slices of the body or copies no
+/// longer than it).
 pub const MAX_BYTES_PER_OBJECT: usize = max_of(&[
     std::mem::size_of::<Span>(),
     std::mem::size_of::<NumberDataPoint>(),
@@ -40,13 +41,12 @@ pub const MAX_BYTES_PER_OBJECT: usize = max_of(&[
     std::mem::size_of::<ResourceSpans>(),
     std::mem::size_of::<ResourceMetrics>(),
     std::mem::size_of::<Metric>(),
-]) + max_of(&[
-    std::mem::size_of::<m::Span>(),
+]) + 2 * max_of(&[
+    std::mem::size_of::<m::Span<'static>>(),
     std::mem::size_of::<m::NumberDataPoint>(),
-    std::mem::size_of::<m::KeyValue>(),
-    std::mem::size_of::<m::ResourceSpans>(),
-    std::mem::size_of::<m::ResourceMetrics>(),
-    std::mem::size_of::<m::Metric>(),
+    std::mem::size_of::<m::KeyValue<'static>>(),
+    std::mem::size_of::<m::Metric<'static>>(),
+    m::RESOURCE_ENTRY_BYTES,
 ]);
 
 const fn max_of(sizes: &[usize]) -> usize {
@@ -164,18 +164,6 @@ impl JsonDocument {
             ));
         }
         from_slice_repairing(bytes)
-    }
-
-    /// Converts into extraction's model: (spans, metrics).
-    pub fn into_model(self) -> (m::TraceRequest, m::MetricsRequest) {
-        (
-            m::TraceRequest {
-                resource_spans: self.resource_spans.into_iter().map(Into::into).collect(),
-            },
-            m::MetricsRequest {
-                resource_metrics: self.resource_metrics.into_iter().map(Into::into).collect(),
-            },
-        )
     }
 }
 
@@ -421,136 +409,116 @@ fn hex_id<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
     d.deserialize_any(HexVisitor)
 }
 
-impl From<Attribute> for m::KeyValue {
-    fn from(a: Attribute) -> m::KeyValue {
+impl Attribute {
+    fn model(&self) -> m::KeyValue<'_> {
         m::KeyValue {
-            key: a.key.into(),
-            value: a.value.map(Into::into),
+            key: self.key.as_bytes(),
+            value: self.value.as_ref().map(Value::model),
         }
     }
 }
 
-fn attrs(v: Vec<Attribute>) -> Vec<m::KeyValue> {
-    v.into_iter().map(Into::into).collect()
+fn attrs(v: &[Attribute]) -> impl Iterator<Item = m::KeyValue<'_>> {
+    v.iter().map(Attribute::model)
 }
 
-impl From<Value> for m::AnyValue {
-    fn from(v: Value) -> m::AnyValue {
-        let number = |n: Number| match n {
-            Number::Int(i) => Some(m::Value::Int(i)),
-            Number::Double(d) => Some(m::Value::Double(d)),
-            Number::Text(s) => Some(m::Value::String(s.into())),
-            Number::Wrong => None,
-        };
+impl Value {
+    fn model(&self) -> m::AnyValue<'_> {
+        fn number(n: &Number) -> Option<m::Value<'_>> {
+            match n {
+                Number::Int(i) => Some(m::Value::Int(*i)),
+                Number::Double(d) => Some(m::Value::Double(*d)),
+                Number::Text(s) => Some(m::Value::String(s.as_bytes())),
+                Number::Wrong => None,
+            }
+        }
         // Arrays, maps and bytes are not read (see the model); they leave the value empty.
-        let value = if let Some(s) = v.string_value {
-            Some(m::Value::String(s.into()))
-        } else if let Some(n) = v.int_value {
+        let value = if let Some(s) = &self.string_value {
+            Some(m::Value::String(s.as_bytes()))
+        } else if let Some(n) = &self.int_value {
             number(n)
-        } else if let Some(n) = v.double_value {
+        } else if let Some(n) = &self.double_value {
             number(n)
         } else {
-            v.bool_value.map(m::Value::Bool)
+            self.bool_value.map(m::Value::Bool)
         };
         m::AnyValue { value }
     }
 }
 
-fn resource(r: Option<Resource>) -> Option<m::Resource> {
-    r.map(|r| m::Resource {
-        attributes: attrs(r.attributes),
-    })
+fn resource(r: &Option<Resource>) -> impl Iterator<Item = m::KeyValue<'_>> {
+    r.iter().flat_map(|r| attrs(&r.attributes))
 }
 
-impl From<ResourceSpans> for m::ResourceSpans {
-    fn from(rs: ResourceSpans) -> m::ResourceSpans {
-        m::ResourceSpans {
-            resource: resource(rs.resource),
-            scope_spans: rs
-                .scope_spans
-                .into_iter()
-                .map(|ss| m::ScopeSpans {
-                    spans: ss
-                        .spans
-                        .into_iter()
-                        .map(|s| m::Span {
-                            trace_id: s.trace_id.into(),
-                            span_id: s.span_id.into(),
-                            start_time_unix_nano: s.start_time_unix_nano,
-                            end_time_unix_nano: s.end_time_unix_nano,
-                            attributes: attrs(s.attributes),
-                        })
-                        .collect(),
-                })
-                .collect(),
-        }
+impl NumberDataPoint {
+    fn model(&self) -> m::NumberDataPoint {
+        let value = match (&self.as_double, &self.as_int) {
+            (Some(Number::Double(d)), _) => Some(m::PointValue::AsDouble(*d)),
+            (_, Some(Number::Int(i))) => Some(m::PointValue::AsInt(*i)),
+            (_, Some(Number::Double(d))) => Some(m::PointValue::AsDouble(*d)),
+            // Text that is no number: a point without a value, counted as wrong_type.
+            _ => None,
+        };
+        m::NumberDataPoint::new(self.time_unix_nano, value)
     }
 }
 
-impl From<Points> for m::NumberPoints {
-    fn from(p: Points) -> m::NumberPoints {
-        m::NumberPoints {
-            data_points: p
-                .data_points
-                .into_iter()
-                .map(|p| m::NumberDataPoint {
-                    attributes: attrs(p.attributes),
-                    time_unix_nano: p.time_unix_nano,
-                    value: match (p.as_double, p.as_int) {
-                        (Some(Number::Double(d)), _) => Some(m::PointValue::AsDouble(d)),
-                        (_, Some(Number::Int(i))) => Some(m::PointValue::AsInt(i)),
-                        (_, Some(Number::Double(d))) => Some(m::PointValue::AsDouble(d)),
-                        // Text that is no number: a point without a value, counted as wrong_type.
-                        _ => None,
-                    },
-                })
-                .collect(),
+impl JsonDocument {
+    /// Its spans in extraction's model, borrowing from the document.
+    pub fn traces(&self) -> m::TraceRequest<'_> {
+        let mut req = m::TraceRequest::default();
+        for rs in &self.resource_spans {
+            req.begin_resource(resource(&rs.resource));
+            for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                let span = m::Span::new(
+                    &s.trace_id,
+                    &s.span_id,
+                    s.start_time_unix_nano,
+                    s.end_time_unix_nano,
+                );
+                req.push_span(span, attrs(&s.attributes));
+            }
         }
+        req
     }
-}
 
-impl From<ResourceMetrics> for m::ResourceMetrics {
-    fn from(rm: ResourceMetrics) -> m::ResourceMetrics {
-        m::ResourceMetrics {
-            resource: resource(rm.resource),
-            scope_metrics: rm
-                .scope_metrics
-                .into_iter()
-                .map(|sm| m::ScopeMetrics {
-                    metrics: sm
-                        .metrics
-                        .into_iter()
-                        .map(|metric| m::Metric {
-                            name: metric.name,
-                            data: match (metric.gauge, metric.sum) {
-                                (Some(g), _) => Some(m::Data::Gauge(g.into())),
-                                (None, Some(s)) => Some(m::Data::Sum(s.into())),
-                                (None, None) => None,
-                            },
-                        })
-                        .collect(),
-                })
-                .collect(),
+    /// Its metrics in extraction's model, borrowing from the document.
+    pub fn metrics(&self) -> m::MetricsRequest<'_> {
+        let mut req = m::MetricsRequest::default();
+        for rm in &self.resource_metrics {
+            req.begin_resource(resource(&rm.resource));
+            for metric in rm.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
+                let (kind, points) = match (&metric.gauge, &metric.sum) {
+                    (Some(g), _) => (Some(m::MetricKind::Gauge), &g.data_points[..]),
+                    (None, Some(s)) => (Some(m::MetricKind::Sum), &s.data_points[..]),
+                    (None, None) => (None, &[][..]),
+                };
+                req.begin_metric(metric.name.as_bytes(), kind);
+                for p in points {
+                    req.push_point(p.model(), attrs(&p.attributes));
+                }
+            }
         }
+        req
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extract::model::from_proto;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1 as pc;
     use opentelemetry_proto::tonic::trace::v1 as pt;
+    use prost::Message;
 
-    fn first_value(doc: &str) -> Option<m::Value> {
-        let (spans, _) = JsonDocument::parse(doc.as_bytes())
-            .expect("parses")
-            .into_model();
-        spans.resource_spans[0].scope_spans[0].spans[0].attributes[0]
-            .value
-            .clone()
-            .and_then(|v| v.value)
+    fn doc(text: &str) -> JsonDocument {
+        JsonDocument::parse(text.as_bytes()).expect("parses")
+    }
+
+    fn first_value(doc: &JsonDocument) -> Option<m::Value<'_>> {
+        let req = doc.traces();
+        let span = req.spans()[0];
+        req.attributes(&span)[0].value.and_then(|v| v.value)
     }
 
     fn span_with(value: &str) -> String {
@@ -564,45 +532,51 @@ mod tests {
     fn reads_int64_as_string_and_number_and_special_doubles() {
         use m::Value as V;
         assert_eq!(
-            first_value(&span_with(r#"{"intValue":"1048576"}"#)),
+            first_value(&doc(&span_with(r#"{"intValue":"1048576"}"#))),
             Some(V::Int(1048576))
         );
         assert_eq!(
-            first_value(&span_with(r#"{"intValue":1048576}"#)),
+            first_value(&doc(&span_with(r#"{"intValue":1048576}"#))),
             Some(V::Int(1048576))
         );
         assert_eq!(
-            first_value(&span_with(r#"{"doubleValue":2048}"#)),
+            first_value(&doc(&span_with(r#"{"doubleValue":2048}"#))),
             Some(V::Double(2048.0))
         );
         assert!(
-            matches!(first_value(&span_with(r#"{"doubleValue":"NaN"}"#)), Some(V::Double(d)) if d.is_nan())
+            matches!(first_value(&doc(&span_with(r#"{"doubleValue":"NaN"}"#))), Some(V::Double(d)) if d.is_nan())
         );
         assert_eq!(
-            first_value(&span_with(r#"{"doubleValue":"-Infinity"}"#)),
+            first_value(&doc(&span_with(r#"{"doubleValue":"-Infinity"}"#))),
             Some(V::Double(f64::NEG_INFINITY))
         );
         assert_eq!(
-            first_value(&span_with(r#"{"intValue":"12MB"}"#)),
-            Some(V::String("12MB".into()))
+            first_value(&doc(&span_with(r#"{"intValue":"12MB"}"#))),
+            Some(V::String(b"12MB"))
         );
         assert_eq!(
-            first_value(&span_with(r#"{"arrayValue":{"values":[]}}"#)),
+            first_value(&doc(&span_with(r#"{"arrayValue":{"values":[]}}"#))),
             None
         );
-        assert_eq!(first_value(&span_with(r#"{}"#)), None);
+        assert_eq!(first_value(&doc(&span_with(r#"{}"#))), None);
         // An array or object where a number belongs is that value's problem alone: no value, read on.
-        assert_eq!(first_value(&span_with(r#"{"intValue":[1]}"#)), None);
-        assert_eq!(first_value(&span_with(r#"{"intValue":{}}"#)), None);
+        assert_eq!(first_value(&doc(&span_with(r#"{"intValue":[1]}"#))), None);
+        assert_eq!(first_value(&doc(&span_with(r#"{"intValue":{}}"#))), None);
         assert_eq!(
-            first_value(&span_with(r#"{"doubleValue":{"a":[1,{"b":2}]}}"#)),
+            first_value(&doc(&span_with(r#"{"doubleValue":{"a":[1,{"b":2}]}}"#))),
             None
         );
         // Out of f64's range: that value is missing; a key given twice: the first wins.
-        assert_eq!(first_value(&span_with(r#"{"doubleValue":1e400}"#)), None);
-        assert_eq!(first_value(&span_with(r#"{"intValue":-1e999}"#)), None);
         assert_eq!(
-            first_value(&span_with(r#"{"intValue":"7","intValue":"8"}"#)),
+            first_value(&doc(&span_with(r#"{"doubleValue":1e400}"#))),
+            None
+        );
+        assert_eq!(
+            first_value(&doc(&span_with(r#"{"intValue":-1e999}"#))),
+            None
+        );
+        assert_eq!(
+            first_value(&doc(&span_with(r#"{"intValue":"7","intValue":"8"}"#))),
             Some(V::Int(7))
         );
     }
@@ -613,16 +587,12 @@ mod tests {
             {"endTimeUnixNano":"1700000000000000000","attributes":[{"key":"memspan.rss.end","value":{"doubleValue":1e400}}]},
             {"endTimeUnixNano":"1700000000000000000","endTimeUnixNano":"5",
              "attributes":[{"key":"memspan.rss.end","value":{"intValue":"9"}}]}]}]}]}"#;
-        let (spans, _) = JsonDocument::parse(body.as_bytes())
-            .expect("parses")
-            .into_model();
-        let spans = &spans.resource_spans[0].scope_spans[0].spans;
+        let doc = doc(body);
+        let req = doc.traces();
+        let spans = req.spans();
         assert_eq!(spans.len(), 2);
         assert_eq!(
-            spans[0].attributes[0]
-                .value
-                .as_ref()
-                .and_then(|v| v.value.clone()),
+            req.attributes(&spans[0])[0].value.and_then(|v| v.value),
             None
         );
         assert_eq!(spans[1].end_time_unix_nano, 1_700_000_000_000_000_000);
@@ -633,15 +603,14 @@ mod tests {
 
     #[test]
     fn reads_hex_ids_and_string_timestamps() {
-        let (spans, _) = JsonDocument::parse(span_with(r#"{"intValue":"1"}"#).as_bytes())
-            .expect("parses")
-            .into_model();
-        let span = &spans.resource_spans[0].scope_spans[0].spans[0];
+        let doc = doc(&span_with(r#"{"intValue":"1"}"#));
+        let req = doc.traces();
+        let span = &req.spans()[0];
         assert_eq!(
-            hex::encode(&span.trace_id),
+            hex::encode(span.trace_id),
             "5b8efff798038103d269b633813fc60c"
         );
-        assert_eq!(hex::encode(&span.span_id), "eee19b7ec3c1b174");
+        assert_eq!(hex::encode(span.span_id), "eee19b7ec3c1b174");
         assert_eq!(span.end_time_unix_nano, 1_700_000_000_000_000_000);
     }
 
@@ -680,11 +649,10 @@ mod tests {
             }],
         };
         let written = serde_json::to_string(&request).expect("serializes");
-        let (from_json, _) = JsonDocument::parse(written.as_bytes())
-            .expect("parses")
-            .into_model();
-        let from_protobuf: m::TraceRequest = from_proto(&request);
-        assert_eq!(from_json, from_protobuf);
+        let doc = doc(&written);
+        let body = request.encode_to_vec();
+        let from_protobuf = m::TraceRequest::decode(&body).expect("valid");
+        assert_eq!(doc.traces(), from_protobuf);
     }
 
     #[test]

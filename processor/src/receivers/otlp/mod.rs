@@ -20,7 +20,7 @@ use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
 use self::budget::DecodeBudget;
-use crate::extract::model::{ResourceMetrics, ResourceSpans};
+use crate::extract::model::{MetricsRequest, TraceRequest};
 use crate::extract::{extract_metrics, extract_spans, DropReason, ExtractConfig, ExtractStats};
 use crate::sample::MemorySample;
 use crate::telemetry::Telemetry;
@@ -166,18 +166,18 @@ impl Ingest {
     }
 
     /// Extracts and enqueues spans; [`Pending::traces`] is the answer.
-    pub fn traces(&self, resource_spans: &[ResourceSpans]) -> Result<Pending, Busy> {
+    pub fn traces(&self, request: &TraceRequest<'_>) -> Result<Pending, Busy> {
         let mut samples = Vec::new();
         let mut stats = ExtractStats::default();
-        extract_spans(resource_spans, &self.extract, &mut samples, &mut stats);
+        extract_spans(request, &self.extract, &mut samples, &mut stats);
         self.enqueue(samples, stats, &self.telemetry.accepted_spans)
     }
 
     /// Extracts and enqueues metric points; [`Pending::metrics`] is the answer.
-    pub fn metrics(&self, resource_metrics: &[ResourceMetrics]) -> Result<Pending, Busy> {
+    pub fn metrics(&self, request: &MetricsRequest<'_>) -> Result<Pending, Busy> {
         let mut samples = Vec::new();
         let mut stats = ExtractStats::default();
-        extract_metrics(resource_metrics, &self.extract, &mut samples, &mut stats);
+        extract_metrics(request, &self.extract, &mut samples, &mut stats);
         self.enqueue(samples, stats, &self.telemetry.accepted_metric_points)
     }
 
