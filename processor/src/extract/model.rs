@@ -93,6 +93,17 @@ fn push_some<T>(
     }
 }
 
+/// Appends `entries` to `arena` and returns their run. For the builders (readers of other encodings, tests),
+/// whose input is bounded by the request size; decoding checks its indices with [`mark`].
+fn append<T>(arena: &mut Vec<T>, entries: impl IntoIterator<Item = T>) -> Run {
+    let start = arena.len() as u32;
+    arena.extend(entries);
+    Run {
+        start,
+        end: arena.len() as u32,
+    }
+}
+
 /// The arena index of the next entry.
 fn mark<T>(arena: &[T]) -> Result<u32, WireError> {
     u32::try_from(arena.len()).map_err(|_| WireError("more entries than one request may hold"))
@@ -233,6 +244,17 @@ fn each_message<'a>(
     Ok(())
 }
 
+impl ResourceRuns {
+    /// A resource whose items begin at `items` (none yet).
+    fn new(resource: Run, items: usize) -> ResourceRuns {
+        let at = items as u32;
+        ResourceRuns {
+            resource,
+            items: Run { start: at, end: at },
+        }
+    }
+}
+
 /// The bytes of one resource's entry in a request's arena, for the decode budget.
 pub const RESOURCE_ENTRY_BYTES: usize = std::mem::size_of::<ResourceRuns>();
 
@@ -362,19 +384,9 @@ impl<'a> TraceRequest<'a> {
 
     /// Begins a `ResourceSpans` (for readers of other encodings, and tests).
     pub fn begin_resource(&mut self, attributes: impl IntoIterator<Item = KeyValue<'a>>) {
-        let start = self.attributes.len() as u32;
-        self.attributes.extend(attributes);
-        let spans = self.spans.len() as u32;
-        self.resources.push(ResourceRuns {
-            resource: Run {
-                start,
-                end: self.attributes.len() as u32,
-            },
-            items: Run {
-                start: spans,
-                end: spans,
-            },
-        });
+        let resource = append(&mut self.attributes, attributes);
+        self.resources
+            .push(ResourceRuns::new(resource, self.spans.len()));
     }
 
     /// Adds a span with its attributes to the last resource begun (one with no attributes when none was).
@@ -386,9 +398,7 @@ impl<'a> TraceRequest<'a> {
         if self.resources.is_empty() {
             self.begin_resource([]);
         }
-        span.attributes.start = self.attributes.len() as u32;
-        self.attributes.extend(attributes);
-        span.attributes.end = self.attributes.len() as u32;
+        span.attributes = append(&mut self.attributes, attributes);
         self.spans.push(span);
         if let Some(last) = self.resources.last_mut() {
             last.items.end = self.spans.len() as u32;
@@ -568,19 +578,9 @@ impl<'a> MetricsRequest<'a> {
 
     /// Begins a `ResourceMetrics` (for readers of other encodings, and tests).
     pub fn begin_resource(&mut self, attributes: impl IntoIterator<Item = KeyValue<'a>>) {
-        let start = self.attributes.len() as u32;
-        self.attributes.extend(attributes);
-        let metrics = self.metrics.len() as u32;
-        self.resources.push(ResourceRuns {
-            resource: Run {
-                start,
-                end: self.attributes.len() as u32,
-            },
-            items: Run {
-                start: metrics,
-                end: metrics,
-            },
-        });
+        let resource = append(&mut self.attributes, attributes);
+        self.resources
+            .push(ResourceRuns::new(resource, self.metrics.len()));
     }
 
     /// Adds a metric with no points yet to the last resource begun (one with no attributes when none was).
@@ -611,9 +611,7 @@ impl<'a> MetricsRequest<'a> {
         if self.metrics.is_empty() {
             self.begin_metric(b"", None);
         }
-        point.attributes.start = self.attributes.len() as u32;
-        self.attributes.extend(attributes);
-        point.attributes.end = self.attributes.len() as u32;
+        point.attributes = append(&mut self.attributes, attributes);
         self.points.push(point);
         if let Some(last) = self.metrics.last_mut() {
             last.points.end = self.points.len() as u32;
