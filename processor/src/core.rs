@@ -9,6 +9,7 @@ use crate::checkpoint::{self, CheckpointError, Snapshot, SnapshotWriter, SETTING
 use crate::detect::{Detector, Findings, Gauge};
 use crate::engine::{ClosedWindow, Engine, EngineConfig, EngineState};
 use crate::extract::DropReason;
+use crate::gate::SharedBoard;
 use crate::sample::MemorySample;
 use crate::signal::Signal;
 
@@ -32,6 +33,8 @@ pub struct Core {
     /// The latest value of every derived gauge (by name and labels) and the window end that set it: windows
     /// close per source, so one window carries only some series' gauges.
     gauges: BTreeMap<GaugeKey, (Gauge, u64)>,
+    /// The rollout gate's board, fed every window and its findings (shared with the gate's HTTP handlers).
+    gate: Option<SharedBoard>,
 }
 
 /// The engine's section of a checkpoint.
@@ -46,7 +49,14 @@ impl Core {
             engine: Engine::new(engine),
             detectors,
             gauges: BTreeMap::new(),
+            gate: None,
         }
+    }
+
+    /// Feeds `board` every closed window and what the detectors found in it.
+    pub fn with_gate(mut self, board: SharedBoard) -> Core {
+        self.gate = Some(board);
+        self
     }
 
     pub fn engine(&self) -> &Engine {
@@ -146,6 +156,9 @@ impl Core {
             let mut findings = Findings::default();
             for d in &mut self.detectors {
                 d.on_window(w, &mut findings);
+            }
+            if let Some(board) = &self.gate {
+                board.lock().observe(w, &findings);
             }
             anomalies.append(&mut findings.anomalies);
             for g in findings.gauges {

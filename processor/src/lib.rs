@@ -12,6 +12,7 @@ pub mod detect;
 pub mod duration;
 pub mod engine;
 pub mod extract;
+pub mod gate;
 pub mod outputs;
 pub mod receivers;
 pub mod replay;

@@ -21,6 +21,7 @@ use crate::checkpoint::store::{self as checkpoint, Checkpoints};
 use crate::config::Pipeline;
 use crate::core::{Core, Output};
 use crate::detect::Detector;
+use crate::gate::{self, Board, SharedBoard};
 use crate::outputs::Outputs;
 use crate::receivers::listener::{serve_http, ConnectionLimits, GuardedListener};
 use crate::receivers::memory_limit::{container_limit, MemoryLimiter, MemoryLimits};
@@ -36,6 +37,8 @@ const DEFAULT_MAX_CLOCK_SKEW_NS: u64 = 300_000_000_000;
 const EVENT_TAP_CAPACITY: usize = 1024;
 /// Scrapers of `/metrics` at once (more are closed as the OTLP receivers close theirs).
 const PROMETHEUS_MAX_CONNECTIONS: usize = 64;
+/// Rollout controllers and scripts asking the gate at once.
+const GATE_MAX_CONNECTIONS: usize = 64;
 /// `service.shutdown_timeout` when the pipeline does not set it.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// `service.checkpoint.interval` when the pipeline does not set it.
@@ -48,6 +51,8 @@ pub struct Service {
     pub grpc_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
     pub prometheus_addr: Option<SocketAddr>,
+    /// The rollout gate's address, when `extensions.gate` is set.
+    pub gate_addr: Option<SocketAddr>,
     pub telemetry: Telemetry,
     stop: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<Result<()>>)>,
@@ -78,6 +83,7 @@ async fn listen(
     let what = match server {
         "otlp_grpc" => "receivers.otlp.protocols.grpc",
         "otlp_http" => "receivers.otlp.protocols.http",
+        "gate" => "extensions.gate",
         _ => "exporters.prometheus",
     };
     let security = Security::resolve(file, what, endpoint.tls.as_ref(), endpoint.auth.as_ref())
@@ -87,6 +93,31 @@ async fn listen(
         GuardedListener::new(server, listener, limits, telemetry.clone()),
         security,
     ))
+}
+
+/// Binds an HTTP server of `router` (Prometheus, the gate) with its TLS, token and connection cap, and spawns it.
+async fn serve_router(
+    file: &crate::config::PipelineFile,
+    server: &'static str,
+    endpoint: &crate::config::Endpoint,
+    max_connections: usize,
+    telemetry: &Telemetry,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(Option<SocketAddr>, JoinHandle<Result<()>>)> {
+    let limits = ConnectionLimits {
+        max_connections,
+        ..ConnectionLimits::default()
+    };
+    let (listener, security) = listen(file, server, endpoint, limits, telemetry).await?;
+    let addr = listener.local_addr().ok();
+    let refused = (telemetry.failed_requests).with_label_values(&[server, "unauthenticated"]);
+    let router = guard_router(router, &security, refused);
+    let task =
+        tokio::spawn(
+            async move { Ok(serve_http(listener, router, security.tls, shutdown).await?) },
+        );
+    Ok((addr, task))
 }
 
 impl Service {
@@ -192,33 +223,51 @@ impl Service {
             .as_ref()
             .filter(|_| file.exporter_enabled("prometheus"))
         {
-            let limits = ConnectionLimits {
-                max_connections: PROMETHEUS_MAX_CONNECTIONS,
-                ..ConnectionLimits::default()
-            };
             let endpoint = crate::config::Endpoint {
                 endpoint: p.endpoint.clone(),
                 tls: p.tls.clone(),
                 auth: p.auth.clone(),
             };
-            let (listener, security) =
-                listen(file, "prometheus", &endpoint, limits, &telemetry).await?;
-            prometheus_addr = listener.local_addr().ok();
-            let refused =
-                (telemetry.failed_requests).with_label_values(&["prometheus", "unauthenticated"]);
-            let router = guard_router(
-                memdrift_exporter::prometheus::router(telemetry.registry.clone()),
-                &security,
-                refused,
-            );
-            let shutdown = stopped(&stop);
-            tasks.push((
+            let router = memdrift_exporter::prometheus::router(telemetry.registry.clone());
+            let (addr, task) = serve_router(
+                file,
                 "prometheus",
-                tokio::spawn(async move {
-                    Ok(serve_http(listener, router, security.tls, shutdown).await?)
-                }),
-            ));
+                &endpoint,
+                PROMETHEUS_MAX_CONNECTIONS,
+                &telemetry,
+                router,
+                stopped(&stop),
+            )
+            .await?;
+            prometheus_addr = addr;
+            tasks.push(("prometheus", task));
         }
+
+        let mut gate_addr = None;
+        let board = match (&file.extensions.gate, &pipeline.gate) {
+            (Some(section), Some(settings)) => {
+                let board = SharedBoard::new(Board::new(settings.clone()));
+                let endpoint = crate::config::Endpoint {
+                    endpoint: section.endpoint.clone(),
+                    tls: section.tls.clone(),
+                    auth: section.auth.clone(),
+                };
+                let (addr, task) = serve_router(
+                    file,
+                    "gate",
+                    &endpoint,
+                    GATE_MAX_CONNECTIONS,
+                    &telemetry,
+                    gate::api::router(board.clone()),
+                    stopped(&stop),
+                )
+                .await?;
+                gate_addr = addr;
+                tasks.push(("gate", task));
+                Some(board)
+            }
+            _ => None,
+        };
 
         let otlp = match &pipeline.otlp {
             Some(config) => Some(OtlpExporter::start(
@@ -236,6 +285,9 @@ impl Service {
         let (events, _) = broadcast::channel(EVENT_TAP_CAPACITY);
         let sinks = Outputs::of_pipeline(&pipeline, otlp.as_ref(), events.clone())?;
         let mut core = Core::new(pipeline.engine.clone(), detectors);
+        if let Some(board) = board {
+            core = core.with_gate(board);
+        }
         let checkpoints = match &file.service.checkpoint {
             Some(c) => {
                 let settings = checkpoint::settings(&pipeline.engine, &pipeline.detectors);
@@ -268,6 +320,7 @@ impl Service {
             grpc_addr,
             http_addr,
             prometheus_addr,
+            gate_addr,
             telemetry,
             stop,
             tasks,

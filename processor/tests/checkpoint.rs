@@ -100,6 +100,7 @@ fn state_survives_a_restart_and_a_bad_checkpoint_is_skipped() {
         .env("MEMDRIFT_GRPC_ENDPOINT", "127.0.0.1:0")
         .env("MEMDRIFT_HTTP_ENDPOINT", "127.0.0.1:0")
         .env("MEMDRIFT_PROMETHEUS_ENDPOINT", "127.0.0.1:0")
+        .env("MEMDRIFT_GATE_ENDPOINT", "127.0.0.1:0")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

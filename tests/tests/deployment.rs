@@ -558,7 +558,7 @@ fn kubernetes_manifests_hold_together_and_the_pipeline_parses() {
         })
         .collect();
     let numbers: BTreeSet<_> = ports.values().copied().collect();
-    assert_eq!(numbers, BTreeSet::from([4317, 4318, 9464]));
+    assert_eq!(numbers, BTreeSet::from([4317, 4318, 8080, 9464]));
     for probe in ["readinessProbe", "livenessProbe"] {
         let get = &container[probe]["httpGet"];
         assert_eq!(ystr(get, &["path"]), Some("/metrics"), "{probe}");

@@ -25,6 +25,7 @@ pub use schema::*;
 use crate::detect::{Configured, Detector, DETECTORS};
 use crate::engine::EngineConfig;
 use crate::extract::ExtractConfig;
+use crate::gate::GateSettings;
 use crate::signal::Signal;
 
 /// The embedded default pipeline, `pipelines/default.yaml`.
@@ -40,6 +41,8 @@ pub struct Pipeline {
     pub detectors: Vec<(&'static str, Arc<dyn Configured>)>,
     /// The OTLP exporter with every setting resolved; `None` when unused or without an endpoint.
     pub otlp: Option<memdrift_exporter::otlp::OtlpConfig>,
+    /// The rollout gate's rule, when `extensions.gate` is present.
+    pub gate: Option<GateSettings>,
     /// Notes that are not errors (unused components, unset variables).
     pub warnings: Vec<String>,
 }
@@ -92,12 +95,41 @@ impl Pipeline {
             detectors.push((d.name, settings));
         }
         let otlp = otlp::build(name, &text, &file, env)?;
+        let gate = match &file.extensions.gate {
+            None => None,
+            Some(section) => {
+                let spread = detectors.iter().find_map(|(_, d)| {
+                    d.as_any()
+                        .downcast_ref::<crate::detect::spread_drift::SpreadDriftSettings>()
+                });
+                let d = GateSettings::defaults(&engine, spread);
+                let settings = GateSettings {
+                    tolerance: section.tolerance.unwrap_or(d.tolerance),
+                    confidence: section.confidence.unwrap_or(d.confidence),
+                    min_duration_ns: section
+                        .min_duration
+                        .map_or(d.min_duration_ns, |x| x.as_nanos()),
+                    min_samples: section.min_samples.unwrap_or(d.min_samples),
+                    min_time_to_limit_s: section
+                        .min_time_to_limit
+                        .map_or(d.min_time_to_limit_s, |x| x.as_nanos() as f64 / 1e9),
+                    history_ns: section.history.map_or(d.history_ns, |x| x.as_nanos()),
+                    max_services: section.max_services.unwrap_or(d.max_services),
+                    ..d
+                };
+                let settings = settings.checked().map_err(|(key, message)| {
+                    ConfigError::at_path(name, &text, &["extensions", "gate", key], message, None)
+                })?;
+                Some(settings)
+            }
+        };
         Ok(Pipeline {
             file,
             extract,
             engine,
             detectors,
             otlp,
+            gate,
             warnings,
         })
     }

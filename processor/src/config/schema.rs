@@ -137,6 +137,46 @@ pub struct Extensions {
     /// A shared bearer token, as the Collector's `bearertokenauth`: requests must carry
     /// `Authorization: Bearer <token>` (HTTP header, gRPC metadata).
     pub bearertokenauth: Option<BearerTokenAuth>,
+    /// The rollout gate: "may this canary proceed?" over HTTP, for Argo Rollouts, Flagger and scripts
+    /// (`GET /v1/gate`, `/v1/flagger/*`; see the README). Off unless the section is present.
+    pub gate: Option<GateSection>,
+}
+
+/// `extensions.gate`: where the gate listens, and its rule. Every rule setting is optional.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateSection {
+    /// host:port to serve the gate on, e.g. `0.0.0.0:8080`.
+    pub endpoint: String,
+    /// Serve the gate over TLS. Off by default.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    /// Require callers to authenticate with the named extension. Off by default.
+    #[serde(default)]
+    pub auth: Option<Auth>,
+    /// Largest ratio of spreads (canary / baseline) that counts as no material difference: `pass` needs the
+    /// ratio's upper bound below it on every signal. Default: `spread_drift.min_ratio` (1.25).
+    #[serde(default)]
+    pub tolerance: Option<f64>,
+    /// Confidence of that upper bound, valid however often the gate is asked. Default 0.95.
+    #[serde(default)]
+    pub confidence: Option<f64>,
+    /// Shortest time a canary must have run (event time, from its start) before it can pass. Default 10m.
+    #[serde(default)]
+    pub min_duration: Option<Duration>,
+    /// Fewest values of each cohort compared before a pass. Default 200.
+    #[serde(default)]
+    pub min_samples: Option<u64>,
+    /// A canary instance forecast (by `growth`) to reach its memory limit sooner than this cannot pass, even
+    /// before the growth warning opens. Default 1h.
+    #[serde(default)]
+    pub min_time_to_limit: Option<Duration>,
+    /// How far back a comparison may reach (looks, findings and instances are kept this long). Default 2h.
+    #[serde(default)]
+    pub history: Option<Duration>,
+    /// Services the gate keeps state for at most; newcomers beyond are ignored (and counted). Default 10000.
+    #[serde(default)]
+    pub max_services: Option<usize>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

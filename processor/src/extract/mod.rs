@@ -65,6 +65,10 @@ impl Default for ExtractConfig {
             cohort_attributes: vec![
                 attr::COHORT.to_string(),
                 "feature_flag.result.variant".to_string(),
+                // Argo Rollouts' pod-template hash, as the Collector's k8sattributes processor names a pod
+                // label (the semantic-convention spelling, then the older one): stable and canary pods differ.
+                "k8s.pod.label.rollouts-pod-template-hash".to_string(),
+                "k8s.pod.labels.rollouts-pod-template-hash".to_string(),
                 "service.version".to_string(),
             ],
             metric_signals: default_metric_signals(),

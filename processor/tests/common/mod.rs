@@ -111,6 +111,7 @@ impl Running {
             .env("MEMDRIFT_GRPC_ENDPOINT", "127.0.0.1:0")
             .env("MEMDRIFT_HTTP_ENDPOINT", "127.0.0.1:0")
             .env("MEMDRIFT_PROMETHEUS_ENDPOINT", "127.0.0.1:0")
+            .env("MEMDRIFT_GATE_ENDPOINT", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())

@@ -393,9 +393,12 @@ pub struct PairResult {
     pub rho: Option<f64>,
 }
 
-/// Compares a canary's spread with its baseline's in one look.
-pub fn compare(canary: &CohortSpread, baseline: &CohortSpread) -> Option<PairResult> {
-    // Pool the two cohorts' estimates, weighted by the values behind them.
+/// The autocorrelation the two cohorts of a look share (pooled over both, weighted by the values behind each
+/// estimate): its lag-1 coefficient and the variance inflation it calls for (1 without one).
+pub fn shared_autocorrelation(
+    canary: &CohortSpread,
+    baseline: &CohortSpread,
+) -> (Option<f64>, f64) {
     let pooled = match (canary.rho, baseline.rho) {
         (Some((a1, a2, n)), Some((b1, b2, m))) => {
             let w = (n + m) as f64;
@@ -408,7 +411,12 @@ pub fn compare(canary: &CohortSpread, baseline: &CohortSpread) -> Option<PairRes
         (one, None) | (None, one) => one,
     };
     let inflation = pooled.map_or(1.0, |(r1, r2, n)| variance_inflation(r1, r2, n));
-    let rho = pooled.map(|(r1, _, _)| r1);
+    (pooled.map(|(r1, _, _)| r1), inflation)
+}
+
+/// Compares a canary's spread with its baseline's in one look.
+pub fn compare(canary: &CohortSpread, baseline: &CohortSpread) -> Option<PairResult> {
+    let (rho, inflation) = shared_autocorrelation(canary, baseline);
     let (c, b) = (&canary.summary, &baseline.summary);
     let test = brown_forsythe_from(&[c.clone(), b.clone()], inflation)?;
     let n_eff = (c.n as f64 / inflation, b.n as f64 / inflation);
@@ -824,4 +832,4 @@ impl Detector for SpreadDrift {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

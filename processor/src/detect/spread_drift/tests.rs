@@ -15,7 +15,7 @@ use crate::sample::MemorySample;
 use crate::signal::SignalValues;
 
 #[derive(Clone, Copy, Debug)]
-enum Noise {
+pub(crate) enum Noise {
     Normal,
     StudentT3,
     LogNormal,
@@ -24,7 +24,7 @@ enum Noise {
 }
 
 /// Draws one unit-scale value; `state` carries the AR(1) process of one instance.
-fn draw(rng: &mut StdRng, noise: Noise, state: &mut f64) -> f64 {
+pub(crate) fn draw(rng: &mut StdRng, noise: Noise, state: &mut f64) -> f64 {
     match noise {
         Noise::Normal => rng.sample(StandardNormal),
         Noise::StudentT3 => rng.sample(StudentT::new(3.0).expect("valid")),
@@ -38,7 +38,7 @@ fn draw(rng: &mut StdRng, noise: Noise, state: &mut f64) -> f64 {
 }
 
 /// `n` values from `instances` processes (values of one instance consecutive, as in a window), scaled by `scale`.
-fn cohort(
+pub(crate) fn cohort(
     rng: &mut StdRng,
     noise: Noise,
     n: usize,

@@ -1,0 +1,3 @@
+module memspan
+
+go 1.24
