@@ -12,13 +12,16 @@ pub enum AnomalyKind {
     SpreadDrift,
     Growth,
     Leak,
+    /// Go: the heap size the next collection is due at lies above the memory limit.
+    GcGoal,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 3] = [
+    pub const ALL: [AnomalyKind; 4] = [
         AnomalyKind::SpreadDrift,
         AnomalyKind::Growth,
         AnomalyKind::Leak,
+        AnomalyKind::GcGoal,
     ];
 
     pub fn name(self) -> &'static str {
@@ -26,6 +29,7 @@ impl AnomalyKind {
             AnomalyKind::SpreadDrift => "spread_drift",
             AnomalyKind::Growth => "growth",
             AnomalyKind::Leak => "leak",
+            AnomalyKind::GcGoal => "gc_goal",
         }
     }
 }
@@ -139,6 +143,20 @@ pub enum Evidence {
         classification: LeakClass,
         limit_bytes: Option<f64>,
     },
+    /// A Go process whose next garbage collection is due above its memory limit: the heap may grow past the
+    /// limit before the collector runs (GOMEMLIMIT unset, or set above the container's limit).
+    GcGoal {
+        /// The heap size the next collection is due at (`go.memory.gc.goal`), bytes.
+        goal_bytes: f64,
+        /// The limit it is above, bytes.
+        limit_bytes: f64,
+        /// Where that limit comes from: "container" (the cgroup or `memspan.limit`) or "go.memory.limit".
+        limit_source: &'static str,
+        /// GOMEMLIMIT as the runtime reports it, when set.
+        go_memory_limit_bytes: Option<f64>,
+        /// The Go heap now (`go.memory.used` other than stacks, or the heap attribute), when known.
+        heap_bytes: Option<f64>,
+    },
 }
 
 /// Which finding an event belongs to. Its open, updates and resolution carry the same episode, so every output
@@ -220,6 +238,7 @@ impl Evidence {
             Evidence::Spread { .. } | Evidence::SpreadChange { .. } => AnomalyKind::SpreadDrift,
             Evidence::Growth { .. } => AnomalyKind::Growth,
             Evidence::Leak { .. } => AnomalyKind::Leak,
+            Evidence::GcGoal { .. } => AnomalyKind::GcGoal,
         }
     }
 }

@@ -56,6 +56,18 @@ pub struct AnomalyRecord {
     pub limit_bytes: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classification: Option<String>,
+    /// `gc_goal`: the heap size the next collection is due at, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc_goal_bytes: Option<f64>,
+    /// `gc_goal`: where `limit_bytes` comes from ("container" or "go.memory.limit").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_source: Option<String>,
+    /// `gc_goal`: GOMEMLIMIT as the Go runtime reports it, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub go_memory_limit_bytes: Option<f64>,
+    /// `gc_goal`: the Go heap, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap_bytes: Option<f64>,
     /// Hex trace ids of the most extreme requests behind the finding.
     #[serde(default)]
     pub exemplar_trace_ids: Vec<String>,
@@ -89,6 +101,10 @@ impl AnomalyRecord {
             growth_bytes_per_s: None,
             limit_bytes: None,
             classification: None,
+            gc_goal_bytes: None,
+            limit_source: None,
+            go_memory_limit_bytes: None,
+            heap_bytes: None,
             exemplar_trace_ids: a
                 .exemplars
                 .iter()
@@ -160,6 +176,19 @@ impl From<&Anomaly> for AnomalyRecord {
                 r.growth_bytes_per_s = Some(*growth_bytes_per_s);
                 r.classification = Some(classification.name().to_string());
                 r.limit_bytes = *limit_bytes;
+            }
+            Evidence::GcGoal {
+                goal_bytes,
+                limit_bytes,
+                limit_source,
+                go_memory_limit_bytes,
+                heap_bytes,
+            } => {
+                r.gc_goal_bytes = Some(*goal_bytes);
+                r.limit_bytes = Some(*limit_bytes);
+                r.limit_source = Some(limit_source.to_string());
+                r.go_memory_limit_bytes = *go_memory_limit_bytes;
+                r.heap_bytes = *heap_bytes;
             }
         }
         r

@@ -37,10 +37,18 @@ pub enum Signal {
     ProcessMemoryUsage,
     ContainerWorkingSet,
     ContainerUsage,
+    /// Go: goroutine stacks (`go.memory.used` with `go.memory.type` = `stack`).
+    GoStack,
+    /// Go: live goroutines (`go.goroutine.count`); a count, not bytes.
+    Goroutines,
+    /// Go: the heap size the next collection is due at (`go.memory.gc.goal`).
+    GcGoal,
+    /// Go: the runtime's soft memory limit, GOMEMLIMIT (`go.memory.limit`); absent when unset.
+    GoMemoryLimit,
 }
 
 impl Signal {
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 17;
     pub const ALL: [Signal; Signal::COUNT] = [
         Signal::RssStart,
         Signal::RssEnd,
@@ -55,6 +63,10 @@ impl Signal {
         Signal::ProcessMemoryUsage,
         Signal::ContainerWorkingSet,
         Signal::ContainerUsage,
+        Signal::GoStack,
+        Signal::Goroutines,
+        Signal::GcGoal,
+        Signal::GoMemoryLimit,
     ];
 
     /// The name used in events, metrics labels and pipeline files.
@@ -73,6 +85,10 @@ impl Signal {
             Signal::ProcessMemoryUsage => "process.memory.usage",
             Signal::ContainerWorkingSet => "container.memory.working_set",
             Signal::ContainerUsage => "container.memory.usage",
+            Signal::GoStack => "go.memory.used.stack",
+            Signal::Goroutines => "go.goroutine.count",
+            Signal::GcGoal => "go.memory.gc.goal",
+            Signal::GoMemoryLimit => "go.memory.limit",
         }
     }
 
@@ -108,24 +124,24 @@ impl std::fmt::Display for Signal {
     }
 }
 
-// SignalValues keeps presence in a u16.
-const _: () = assert!(Signal::COUNT <= 16);
+// SignalValues keeps presence in a u32.
+const _: () = assert!(Signal::COUNT <= 32);
 
 /// The values one span or metric point carried, at most one per signal. Fixed size, no allocation.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct SignalValues {
-    present: u16,
+    present: u32,
     values: [f64; Signal::COUNT],
 }
 
 impl SignalValues {
     pub fn set(&mut self, signal: Signal, value: f64) {
-        self.present |= 1 << signal as u16;
+        self.present |= 1 << signal as u32;
         self.values[signal as usize] = value;
     }
 
     pub fn get(&self, signal: Signal) -> Option<f64> {
-        (self.present & (1 << signal as u16) != 0).then(|| self.values[signal as usize])
+        (self.present & (1 << signal as u32) != 0).then(|| self.values[signal as usize])
     }
 
     pub fn is_empty(&self) -> bool {

@@ -344,6 +344,19 @@ pub fn summary(a: &Anomaly) -> String {
             ));
             p = Some(*p_value);
         }
+        Evidence::GcGoal {
+            goal_bytes,
+            limit_bytes,
+            limit_source,
+            ..
+        } => {
+            s.push_str(&format!(
+                "next GC due at {} heap, above the {} {} limit: the heap can pass the limit before the collector runs",
+                bytes(*goal_bytes),
+                bytes(*limit_bytes),
+                limit_source
+            ));
+        }
     }
     if let Some(p) = p {
         s.push_str(&format!(" (p={})", p_value(p)));

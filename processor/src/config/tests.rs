@@ -143,7 +143,7 @@ fn growth_and_leak_are_enabled_by_default_and_take_their_settings() {
         .iter()
         .map(|d| d.name())
         .collect();
-    assert_eq!(names, ["spread_drift", "growth", "leak"]);
+    assert_eq!(names, ["spread_drift", "growth", "leak", "gc_goal"]);
 
     let text = GOOD
         .replace(

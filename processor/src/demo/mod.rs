@@ -216,6 +216,11 @@ fn describe(a: &AnomalyRecord) -> String {
             bytes(a.growth_bytes_per_s.unwrap_or(0.0)),
             p_value(a.p_value)
         ),
+        AnomalyKind::GcGoal => format!(
+            "next GC due at {}, above the {} limit",
+            bytes(a.gc_goal_bytes.unwrap_or(0.0)),
+            bytes(a.limit_bytes.unwrap_or(0.0))
+        ),
     };
     format!("{who}  {}  {evidence}", a.signal)
 }

@@ -13,6 +13,7 @@
 //! it, `memdrift validate` checks it, and `run`, `replay` and `demo` run it.
 
 pub mod alarm;
+pub mod gc_goal;
 pub mod grid;
 pub mod growth;
 pub mod leak;
@@ -32,6 +33,7 @@ pub const DETECTORS: &[Registration] = &[
     registration::<spread_drift::SpreadDriftSettings>(),
     registration::<growth::GrowthSettings>(),
     registration::<leak::LeakSettings>(),
+    registration::<gc_goal::GcGoalSettings>(),
 ];
 
 /// Reads a detector's section (defaults filled, values checked) into the settings that build the detector.

@@ -4,10 +4,14 @@ use super::model::{MetricsRequest, PointValue};
 
 use super::spans::{item_cohort, ResourceContext};
 use super::value::check_bytes;
+use super::SPLIT_METRICS;
 use super::{ExtractConfig, ExtractStats};
 use crate::extract::DropReason;
 use crate::sample::{MemorySample, LATEST_EVENT_TIME};
-use crate::signal::SignalValues;
+use crate::signal::{Signal, SignalValues};
+
+/// `go.memory.limit` at or above this (2^62 bytes) is the runtime's "unset" (math.MaxInt64).
+const NO_GO_MEMORY_LIMIT: f64 = 4.611_686_018_427_388e18;
 
 /// Extracts one sample per number point of every metric named in the metric table. Other metrics, and
 /// histogram-like points, are not memory levels and are passed over without counting as errors.
@@ -20,16 +24,25 @@ pub fn extract_metrics(
     for (resource, metrics) in request.resource_metrics() {
         let ctx = ResourceContext::new(resource, config, stats);
         for metric in metrics {
-            let signal = std::str::from_utf8(metric.name)
-                .ok()
-                .and_then(|name| config.metric_signals.get(name));
-            let Some(&signal) = signal else {
+            let Ok(name) = std::str::from_utf8(metric.name) else {
                 continue;
             };
-            if metric.kind.is_none() {
+            let split = SPLIT_METRICS.iter().find(|(m, _, _)| *m == name);
+            let signal = config.metric_signals.get(name).copied();
+            if (signal.is_none() && split.is_none()) || metric.kind.is_none() {
                 continue;
             }
             for point in request.points(metric) {
+                let signal = match (signal, split) {
+                    (Some(s), _) => s,
+                    (None, Some((_, attr, by_value))) => {
+                        match split_signal(request.attributes(point), attr, by_value) {
+                            Some(s) => s,
+                            None => continue,
+                        }
+                    }
+                    (None, None) => continue,
+                };
                 stats.metric_points += 1;
                 let raw = match point.value {
                     Some(PointValue::AsDouble(d)) => d,
@@ -39,6 +52,10 @@ pub fn extract_metrics(
                         continue;
                     }
                 };
+                // The Go runtime reports "no GOMEMLIMIT" as the largest int64: no limit, not a bad value.
+                if signal == Signal::GoMemoryLimit && raw >= NO_GO_MEMORY_LIMIT {
+                    continue;
+                }
                 let value = match check_bytes(raw, false) {
                     Ok(v) => v,
                     Err(reason) => {
@@ -70,4 +87,20 @@ pub fn extract_metrics(
             }
         }
     }
+}
+
+/// The signal a point of a split metric feeds, by its attribute's string value; `None` for other values.
+fn split_signal(
+    attributes: &[super::model::KeyValue<'_>],
+    attr: &str,
+    by_value: &[(&str, Signal)],
+) -> Option<Signal> {
+    let kv = attributes.iter().find(|kv| kv.key == attr.as_bytes())?;
+    let Some(super::model::Value::String(value)) = kv.value.as_ref()?.value else {
+        return None;
+    };
+    by_value
+        .iter()
+        .find(|(v, _)| v.as_bytes() == value)
+        .map(|(_, s)| *s)
 }

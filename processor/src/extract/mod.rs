@@ -83,11 +83,31 @@ pub fn default_metric_signals() -> HashMap<String, Signal> {
         ("container.memory.working_set", Signal::ContainerWorkingSet),
         ("container.memory.usage", Signal::ContainerUsage),
         ("k8s.container.memory.limit.current", Signal::Limit),
+        // The Go runtime, as the OpenTelemetry Go runtime instrumentation names it (semantic conventions), and
+        // the older `process.runtime.go.*` names where they differ. `go.memory.used` is split by its
+        // `go.memory.type` attribute ([`SPLIT_METRICS`]).
+        ("go.goroutine.count", Signal::Goroutines),
+        ("go.memory.gc.goal", Signal::GcGoal),
+        ("go.memory.limit", Signal::GoMemoryLimit),
+        ("process.runtime.go.goroutines", Signal::Goroutines),
+        ("process.runtime.go.mem.heap_alloc", Signal::HeapAllocated),
     ]
     .into_iter()
     .map(|(name, signal)| (name.to_string(), signal))
     .collect()
 }
+
+/// A metric split by an attribute: (metric, attribute, [(value, signal)]).
+pub type SplitMetric = (&'static str, &'static str, &'static [(&'static str, Signal)]);
+
+/// Metrics whose points feed one signal or another by the value of one of their attributes: (metric, attribute,
+/// [(value, signal)]). A metric named in the pipeline's `metrics:` table is read by that table instead.
+pub const SPLIT_METRICS: &[SplitMetric] = &[(
+    "go.memory.used",
+    "go.memory.type",
+    // Goroutine stacks; everything else the Go runtime holds (mostly the heap).
+    &[("stack", Signal::GoStack), ("other", Signal::HeapAllocated)],
+)];
 
 /// The resource attributes that name a sample's service and instance (see `spans::ResourceContext`).
 const RESOURCE_KEYS: [&str; 4] = [
@@ -105,7 +125,11 @@ impl model::KeepKeys for ExtractConfig {
     }
 
     fn item(&self, key: &[u8]) -> bool {
-        key.starts_with(b"memspan.") || self.is_cohort_key(key)
+        key.starts_with(b"memspan.")
+            || self.is_cohort_key(key)
+            || SPLIT_METRICS
+                .iter()
+                .any(|(_, attr, _)| attr.as_bytes() == key)
     }
 }
 
@@ -333,5 +357,94 @@ mod tests {
             };
             assert_eq!(run(true), run(false));
         }
+    }
+
+    fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A Go service's runtime metrics as the OpenTelemetry Go runtime instrumentation sends them (sums and
+    /// gauges, `go.memory.used` by `go.memory.type`), read without configuration.
+    #[test]
+    fn go_runtime_metrics_are_read_without_configuration() {
+        let point = |v: i64, attrs: Vec<KeyValue>| pm::NumberDataPoint {
+            time_unix_nano: 1_700_000_000_000_000_000,
+            value: Some(pm::number_data_point::Value::AsInt(v)),
+            attributes: attrs,
+            ..Default::default()
+        };
+        let sum = |name: &str, points: Vec<pm::NumberDataPoint>| pm::Metric {
+            name: name.into(),
+            data: Some(pm::metric::Data::Sum(pm::Sum {
+                data_points: points,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let gauge = |name: &str, points: Vec<pm::NumberDataPoint>| pm::Metric {
+            name: name.into(),
+            data: Some(pm::metric::Data::Gauge(pm::Gauge {
+                data_points: points,
+            })),
+            ..Default::default()
+        };
+        let metrics = vec![
+            sum(
+                "go.memory.used",
+                vec![
+                    point(3 << 20, vec![kv("go.memory.type", "stack")]),
+                    point(600 << 20, vec![kv("go.memory.type", "other")]),
+                    point(1, vec![kv("go.memory.type", "something new")]),
+                ],
+            ),
+            sum("go.goroutine.count", vec![point(1200, vec![])]),
+            gauge("go.memory.gc.goal", vec![point(1200 << 20, vec![])]),
+            // GOMEMLIMIT unset: the runtime reports math.MaxInt64, which is no limit, not a bad value.
+            sum("go.memory.limit", vec![point(i64::MAX, vec![])]),
+            gauge("process.runtime.go.goroutines", vec![point(7, vec![])]),
+            gauge("go.memory.allocated", vec![point(9 << 30, vec![])]),
+        ];
+        let body = ExportMetricsServiceRequest {
+            resource_metrics: vec![pm::ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", "llm-go"),
+                        kv("service.instance.id", "pod-1"),
+                    ],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![pm::ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec();
+        let config = ExtractConfig::default();
+        let request = MetricsRequest::decode_keeping(&body, &config).expect("valid");
+        let (mut out, mut stats) = (Vec::new(), ExtractStats::default());
+        extract_metrics(&request, &config, &mut out, &mut stats);
+        let got: Vec<(Signal, f64)> = out.iter().flat_map(|s| s.values.iter()).collect();
+        assert_eq!(
+            got,
+            [
+                (Signal::GoStack, (3 << 20) as f64),
+                (Signal::HeapAllocated, (600 << 20) as f64),
+                (Signal::Goroutines, 1200.0),
+                (Signal::GcGoal, (1200 << 20) as f64),
+                (Signal::Goroutines, 7.0),
+            ]
+        );
+        assert!(out
+            .iter()
+            .all(|s| &*s.service == "llm-go" && &*s.instance == "pod-1"));
+        assert!(stats.dropped_values.is_empty(), "{stats:?}");
     }
 }

@@ -138,9 +138,11 @@ pub enum Kind {
     Growth,
     Leak,
     SpreadDrift,
+    GcGoal,
 }
 
 impl Kind {
+    /// The kinds the scenarios plant (a GC goal above the limit is not one of them).
     pub const ALL: [Kind; 3] = [Kind::Growth, Kind::Leak, Kind::SpreadDrift];
 
     pub fn name(self) -> &'static str {
@@ -148,6 +150,7 @@ impl Kind {
             Kind::Growth => "growth",
             Kind::Leak => "leak",
             Kind::SpreadDrift => "spread_drift",
+            Kind::GcGoal => "gc_goal",
         }
     }
 
@@ -156,6 +159,7 @@ impl Kind {
             memdrift_exporter::AnomalyKind::Growth => Kind::Growth,
             memdrift_exporter::AnomalyKind::Leak => Kind::Leak,
             memdrift_exporter::AnomalyKind::SpreadDrift => Kind::SpreadDrift,
+            memdrift_exporter::AnomalyKind::GcGoal => Kind::GcGoal,
         }
     }
 }

@@ -350,6 +350,11 @@ fn evidence(r: &AnomalyRecord) -> String {
             r.classification.as_deref().unwrap_or("?")
         ),
         Kind::SpreadDrift => format!("sd ratio {:.2}", r.sd_ratio.map_or(f64::NAN, |i| i.value)),
+        Kind::GcGoal => format!(
+            "next GC at {:.1} GB, limit {:.1} GB",
+            gb(r.gc_goal_bytes.unwrap_or(f64::NAN)),
+            gb(r.limit_bytes.unwrap_or(f64::NAN))
+        ),
     }
 }
 

@@ -274,6 +274,7 @@ pub fn score(
                 }
                 Kind::Leak => out.leak_delays_s.push(o.t_s - e.onset_s),
                 Kind::SpreadDrift => out.spread_delays_s.push(o.t_s - e.onset_s),
+                Kind::GcGoal => {}
             }
         }
         let Some(deadline) = e.deadline_s else {
