@@ -85,6 +85,9 @@ pub enum LeakClass {
     OffHeap,
     /// Allocator resident or retained bytes rise while live bytes do not.
     Fragmentation,
+    /// Go: the goroutine count and goroutine stacks rise together (goroutines that never exit, holding what
+    /// else rises).
+    Goroutines,
     /// No heap figures to tell.
     Unknown,
 }
@@ -95,6 +98,7 @@ impl LeakClass {
             LeakClass::Heap => "heap",
             LeakClass::OffHeap => "off_heap",
             LeakClass::Fragmentation => "fragmentation",
+            LeakClass::Goroutines => "goroutines",
             LeakClass::Unknown => "unknown",
         }
     }

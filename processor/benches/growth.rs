@@ -53,6 +53,8 @@ fn track(minutes: usize, cap: usize, leak_bytes_per_s: f64) -> (Track, Minutes) 
                 Some(v - 0.25 * GIB),
                 Some(v - 0.15 * GIB),
                 Some(v - 0.1 * GIB),
+                None,
+                None,
             ],
             limit: Some(4.0 * GIB),
             summary: None,

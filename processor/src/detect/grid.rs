@@ -106,12 +106,17 @@ pub fn grid(
     })
 }
 
-/// The heap signals used to classify a leak, in the order of [`Track::heap`].
-pub const HEAP_SIGNALS: [Signal; 3] = [
+/// The heap and Go runtime signals used to classify a leak, in the order of [`Track::heap`].
+pub const HEAP_SIGNALS: [Signal; HEAPS] = [
     Signal::HeapAllocated,
     Signal::HeapResident,
     Signal::HeapRetained,
+    Signal::GoStack,
+    Signal::Goroutines,
 ];
+
+/// How many [`HEAP_SIGNALS`] there are.
+pub const HEAPS: usize = 5;
 
 /// (service, instance): whom a grid belongs to.
 pub type InstanceKey = (Arc<str>, Arc<str>);
@@ -122,7 +127,7 @@ pub struct Observation {
     /// The memory signal and its newest pane (max, min), `None` when that step had no sample.
     pub memory: Option<(Signal, Option<(f64, f64)>)>,
     /// Bucket minima of the heap signals (the post-GC floor is what matters for them).
-    pub heap: [Option<f64>; 3],
+    pub heap: [Option<f64>; HEAPS],
     pub limit: Option<f64>,
     /// Index in the window's summaries of the memory signal's summary: its exemplars are the requests at the
     /// instance's highest memory in the window, which an event links to.
@@ -279,7 +284,7 @@ pub struct Track {
     pub max: VecDeque<f64>,
     pub min: VecDeque<f64>,
     /// Bucket minima of the heap signals, aligned with `min`.
-    pub heap: [VecDeque<f64>; 3],
+    pub heap: [VecDeque<f64>; HEAPS],
     pub limit: Option<f64>,
     pub last_seen_ns: u64,
     cap: usize,
@@ -312,7 +317,7 @@ impl Track {
         self.started = index;
     }
 
-    fn push_raw(&mut self, max: f64, min: f64, heap: [f64; 3]) {
+    fn push_raw(&mut self, max: f64, min: f64, heap: [f64; HEAPS]) {
         if self.max.len() == self.cap {
             self.max.pop_front();
             self.min.pop_front();
@@ -358,7 +363,7 @@ impl Track {
             self.clear(index);
         } else {
             for _ in 0..gap {
-                self.push_raw(f64::NAN, f64::NAN, [f64::NAN; 3]);
+                self.push_raw(f64::NAN, f64::NAN, [f64::NAN; HEAPS]);
             }
         }
         self.last = index;

@@ -98,7 +98,11 @@ pub fn default_metric_signals() -> HashMap<String, Signal> {
 }
 
 /// A metric split by an attribute: (metric, attribute, [(value, signal)]).
-pub type SplitMetric = (&'static str, &'static str, &'static [(&'static str, Signal)]);
+pub type SplitMetric = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, Signal)],
+);
 
 /// Metrics whose points feed one signal or another by the value of one of their attributes: (metric, attribute,
 /// [(value, signal)]). A metric named in the pipeline's `metrics:` table is read by that table instead.

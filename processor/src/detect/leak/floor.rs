@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::detect::grid::Track;
+use crate::detect::grid::{Track, HEAPS};
 
 /// Grid buckets per floor point (a minute at the default 10 s step).
 pub const STRIDE: i64 = 6;
@@ -17,7 +17,7 @@ pub struct Minutes {
     pub rss: VecDeque<f64>,
     /// Per-minute maxima of the memory signal: the range the series covered.
     pub top: VecDeque<f64>,
-    pub heap: [VecDeque<f64>; 3],
+    pub heap: [VecDeque<f64>; HEAPS],
     cap: usize,
 }
 
@@ -39,7 +39,7 @@ impl Minutes {
         self.heap.iter_mut().for_each(VecDeque::clear);
     }
 
-    fn push(&mut self, rss: f64, top: f64, heap: [f64; 3]) {
+    fn push(&mut self, rss: f64, top: f64, heap: [f64; HEAPS]) {
         if self.rss.len() == self.cap {
             self.rss.pop_front();
             self.top.pop_front();
@@ -71,11 +71,7 @@ impl Minutes {
             self.push(
                 min(&track.min),
                 track.extreme(&track.max, at, STRIDE as usize, true),
-                [
-                    min(&track.heap[0]),
-                    min(&track.heap[1]),
-                    min(&track.heap[2]),
-                ],
+                std::array::from_fn(|k| min(&track.heap[k])),
             );
         }
         self.last = self.last.max(now);
@@ -144,7 +140,7 @@ mod tests {
         let mut m = Minutes::new(120);
         for k in 0..10_000 {
             let v = k as f64;
-            m.push(v, v + 1.0, [v; 3]);
+            m.push(v, v + 1.0, [v; HEAPS]);
         }
         let rings = [&m.rss, &m.top, &m.heap[0], &m.heap[1], &m.heap[2]];
         assert!(rings.iter().all(|r| r.len() == 120));

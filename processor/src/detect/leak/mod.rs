@@ -44,8 +44,12 @@ pub use floor::{Minutes, STRIDE};
 use super::alarm::{Alarm, Look, Rules};
 use super::grid::{
     admit, buckets, expire, instance_event, level_shift_fits, observations, InstanceKey,
-    Observation, Track, S,
+    Observation, Track, HEAPS, S,
 };
+
+/// Where goroutine stacks and the goroutine count are in [`super::grid::HEAP_SIGNALS`].
+const STACKS: usize = 3;
+const GOROUTINES: usize = 4;
 use super::{checkpoint, CheckpointError, Detector, Findings, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig};
 use crate::stats::{mann_kendall_sen, sen_slope, theil_sen, MannKendall, SenSlope};
@@ -268,24 +272,37 @@ fn sustained(
 }
 
 /// The kind of a leak whose RSS floor rises along `rss`, from the floors of the heap signals (in the order of
-/// [`super::grid::HEAP_SIGNALS`]) over the same points: `heap` when allocator live bytes rise at least half as
-/// fast; else `fragmentation` when resident or retained bytes do; else `off_heap` when live heap data is there
-/// and flat; `unknown` without heap data.
+/// [`super::grid::HEAP_SIGNALS`]) over the same points: `goroutines` when a Go process's goroutine count and
+/// stack memory both rise (the count by a tenth or more over the stretch: leaked goroutines hold whatever else
+/// rises); else `heap` when allocator live bytes rise at least half as fast as RSS; else `fragmentation` when
+/// resident or retained bytes do; else `off_heap` when live heap data is there and flat (for Go, cgo memory);
+/// `unknown` without heap data.
 fn classify(
     heap_floors: impl Iterator<Item = Vec<f64>>,
     start: usize,
     rss: &SenSlope,
 ) -> LeakClass {
-    let mut seen = [false; 3];
-    let mut rising = [false; 3];
-    for (k, pts) in heap_floors.enumerate().take(3) {
+    let mut seen = [false; HEAPS];
+    let mut rising = [false; HEAPS];
+    let mut goroutines_up = false;
+    for (k, pts) in heap_floors.enumerate().take(HEAPS) {
         let pts = &pts[start.min(pts.len())..];
         if finite(pts).count() * 10 >= pts.len() * 7 && pts.len() >= 4 {
             seen[k] = true;
-            rising[k] = sen_slope(pts).is_some_and(|h| h >= 0.5 * rss.slope);
+            let slope = sen_slope(pts);
+            rising[k] = slope.is_some_and(|h| h >= 0.5 * rss.slope);
+            if k == GOROUTINES {
+                let level = finite(pts).fold(f64::INFINITY, f64::min).max(1.0);
+                goroutines_up = slope.is_some_and(|h| h * pts.len() as f64 >= 0.1 * level);
+            }
+            if k == STACKS {
+                rising[k] = slope.is_some_and(|h| h > 0.0);
+            }
         }
     }
-    if rising[0] {
+    if goroutines_up && rising[STACKS] {
+        LeakClass::Goroutines
+    } else if rising[0] {
         LeakClass::Heap
     } else if rising[1] || rising[2] {
         LeakClass::Fragmentation

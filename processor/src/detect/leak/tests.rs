@@ -53,6 +53,17 @@ fn level(shape: Shape, t: f64, floor: f64) -> (f64, f64) {
 
 /// Minutes (after the start) at which a finding would open, with its class; over `hours`.
 fn run(seed: u64, shape: Shape, hours: f64) -> Vec<(f64, Option<LeakClass>)> {
+    run_go(seed, shape, hours, None)
+}
+
+/// [`run`] for a Go process that also reports its goroutine count and stack bytes: a steady 200 goroutines
+/// (8 KiB stacks each), plus `leaked` goroutines a second from the leak's onset (minute 60).
+fn run_go(
+    seed: u64,
+    shape: Shape,
+    hours: f64,
+    leaked: Option<f64>,
+) -> Vec<(f64, Option<LeakClass>)> {
     let mut rng = StdRng::seed_from_u64(seed);
     let s = LeakSettings::default();
     let floor = rng.random_range(1.0..2.5) * GB;
@@ -91,9 +102,19 @@ fn run(seed: u64, shape: Shape, hours: f64) -> Vec<(f64, Option<LeakClass>)> {
             lo = lo.min(rss + saw + ar);
             heap = heap.min(live + saw + ar);
         }
+        let goroutines = leaked.map(|rate| {
+            let t = k as f64 * 10.0;
+            200.0 + (rate * (t - 3600.0).max(0.0)).floor() + rng.random_range(0.0..20.0f64).floor()
+        });
         let o = Observation {
             memory: Some((Signal::RssEnd, Some((hi, lo)))),
-            heap: [Some(heap), None, None],
+            heap: [
+                Some(heap),
+                None,
+                None,
+                goroutines.map(|g| g * 8192.0),
+                goroutines,
+            ],
             ..Observation::default()
         };
         let index = first + k;
@@ -143,6 +164,21 @@ fn leaks_of_1_mb_per_s_are_named_within_15_minutes_with_their_class_over_20_seed
             let (at, got) = opens.first().copied().expect("a finding");
             assert!((60.0..=75.0).contains(&at), "seed {seed}: at {at} min");
             assert_eq!(got, Some(class), "seed {seed}");
+        }
+    }
+}
+
+/// Over 20 seeds: a Go process leaking 10 goroutines a second, each holding 100 kB (1 MB/s of heap), is named a
+/// `goroutines` leak within 15 minutes; the same heap leak with a steady goroutine count stays `heap`.
+/// Tolerance: none.
+#[test]
+fn goroutines_that_never_exit_are_their_own_class_over_20_seeds() {
+    for seed in 0..20 {
+        for (leaked, class) in [(10.0, LeakClass::Goroutines), (0.0, LeakClass::Heap)] {
+            let opens = run_go(seed, Shape::Leak(MB, true), 1.5, Some(leaked));
+            let (at, got) = opens.first().copied().expect("a finding");
+            assert!((60.0..=75.0).contains(&at), "seed {seed}: at {at} min");
+            assert_eq!(got, Some(class), "seed {seed}, {leaked} goroutines/s");
         }
     }
 }
