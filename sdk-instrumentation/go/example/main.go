@@ -195,10 +195,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	default:
 		<-ctx.Done()
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(shutdownCtx)
-	if err := ms.Shutdown(shutdownCtx); err != nil {
+	// The HTTP server and the telemetry each get their own deadline: a slow server shutdown must not leave the
+	// last batches no time, and a loaded machine can take seconds to take them.
+	srvCtx, cancelSrv := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelSrv()
+	_ = srv.Shutdown(srvCtx)
+	flushCtx, cancelFlush := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancelFlush()
+	if err := ms.Shutdown(flushCtx); err != nil {
 		fmt.Fprintln(stderr, "example: telemetry not fully flushed:", err)
 	}
 	if s := ms.Stats(); s.SpansDropped > 0 || s.SpansFailed > 0 {
