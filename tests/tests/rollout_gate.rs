@@ -102,6 +102,66 @@ async fn flagger(addr: std::net::SocketAddr, hook: &str, service: &str) -> (u16,
     (status, json_of(resp).await)
 }
 
+/// `result == "a" || result == "b"`, the form the templates' conditions take, evaluated on one decision.
+fn holds(condition: &str, result: &str) -> bool {
+    condition.split("||").any(|term| {
+        let (lhs, rhs) = term.split_once("==").expect("a comparison");
+        assert_eq!(lhs.trim(), "result", "{condition}");
+        rhs.trim().trim_matches('"') == result
+    })
+}
+
+/// How an AnalysisRun of the named template in `otel-config/rollouts/analysis-template.yaml` ends on these
+/// measurements, as Argo Rollouts counts them: "Failed" past `failureLimit` failures, "Successful" at
+/// `consecutiveSuccessLimit` successes in a row, "Inconclusive" past `inconclusiveLimit`, else "Running".
+fn argo_outcome(template: &str) -> impl Fn(&[String]) -> &'static str {
+    let text = std::fs::read_to_string(
+        memdrift_e2e::repo_root().join("otel-config/rollouts/analysis-template.yaml"),
+    )
+    .expect("the templates");
+    let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("YAML"))
+        .collect();
+    let doc = docs
+        .into_iter()
+        .find(|d| d["metadata"]["name"].as_str() == Some(template))
+        .expect("the template");
+    let metric = doc["spec"]["metrics"][0].clone();
+    let text = |k: &str| metric[k].as_str().map(str::to_string);
+    let number = |k: &str| metric[k].as_u64();
+    let (success, failure) = (
+        text("successCondition").expect("successCondition"),
+        text("failureCondition").expect("failureCondition"),
+    );
+    let failure_limit = number("failureLimit").unwrap_or(0);
+    let success_limit = number("consecutiveSuccessLimit");
+    let inconclusive_limit = number("inconclusiveLimit").unwrap_or(0);
+    move |decisions: &[String]| {
+        let (mut failed, mut inconclusive, mut in_a_row) = (0, 0, 0);
+        for d in decisions {
+            if holds(&failure, d) {
+                failed += 1;
+                in_a_row = 0;
+                if failed > failure_limit {
+                    return "Failed";
+                }
+            } else if holds(&success, d) {
+                in_a_row += 1;
+                if success_limit.is_some_and(|l| in_a_row >= l) {
+                    return "Successful";
+                }
+            } else {
+                in_a_row = 0;
+                inconclusive += 1;
+                if inconclusive > inconclusive_limit {
+                    return "Inconclusive";
+                }
+            }
+        }
+        "Running"
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_played_end_to_end() {
     let service = Service::start(pipeline()).await.expect("starts");
@@ -213,6 +273,28 @@ async fn a_rollout_played_end_to_end() {
         "{:?}",
         decisions[oom]
     );
+
+    // Argo Rollouts: the measurements from the canary's start run through the shipped AnalysisTemplates' own
+    // conditions (the background analysis keeps running or fails; the promotion gate succeeds or fails).
+    let background = argo_outcome("memdrift-gate-background");
+    let promotion = argo_outcome("memdrift-gate-promotion");
+    let since_canary = |k: usize| decisions[k][CANARY_FROM as usize..].to_vec();
+    assert_eq!(
+        background(&since_canary(equal)),
+        "Running",
+        "{:?}",
+        decisions[equal]
+    );
+    assert_eq!(
+        promotion(&since_canary(equal)),
+        "Successful",
+        "{:?}",
+        decisions[equal]
+    );
+    for k in [wide, oom] {
+        assert_eq!(background(&since_canary(k)), "Failed", "{:?}", decisions[k]);
+        assert_eq!(promotion(&since_canary(k)), "Failed", "{:?}", decisions[k]);
+    }
 
     // Flagger's hooks: 2xx goes on, 409 fails the check; rollback is inverted.
     let expect = [
