@@ -199,9 +199,13 @@ impl Board {
             if !paired || !self.settings.signals.contains(&s.key.signal) {
                 continue;
             }
+            // One look per window on the grid of whole windows (ends at multiples of the window size): looks
+            // do not overlap, so they are independent of each other, and every cohort's fall on the same ends.
+            if !end.is_multiple_of(self.settings.window_ns.max(1)) {
+                continue;
+            }
             let looks = c.looks.entry(s.key.signal).or_default();
-            // One look per non-overlapping window, so looks are independent of each other.
-            if looks.back().is_some_and(|l| window.start_unix_nano < l.end) {
+            if looks.back().is_some_and(|l| l.end >= end) {
                 continue;
             }
             let per_request = s.key.signal.is_per_request();
