@@ -152,9 +152,13 @@ impl Board {
 
     fn take_window(&mut self, window: &ClosedWindow) {
         let end = window.end_unix_nano;
+        // Windows overlap (one closes every step); only those on the grid of whole windows (ends at multiples of
+        // the window size) are read for values: each value once, and every cohort's looks on the same ends, so
+        // looks do not overlap and are independent of each other.
+        let on_grid = end.is_multiple_of(self.settings.window_ns.max(1));
         // Cohorts per (service, signal) in this window: looks are kept only where there is a pair to compare.
         let mut cohorts_in: HashMap<(&str, Signal), usize> = HashMap::new();
-        for s in &window.summaries {
+        for s in window.summaries.iter().filter(|_| on_grid) {
             if let Scope::Cohort(Some(_)) = s.key.group.scope {
                 *cohorts_in
                     .entry((&s.key.group.service, s.key.signal))
@@ -192,16 +196,14 @@ impl Board {
                 continue;
             };
             c.last_seen = c.last_seen.max(end);
+            if !on_grid {
+                continue;
+            }
             remember_instances(&mut c.instances, &s.instance_tags, end);
             let paired = cohorts_in
                 .get(&(service.as_ref(), s.key.signal))
                 .is_some_and(|n| *n >= 2);
             if !paired || !self.settings.signals.contains(&s.key.signal) {
-                continue;
-            }
-            // One look per window on the grid of whole windows (ends at multiples of the window size): looks
-            // do not overlap, so they are independent of each other, and every cohort's fall on the same ends.
-            if !end.is_multiple_of(self.settings.window_ns.max(1)) {
                 continue;
             }
             let looks = c.looks.entry(s.key.signal).or_default();
