@@ -88,6 +88,11 @@ pub enum LeakClass {
     /// Go: the goroutine count and goroutine stacks rise together (goroutines that never exit, holding what
     /// else rises).
     Goroutines,
+    /// Go: the runtime has released heap memory to the kernel (`memspan.heap.retained`, Go's
+    /// `/memory/classes/heap/released:bytes`) and it is released at the pace RSS rises, while live bytes are
+    /// flat: pages given back with MADV_FREE (`GODEBUG=madvdontneed=0`) stay counted in RSS until the kernel
+    /// needs them. Not a leak of live data: the kernel takes them back under memory pressure.
+    ReleasedNotReturned,
     /// No heap figures to tell.
     Unknown,
 }
@@ -99,6 +104,7 @@ impl LeakClass {
             LeakClass::OffHeap => "off_heap",
             LeakClass::Fragmentation => "fragmentation",
             LeakClass::Goroutines => "goroutines",
+            LeakClass::ReleasedNotReturned => "released_not_returned",
             LeakClass::Unknown => "unknown",
         }
     }
@@ -136,6 +142,9 @@ pub enum Evidence {
         envelope_bytes: f64,
         growth_bytes_per_s: f64,
         limit_bytes: Option<f64>,
+        /// Where the limit was read: `container`, `go.memory.limit` (GOMEMLIMIT, when no container limit is
+        /// known) or `configured` (the pipeline's `limit_bytes`).
+        limit_source: Option<&'static str>,
         time_to_limit_s: Option<Interval>,
     },
     /// An instance's post-GC floor rising (Mann-Kendall with Hamed-Rao, Theil-Sen slope).
@@ -146,6 +155,8 @@ pub enum Evidence {
         growth_bytes_per_s: f64,
         classification: LeakClass,
         limit_bytes: Option<f64>,
+        /// As for `Growth`.
+        limit_source: Option<&'static str>,
     },
     /// A Go process whose next garbage collection is due above its memory limit: the heap may grow past the
     /// limit before the collector runs (GOMEMLIMIT unset, or set above the container's limit).

@@ -157,10 +157,12 @@ impl From<&Anomaly> for AnomalyRecord {
                 envelope_bytes,
                 growth_bytes_per_s,
                 limit_bytes,
+                limit_source,
                 time_to_limit_s,
             } => {
                 r.growth_bytes_per_s = Some(*growth_bytes_per_s);
                 r.limit_bytes = *limit_bytes;
+                r.limit_source = limit_source.map(str::to_string);
                 r.statistic = Some(*envelope_bytes);
                 r.time_to_limit_s = *time_to_limit_s;
             }
@@ -170,12 +172,14 @@ impl From<&Anomaly> for AnomalyRecord {
                 growth_bytes_per_s,
                 classification,
                 limit_bytes,
+                limit_source,
             } => {
                 r.statistic = Some(*statistic);
                 r.p_value = Some(*p_value);
                 r.growth_bytes_per_s = Some(*growth_bytes_per_s);
                 r.classification = Some(classification.name().to_string());
                 r.limit_bytes = *limit_bytes;
+                r.limit_source = limit_source.map(str::to_string);
             }
             Evidence::GcGoal {
                 goal_bytes,
@@ -222,6 +226,7 @@ mod tests {
                 envelope_bytes: 3e9,
                 growth_bytes_per_s: 1e6,
                 limit_bytes: None,
+                limit_source: None,
                 time_to_limit_s: None,
             },
         );

@@ -57,6 +57,7 @@ fn track(minutes: usize, cap: usize, leak_bytes_per_s: f64) -> (Track, Minutes) 
                 None,
             ],
             limit: Some(4.0 * GIB),
+            go_limit: None,
             summary: None,
         };
         t.push(start + k, &o, &settings, (start + k) as u64 * STEP);

@@ -22,4 +22,4 @@ pub mod stats;
 pub mod telemetry;
 pub mod topology;
 
-pub use memdrift_anomaly::{Anomaly, AnomalyKind, AnomalyState, Evidence};
+pub use memdrift_anomaly::{Anomaly, AnomalyKind, AnomalyState, Evidence, LeakClass};

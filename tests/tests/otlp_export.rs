@@ -114,6 +114,7 @@ fn growth_event() -> Anomaly {
             envelope_bytes: 1_610_612_736.0,
             growth_bytes_per_s: 1_048_576.0,
             limit_bytes: Some(2_147_483_648.0),
+            limit_source: Some("container"),
             time_to_limit_s: Some(Interval {
                 value: 840.0,
                 low: 600.0,

@@ -317,12 +317,16 @@ pub fn summary(a: &Anomaly) -> String {
         Evidence::Growth {
             growth_bytes_per_s,
             limit_bytes,
+            limit_source,
             time_to_limit_s,
             ..
         } => {
             s.push_str(&format!("{what} grows {}/s", bytes(*growth_bytes_per_s)));
             if let Some(t) = time_to_limit_s {
-                let limit = limit_bytes.map(|l| format!(" {}", bytes(l)));
+                let limit = limit_bytes.map(|l| match limit_source {
+                    Some(source) if *source != "container" => format!(" {} {source}", bytes(l)),
+                    _ => format!(" {}", bytes(l)),
+                });
                 s.push_str(&format!(
                     ", reaches the{} limit in {} (at the earliest {})",
                     limit.unwrap_or_default(),
@@ -506,6 +510,7 @@ mod tests {
                 envelope_bytes: 1e9,
                 growth_bytes_per_s: 1.5 * 1024.0 * 1024.0,
                 limit_bytes: Some(2.0 * 1024.0 * 1024.0 * 1024.0),
+                limit_source: Some("container"),
                 time_to_limit_s: Some(Interval {
                     value: 840.0,
                     low: 600.0,

@@ -631,6 +631,7 @@ mod tests {
                         growth_bytes_per_s: 1e5,
                         classification: LeakClass::Heap,
                         limit_bytes: None,
+                        limit_source: None,
                     },
                 )
             })

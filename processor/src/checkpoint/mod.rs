@@ -37,7 +37,7 @@ use serde::Serialize;
 const MAGIC: &[u8; 20] = b"memdrift checkpoint\n";
 /// Raised whenever the encoding of any part's state changes in a way an older reader would misread. 2: four Go
 /// runtime signals (a group's per-signal series array is longer).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 const HEADER_LEN: usize = MAGIC.len() + 4 + 8 + 4;
 /// The section that names the settings the state was built under.
 pub const SETTINGS: &str = "settings";

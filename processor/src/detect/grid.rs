@@ -128,7 +128,10 @@ pub struct Observation {
     pub memory: Option<(Signal, Option<(f64, f64)>)>,
     /// Bucket minima of the heap signals (the post-GC floor is what matters for them).
     pub heap: [Option<f64>; HEAPS],
+    /// The container's memory limit (`memspan.limit`, a k8s limit metric).
     pub limit: Option<f64>,
+    /// A Go process's own limit, GOMEMLIMIT (`go.memory.limit`): the limit when no container limit is known.
+    pub go_limit: Option<f64>,
     /// Index in the window's summaries of the memory signal's summary: its exemplars are the requests at the
     /// instance's highest memory in the window, which an event links to.
     pub summary: Option<usize>,
@@ -158,14 +161,22 @@ pub fn observations(
         let pane = s.newest_pane.map(|p| (p.max, p.min));
         let heap_i = HEAP_SIGNALS.iter().position(|h| *h == sig);
         let rank = signals.iter().position(|x| *x == sig);
-        if heap_i.is_none() && rank.is_none() && sig != Signal::Limit {
+        if heap_i.is_none()
+            && rank.is_none()
+            && sig != Signal::Limit
+            && sig != Signal::GoMemoryLimit
+        {
             continue;
         }
         let o = map
             .entry((s.key.group.service.clone(), id.clone()))
             .or_default();
+        let newest = s.newest_pane.map_or(Some(s.max), |p| Some(p.last));
         if sig == Signal::Limit {
-            o.limit = s.newest_pane.map_or(Some(s.max), |p| Some(p.last));
+            o.limit = newest;
+        }
+        if sig == Signal::GoMemoryLimit {
+            o.go_limit = newest;
         }
         if let Some(i) = heap_i {
             o.heap[i] = pane.map(|(_, min)| min);
@@ -285,9 +296,31 @@ pub struct Track {
     pub min: VecDeque<f64>,
     /// Bucket minima of the heap signals, aligned with `min`.
     pub heap: [VecDeque<f64>; HEAPS],
+    /// The memory limit forecasts aim at, and where it came from.
     pub limit: Option<f64>,
+    pub limit_source: Option<LimitSource>,
     pub last_seen_ns: u64,
     cap: usize,
+}
+
+/// Where an instance's memory limit was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LimitSource {
+    /// The container's limit (`memspan.limit`, `k8s.container.memory_limit`, ...): the OOM kill comes there.
+    Container,
+    /// A Go process's GOMEMLIMIT (`go.memory.limit`), used when no container limit is known: past it the
+    /// collector runs ever more often.
+    GoMemoryLimit,
+}
+
+impl LimitSource {
+    /// The name events carry in `limit_source`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitSource::Container => "container",
+            LimitSource::GoMemoryLimit => "go.memory.limit",
+        }
+    }
 }
 
 /// Buckets looked back over to find the recent floor that a restart drops below.
@@ -303,6 +336,7 @@ impl Track {
             min: VecDeque::with_capacity(cap),
             heap: Default::default(),
             limit: None,
+            limit_source: None,
             last_seen_ns: 0,
             cap: cap.max(2),
         }
@@ -352,8 +386,15 @@ impl Track {
             return false;
         }
         self.last_seen_ns = now;
+        // The container's limit wins: the OOM kill comes there, whatever GOMEMLIMIT says.
         if let Some(l) = o.limit.filter(|l| *l > 0.0) {
             self.limit = Some(l);
+            self.limit_source = Some(LimitSource::Container);
+        } else if let Some(l) = o.go_limit.filter(|l| *l > 0.0) {
+            if self.limit_source != Some(LimitSource::Container) {
+                self.limit = Some(l);
+                self.limit_source = Some(LimitSource::GoMemoryLimit);
+            }
         }
         let gap = (index - self.last - 1) as usize;
         let mut restarted = false;

@@ -288,6 +288,7 @@ fn open_findings_on_the_canary_fail_it_and_resolving_them_does_not() {
         envelope_bytes: 9e8,
         growth_bytes_per_s: 2e5,
         limit_bytes: Some(1e9),
+        limit_source: Some("container"),
         time_to_limit_s: Some(AInterval {
             value: 500.0,
             low: 300.0,
@@ -347,6 +348,7 @@ fn open_findings_on_the_canary_fail_it_and_resolving_them_does_not() {
         growth_bytes_per_s: 1.5e6,
         classification: LeakClass::OffHeap,
         limit_bytes: None,
+        limit_source: None,
     };
     let spread = Evidence::Spread {
         statistic: 30.0,
@@ -392,6 +394,7 @@ fn open_findings_on_the_canary_fail_it_and_resolving_them_does_not() {
                     envelope_bytes: 0.0,
                     growth_bytes_per_s: 0.0,
                     limit_bytes: None,
+                    limit_source: None,
                     time_to_limit_s: None,
                 },
                 None,

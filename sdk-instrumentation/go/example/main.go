@@ -4,13 +4,15 @@
 // the standard OTEL_* variables. Switches reproduce the classic Go memory failures, so a baseline and a canary
 // can run side by side and memdrift can tell them apart:
 //
-//	-pool-no-reset     sync.Pool buffers put back without Reset: backing arrays keep growing (heap leak)
+//	-pool-no-reset     sync.Pool buffers put back without Reset: backing arrays of megabytes, regrown and copied
+//	                   on some requests (per-request allocation spread widens, RSS swings)
 //	-cgo-weights       C.malloc'd weights held by a global, finalizers never run (RSS grows, Go heap flat)
 //	-goroutine-leak    a goroutine per request that never exits (go.goroutine.count climbs)
 //	-cache-grow        a response cache that is never evicted (heap leak)
 //	-gogc N            debug.SetGCPercent(N)
 //	-gomemlimit BYTES  debug.SetMemoryLimit (e.g. 512MiB)
 //	-warmup-burst      a burst of concurrent requests at start: a one-time step, not a leak
+//	-draft-scratch     speculative-decoding drafts of random length: per-request allocation spread widens
 //
 // -rate R sends R requests a second to the service itself; -selftest-requests N sends N, flushes the telemetry
 // and exits (non-zero if any request failed).
@@ -55,6 +57,7 @@ type options struct {
 	gogc             string
 	gomemlimit       string
 	warmupBurst      bool
+	draftScratch     bool
 	rate             float64
 	selftestRequests int
 	maxTokens        int
@@ -68,7 +71,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		"(printed as `listening on ADDR`)")
 	fs.StringVar(&o.cohort, "cohort", os.Getenv("MEMSPAN_COHORT"), "A/B cohort on every span and the resource "+
 		"(memspan.cohort); default $MEMSPAN_COHORT")
-	fs.BoolVar(&o.poolNoReset, "pool-no-reset", false, "put sync.Pool buffers back without Reset (heap leak)")
+	fs.BoolVar(&o.poolNoReset, "pool-no-reset", false, "put sync.Pool buffers back without Reset "+
+		"(pooled arrays grow to megabytes: per-request allocation spread widens)")
 	fs.BoolVar(&o.cgoWeights, "cgo-weights", false, "load per-request adapter weights with C.malloc, held by "+
 		"a global so their finalizers never run (RSS grows, Go heap flat)")
 	fs.IntVar(&o.cgoWeightBytes, "cgo-weight-bytes", 1<<20, "bytes of C memory per request with -cgo-weights")
@@ -79,6 +83,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		"a KiB, MiB or GiB suffix")
 	fs.BoolVar(&o.warmupBurst, "warmup-burst", false, "send a burst of 32 concurrent long requests at start "+
 		"(a one-time step in memory)")
+	fs.BoolVar(&o.draftScratch, "draft-scratch", false, "allocate a draft buffer of random size (0 to 256 KiB) "+
+		"per request: the per-request allocation's spread widens, as a canary's may")
 	fs.Float64Var(&o.rate, "rate", 0, "requests per second the service sends to itself (0: none)")
 	fs.IntVar(&o.selftestRequests, "selftest-requests", 0, "send N requests to itself, flush the telemetry "+
 		"and exit")
@@ -281,6 +287,9 @@ func (a *app) completions(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
+// tokenLogits stands for one decoding step's logits as the request keeps them (vocab float32s).
+var tokenLogits [vocab * 4]byte
+
 // complete runs one request through the model and the switched-on failure patterns.
 func (a *app) complete(req completionRequest) completionResponse {
 	prompt := []byte(req.Prompt)
@@ -299,12 +308,15 @@ func (a *app) complete(req completionRequest) completionResponse {
 	// The token buffer comes from the pool; the code assumes it is empty.
 	buf := a.pool.get()
 	for range req.MaxTokens {
-		buf.Write(bytes.Repeat([]byte{'.'}, 64)) // per-token bookkeeping written to the pooled buffer
+		buf.Write(tokenLogits[:]) // each token's logits (vocab float32s) kept in the pooled buffer
 	}
 	text := a.model.generate(prompt, req.MaxTokens)
 	buf.Write(text)
 	a.pool.put(buf)
 
+	if a.opts.draftScratch {
+		draft(text)
+	}
 	if a.opts.goroutineLeak {
 		leakGoroutine(prompt)
 	}

@@ -47,7 +47,7 @@ pub use config::{GrowthSection, GrowthSettings};
 use super::alarm::{Alarm, Look, Rules};
 use super::grid::{
     admit, buckets, expire, instance_event, level_shift_fits, observations, InstanceKey,
-    Observation, Track,
+    LimitSource, Observation, Track,
 };
 use super::{checkpoint, CheckpointError, Detector, Findings, Gauge, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig};
@@ -404,6 +404,9 @@ impl Growth {
             envelope_bytes: f.envelope,
             growth_bytes_per_s: f.slope,
             limit_bytes: f.limit,
+            limit_source: f
+                .limit
+                .map(|_| t.limit_source.map_or("configured", LimitSource::name)),
             time_to_limit_s: f
                 .ttl
                 .map(|(value, low, high)| EventInterval { value, low, high }),

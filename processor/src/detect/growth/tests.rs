@@ -701,6 +701,7 @@ fn events_and_gauges_carry_the_forecast() {
     assert_eq!(g.state, AnomalyState::Open);
     assert_eq!(g.instance.as_deref(), Some("pod-1"));
     assert_eq!(g.limit_bytes, Some(4.0 * GIB));
+    assert_eq!(g.limit_source.as_deref(), Some("container"));
     let ttl = g.time_to_limit_s.expect("time to limit");
     assert!(ttl.low <= ttl.value && ttl.value <= ttl.high, "{ttl:?}");
     let rate = g.growth_bytes_per_s.unwrap();
@@ -1100,4 +1101,38 @@ fn the_one_pass_extremes_are_the_sorted_ones() {
             assert_eq!((top[k - 1], bottom[k - 1]), want, "n {n} k {k}");
         }
     }
+}
+
+/// A Go process's GOMEMLIMIT (`go.memory.limit`) is the limit forecasts aim at while no container limit is
+/// known; once one is, the container's wins (the OOM kill comes there), whatever GOMEMLIMIT says after.
+#[test]
+fn the_limit_is_the_container_s_else_gomemlimit() {
+    use crate::detect::grid::{GridSettings, LimitSource, Observation, Track};
+    use crate::signal::Signal;
+    let mut t = Track::new(Signal::RssEnd, 0, 10);
+    let at = |limit: Option<f64>, go_limit: Option<f64>| Observation {
+        memory: Some((Signal::RssEnd, Some((1e8, 1e8)))),
+        limit,
+        go_limit,
+        ..Observation::default()
+    };
+    let g = GridSettings::default();
+    t.push(0, &at(None, None), &g, 0);
+    assert_eq!((t.limit, t.limit_source), (None, None));
+    t.push(1, &at(None, Some(5e8)), &g, 1);
+    assert_eq!(
+        (t.limit, t.limit_source),
+        (Some(5e8), Some(LimitSource::GoMemoryLimit))
+    );
+    t.push(2, &at(Some(2e9), Some(5e8)), &g, 2);
+    assert_eq!(
+        (t.limit, t.limit_source),
+        (Some(2e9), Some(LimitSource::Container))
+    );
+    t.push(3, &at(None, Some(6e8)), &g, 3);
+    assert_eq!(
+        (t.limit, t.limit_source),
+        (Some(2e9), Some(LimitSource::Container))
+    );
+    assert_eq!(LimitSource::GoMemoryLimit.name(), "go.memory.limit");
 }

@@ -21,9 +21,10 @@
 //!    Both need a slope of at least `min_slope_bytes_per_s`. A finding opens after three positive minutes in a
 //!    row and holds while the floor still rises by `min_growth_per_hour`.
 //! 3. Classification from the heap signals' floors over the same stretch: `heap` when allocator live bytes
-//!    (memspan.heap.allocated) rise at least half as fast; else `fragmentation` when resident or retained bytes
-//!    do; else `off_heap` when live heap data is there and flat (native buffers, mmap, C memory); `unknown`
-//!    without heap data.
+//!    (memspan.heap.allocated) rise at least half as fast; else `fragmentation` when resident bytes do, or
+//!    retained bytes outside Go; for Go, `released_not_returned` when the heap memory released to the kernel
+//!    does (MADV_FREE pages still counted in RSS); else `off_heap` when live heap data is there and flat
+//!    (native buffers, mmap, C memory); `unknown` without heap data. `goroutines` comes first for Go.
 //!
 //! A leak calls for a rollback or a restart, not more replicas.
 
@@ -44,10 +45,13 @@ pub use floor::{Minutes, STRIDE};
 use super::alarm::{Alarm, Look, Rules};
 use super::grid::{
     admit, buckets, expire, instance_event, level_shift_fits, observations, InstanceKey,
-    Observation, Track, HEAPS, S,
+    LimitSource, Observation, Track, HEAPS, S,
 };
 
-/// Where goroutine stacks and the goroutine count are in [`super::grid::HEAP_SIGNALS`].
+/// Where allocator resident and retained bytes, goroutine stacks and the goroutine count are in
+/// [`super::grid::HEAP_SIGNALS`].
+const RESIDENT: usize = 1;
+const RETAINED: usize = 2;
 const STACKS: usize = 3;
 const GOROUTINES: usize = 4;
 use super::{checkpoint, CheckpointError, Detector, Findings, SectionError, Settings};
@@ -275,8 +279,10 @@ fn sustained(
 /// [`super::grid::HEAP_SIGNALS`]) over the same points: `goroutines` when a Go process's goroutine count and
 /// stack memory both rise (the count by a tenth or more over the stretch: leaked goroutines hold whatever else
 /// rises); else `heap` when allocator live bytes rise at least half as fast as RSS; else `fragmentation` when
-/// resident or retained bytes do; else `off_heap` when live heap data is there and flat (for Go, cgo memory);
-/// `unknown` without heap data.
+/// resident bytes do, or retained bytes of a process that is not Go; `released_not_returned` when a Go
+/// process's released heap bytes do (its retained signal is what the runtime has given back: with MADV_FREE
+/// those pages stay in RSS until the kernel needs them); else `off_heap` when live heap data is there and flat
+/// (for Go, cgo memory); `unknown` without heap data.
 fn classify(
     heap_floors: impl Iterator<Item = Vec<f64>>,
     start: usize,
@@ -300,11 +306,15 @@ fn classify(
             }
         }
     }
+    // Only Go reports goroutines and stacks: its retained signal is released memory.
+    let go = seen[STACKS] || seen[GOROUTINES];
     if goroutines_up && rising[STACKS] {
         LeakClass::Goroutines
     } else if rising[0] {
         LeakClass::Heap
-    } else if rising[1] || rising[2] {
+    } else if rising[RETAINED] && go {
+        LeakClass::ReleasedNotReturned
+    } else if rising[RESIDENT] || rising[RETAINED] {
         LeakClass::Fragmentation
     } else if seen[0] {
         LeakClass::OffHeap
@@ -431,6 +441,7 @@ impl Leak {
             growth_bytes_per_s: r.slope,
             classification: r.classification.unwrap_or(LeakClass::Unknown),
             limit_bytes: t.limit,
+            limit_source: t.limit_source.map(LimitSource::name),
         };
         let window = ((r.from.max(0) as u64).saturating_mul(self.step_ns), end);
         let method = if r.fast {

@@ -56,14 +56,18 @@ fn run(seed: u64, shape: Shape, hours: f64) -> Vec<(f64, Option<LeakClass>)> {
     run_go(seed, shape, hours, None)
 }
 
-/// [`run`] for a Go process that also reports its goroutine count and stack bytes: a steady 200 goroutines
-/// (8 KiB stacks each), plus `leaked` goroutines a second from the leak's onset (minute 60).
-fn run_go(
-    seed: u64,
-    shape: Shape,
-    hours: f64,
-    leaked: Option<f64>,
-) -> Vec<(f64, Option<LeakClass>)> {
+/// What a simulated Go process reports besides RSS and its live heap.
+#[derive(Clone, Copy)]
+struct Go {
+    /// Goroutines leaked a second from the leak's onset (minute 60), over a steady 200 (8 KiB stacks each).
+    leaked: f64,
+    /// Whether the heap memory the runtime has released (`memspan.heap.retained`) rises with RSS: pages given
+    /// back with MADV_FREE that the kernel has not taken. Otherwise it stays at a tenth of the floor.
+    released: bool,
+}
+
+/// [`run`] for a Go process that also reports its goroutine count, stack bytes and released heap bytes.
+fn run_go(seed: u64, shape: Shape, hours: f64, go: Option<Go>) -> Vec<(f64, Option<LeakClass>)> {
     let mut rng = StdRng::seed_from_u64(seed);
     let s = LeakSettings::default();
     let floor = rng.random_range(1.0..2.5) * GB;
@@ -102,16 +106,27 @@ fn run_go(
             lo = lo.min(rss + saw + ar);
             heap = heap.min(live + saw + ar);
         }
-        let goroutines = leaked.map(|rate| {
-            let t = k as f64 * 10.0;
-            200.0 + (rate * (t - 3600.0).max(0.0)).floor() + rng.random_range(0.0..20.0f64).floor()
+        let t = k as f64 * 10.0;
+        let goroutines = go.map(|g| {
+            200.0
+                + (g.leaked * (t - 3600.0).max(0.0)).floor()
+                + rng.random_range(0.0..20.0f64).floor()
+        });
+        let released = go.map(|g| {
+            let (rss, live) = level(shape, t, floor);
+            0.1 * floor
+                + if g.released {
+                    rss - floor - (live - 0.6 * floor)
+                } else {
+                    0.0
+                }
         });
         let o = Observation {
             memory: Some((Signal::RssEnd, Some((hi, lo)))),
             heap: [
                 Some(heap),
                 None,
-                None,
+                released,
                 goroutines.map(|g| g * 8192.0),
                 goroutines,
             ],
@@ -175,10 +190,36 @@ fn leaks_of_1_mb_per_s_are_named_within_15_minutes_with_their_class_over_20_seed
 fn goroutines_that_never_exit_are_their_own_class_over_20_seeds() {
     for seed in 0..20 {
         for (leaked, class) in [(10.0, LeakClass::Goroutines), (0.0, LeakClass::Heap)] {
-            let opens = run_go(seed, Shape::Leak(MB, true), 1.5, Some(leaked));
+            let go = Go {
+                leaked,
+                released: false,
+            };
+            let opens = run_go(seed, Shape::Leak(MB, true), 1.5, Some(go));
             let (at, got) = opens.first().copied().expect("a finding");
             assert!((60.0..=75.0).contains(&at), "seed {seed}: at {at} min");
             assert_eq!(got, Some(class), "seed {seed}, {leaked} goroutines/s");
+        }
+    }
+}
+
+/// Over 20 seeds: a Go process whose RSS rises 1 MB/s with its live heap flat is `released_not_returned` when
+/// the runtime's released heap bytes rise with it (MADV_FREE pages the kernel has not taken back), and
+/// `off_heap` when they do not (cgo memory). Each within 15 minutes of the onset. Tolerance: none.
+#[test]
+fn memory_released_but_not_returned_is_its_own_class_for_go_over_20_seeds() {
+    for seed in 0..20 {
+        for (released, class) in [
+            (true, LeakClass::ReleasedNotReturned),
+            (false, LeakClass::OffHeap),
+        ] {
+            let go = Go {
+                leaked: 0.0,
+                released,
+            };
+            let opens = run_go(seed, Shape::Leak(MB, false), 1.5, Some(go));
+            let (at, got) = opens.first().copied().expect("a finding");
+            assert!((60.0..=75.0).contains(&at), "seed {seed}: at {at} min");
+            assert_eq!(got, Some(class), "seed {seed}, released {released}");
         }
     }
 }
