@@ -23,6 +23,45 @@ pub struct Sink {
     pub http_port: u16,
 }
 
+/// A loopback port where nobody listens, held for as long as this lives: connections to it are refused, and no
+/// other test's receiver can be given it meanwhile (a port from [`free_port`] left unbound for seconds can be,
+/// and a backend that should be down would then answer).
+pub struct ClosedPort {
+    /// Bound, never listening.
+    _socket: socket2::Socket,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
+        let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+        socket.bind(&any.into()).expect("bound to a free port");
+        let port = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.port())
+            .expect("a local port");
+        ClosedPort {
+            _socket: socket,
+            port,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        ClosedPort::new()
+    }
+}
+
 /// A loopback port that was free a moment ago, for a receiver that starts later.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -15,7 +15,7 @@ use memdrift::checkpoint::{self, CheckpointError};
 use memdrift::detect::{Detector, Findings};
 use memdrift::engine::{ClosedWindow, Scope};
 use memdrift::topology::Service;
-use memdrift_e2e::sink::{free_port, items, requests, Sink};
+use memdrift_e2e::sink::{items, requests, ClosedPort, Sink};
 use memdrift_e2e::{
     int, metric_value, now_unix_nano, otlp_pipeline, otlp_settings, request, resource, span,
     test_anomaly, EXEMPLARS,
@@ -439,19 +439,11 @@ async fn the_service_sends_what_its_detectors_find_and_counts_it() {
 #[test]
 fn a_20_s_outage_loses_nothing() {
     let rt = runtime();
-    let (grpc_port, http_port) = (free_port(), free_port());
-    let grpc = start(
-        &rt,
-        &otlp_settings("grpc", &format!("http://127.0.0.1:{grpc_port}"), ""),
-    );
-    let http = start(
-        &rt,
-        &otlp_settings(
-            "http/protobuf",
-            &format!("http://127.0.0.1:{http_port}"),
-            "",
-        ),
-    );
+    // Held closed through the outage, so no other test's receiver is given these ports meanwhile.
+    let (grpc_down, http_down) = (ClosedPort::new(), ClosedPort::new());
+    let (grpc_port, http_port) = (grpc_down.port, http_down.port);
+    let grpc = start(&rt, &otlp_settings("grpc", &grpc_down.url(), ""));
+    let http = start(&rt, &otlp_settings("http/protobuf", &http_down.url(), ""));
     // One event every 2 s for 20 s, with nobody listening.
     let outage = Instant::now();
     for i in 0..10 {
@@ -467,6 +459,7 @@ fn a_20_s_outage_loses_nothing() {
         assert_eq!(run.count("sent", "logs"), 0.0);
         assert!(run.count("retries", "logs") > 0.0);
     }
+    drop((grpc_down, http_down));
     let mut sink = Sink::start_on(grpc_port, http_port, None);
     let down_for = outage.elapsed();
     let dump = sink.wait_for("all 20 events", Duration::from_secs(30), |d| {
@@ -645,9 +638,9 @@ fn segment_files(dir: &Path) -> usize {
 async fn events_queued_on_disk_survive_kill_9_and_go_out_after_restart() {
     let tmp = TempDir::new("kill9");
     let queue_dir = tmp.0.join("queue");
-    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let nobody = ClosedPort::new();
     let mut peer = Command::new(env!("CARGO_BIN_EXE_otlp_queue_peer"))
-        .args(["--endpoint", &nobody, "--events", "5", "--dir"])
+        .args(["--endpoint", &nobody.url(), "--events", "5", "--dir"])
         .arg(&queue_dir)
         .stdout(Stdio::piped())
         .spawn()
@@ -701,14 +694,15 @@ async fn events_queued_on_disk_survive_kill_9_and_go_out_after_restart() {
 fn shutdown_stops_at_its_deadline_and_keeps_or_counts_what_is_left() {
     let rt = runtime();
     let tmp = TempDir::new("deadline");
-    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let nobody = ClosedPort::new();
     let in_memory = "    shutdown_timeout: 300ms\n".to_string();
     let on_disk = format!(
         "{in_memory}    queue: {{ directory: \"{}\" }}\n",
         tmp.0.display()
     );
     for (settings, durable) in [(in_memory, false), (on_disk, true)] {
-        let Running { exporter, registry } = start(&rt, &otlp_settings("grpc", &nobody, &settings));
+        let Running { exporter, registry } =
+            start(&rt, &otlp_settings("grpc", &nobody.url(), &settings));
         exporter
             .sender()
             .export(&[test_anomaly("left-1"), test_anomaly("left-2")]);

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use memdrift::topology::Service;
-use memdrift_e2e::sink::free_port;
+use memdrift_e2e::sink::{free_port, ClosedPort};
 use memdrift_e2e::{external_tool, otlp_pipeline, otlp_settings};
 use serde_json::Value;
 
@@ -43,10 +43,10 @@ async fn prometheus_scrapes_the_endpoint_and_promtool_accepts_it() {
         return;
     };
     // An OTLP exporter (towards nobody) so its metrics are in the exposition too.
-    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let nobody = ClosedPort::new();
     let pipeline = otlp_pipeline(&otlp_settings(
         "grpc",
-        &nobody,
+        &nobody.url(),
         "    shutdown_timeout: 100ms\n",
     ));
     let service = Service::start(pipeline).await.expect("service starts");
