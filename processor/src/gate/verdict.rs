@@ -190,8 +190,16 @@ fn decide(board: &Board, q: &Query) -> Verdict {
             v.spread.push(spread);
         }
     }
-    for f in &open {
-        if f.canary() != Some(q.canary.as_str()) {
+    attach_spread_findings(&mut v, &open);
+    v.until = v.spread.iter().filter_map(|x| x.until).max();
+    pass_reasons(&mut v, start.max(canary.first_seen), canary.last_seen, s);
+    finish(v)
+}
+
+/// Open spread findings on the canary, beside the signal's spread (a signal without looks of its own gets a row).
+fn attach_spread_findings(v: &mut Verdict, open: &[&OpenFinding]) {
+    for f in open {
+        if f.canary() != Some(v.query.canary.as_str()) {
             continue;
         }
         if let Evidence::Spread {
@@ -217,9 +225,6 @@ fn decide(board: &Board, q: &Query) -> Verdict {
             }
         }
     }
-    v.until = v.spread.iter().filter_map(|x| x.until).max();
-    pass_reasons(&mut v, start.max(canary.first_seen), canary.last_seen, s);
-    finish(v)
 }
 
 /// `fail` reasons: open findings on the canary cohort or its instances; the canary instances' forecasts.
@@ -229,91 +234,106 @@ fn fail_reasons(
     canary: Option<&CohortState>,
     forecasts: Option<&std::collections::HashMap<String, Forecast>>,
 ) {
-    let q = v.query.clone();
-    let on_canary = |f: &OpenFinding| match (&f.instance, canary) {
-        (Some(instance), Some(c)) => instance_in(c, instance),
-        _ => false,
-    };
     let mut findings: Vec<&&OpenFinding> = open.iter().collect();
     findings.sort_by(|a, b| (&a.signal, &a.instance).cmp(&(&b.signal, &b.instance)));
     for f in findings {
-        match &f.evidence {
-            Evidence::Spread {
-                sd_ratio,
-                p_value,
-                cohorts,
-                ..
-            } if cohorts.canary == q.canary => {
-                v.reasons.push(format!(
-                    "spread: canary {:?} is wider than {:?} on {}: sd ratio {:.2} [{:.2}, {:.2}], p = {:.2e}",
-                    q.canary, cohorts.baseline, f.signal, sd_ratio.value, sd_ratio.low, sd_ratio.high, p_value
-                ));
-                v.rollback = true;
-            }
-            Evidence::Growth {
-                time_to_limit_s, ..
-            } if on_canary(f) => {
-                let instance = f.instance.clone().unwrap_or_default();
-                let text = match time_to_limit_s {
-                    Some(t) => format!(
-                        "forecast: canary instance {instance} reaches its memory limit in {:.0} s [{:.0}, {:.0}] ({})",
-                        t.value, t.low, t.high, f.signal
-                    ),
-                    None => format!("forecast: canary instance {instance} is heading to its memory limit ({})", f.signal),
-                };
-                v.reasons.push(text);
-                v.rollback = true;
-                v.forecast.push(CanaryForecast {
-                    instance,
-                    time_to_limit_s: time_to_limit_s.map_or(f64::NAN, |t| t.value),
-                    interval: *time_to_limit_s,
-                    warning: true,
-                });
-            }
-            Evidence::Leak {
-                p_value,
-                growth_bytes_per_s,
-                ..
-            } if on_canary(f) => {
-                let instance = f.instance.clone().unwrap_or_default();
-                let class = f.leak_class().map_or("unknown", |c| c.name());
-                v.reasons.push(format!(
-                    "leak: canary instance {instance} leaks {:.0} B/s ({class}, {}), p = {:.2e}",
-                    growth_bytes_per_s, f.signal, p_value
-                ));
-                v.rollback = true;
-                v.leak.push(CanaryLeak {
-                    instance,
-                    signal: f.signal.clone(),
-                    classification: class,
-                    growth_bytes_per_s: *growth_bytes_per_s,
-                    p_value: *p_value,
-                });
-            }
-            _ => {}
-        }
+        let on_canary = match (&f.instance, canary) {
+            (Some(instance), Some(c)) => instance_in(c, instance),
+            _ => false,
+        };
+        add_finding(v, f, on_canary);
     }
     if let (Some(c), Some(forecasts)) = (canary, forecasts) {
-        let mut quiet: Vec<CanaryForecast> = (forecasts.iter())
-            .filter(|(instance, _)| instance_in(c, instance))
-            .filter(|(instance, _)| !v.forecast.iter().any(|x| &&x.instance == instance))
-            .map(|(instance, f)| CanaryForecast {
-                instance: instance.clone(),
-                time_to_limit_s: f.seconds,
-                interval: None,
-                warning: false,
-            })
-            .collect();
-        quiet.sort_by(|a, b| a.instance.cmp(&b.instance));
-        v.forecast.extend(quiet);
-        // Where the service's instances are forecast (their limit is known), a canary instance not forecast
-        // yet is one the growth detector has not seen long enough to vouch for.
-        if !forecasts.is_empty() {
-            v.unforecast = c.instances.len().saturating_sub(v.forecast.len());
-        }
+        add_quiet_forecasts(v, c, forecasts);
     }
     if !v.reasons.is_empty() {
         v.decision = Decision::Fail;
+    }
+}
+
+/// One open finding's reason, when it speaks against the canary: a spread finding naming it, or a growth or leak
+/// finding on one of its instances (`on_canary`).
+fn add_finding(v: &mut Verdict, f: &OpenFinding, on_canary: bool) {
+    match &f.evidence {
+        Evidence::Spread {
+            sd_ratio,
+            p_value,
+            cohorts,
+            ..
+        } if cohorts.canary == v.query.canary => {
+            v.reasons.push(format!(
+                "spread: canary {:?} is wider than {:?} on {}: sd ratio {:.2} [{:.2}, {:.2}], p = {:.2e}",
+                v.query.canary, cohorts.baseline, f.signal, sd_ratio.value, sd_ratio.low, sd_ratio.high, p_value
+            ));
+            v.rollback = true;
+        }
+        Evidence::Growth {
+            time_to_limit_s, ..
+        } if on_canary => {
+            let instance = f.instance.clone().unwrap_or_default();
+            let text = match time_to_limit_s {
+                Some(t) => format!(
+                    "forecast: canary instance {instance} reaches its memory limit in {:.0} s [{:.0}, {:.0}] ({})",
+                    t.value, t.low, t.high, f.signal
+                ),
+                None => format!("forecast: canary instance {instance} is heading to its memory limit ({})", f.signal),
+            };
+            v.reasons.push(text);
+            v.rollback = true;
+            v.forecast.push(CanaryForecast {
+                instance,
+                time_to_limit_s: time_to_limit_s.map_or(f64::NAN, |t| t.value),
+                interval: *time_to_limit_s,
+                warning: true,
+            });
+        }
+        Evidence::Leak {
+            p_value,
+            growth_bytes_per_s,
+            ..
+        } if on_canary => {
+            let instance = f.instance.clone().unwrap_or_default();
+            let class = f.leak_class().map_or("unknown", |c| c.name());
+            v.reasons.push(format!(
+                "leak: canary instance {instance} leaks {:.0} B/s ({class}, {}), p = {:.2e}",
+                growth_bytes_per_s, f.signal, p_value
+            ));
+            v.rollback = true;
+            v.leak.push(CanaryLeak {
+                instance,
+                signal: f.signal.clone(),
+                classification: class,
+                growth_bytes_per_s: *growth_bytes_per_s,
+                p_value: *p_value,
+            });
+        }
+        _ => {}
+    }
+}
+
+/// The forecasts of the canary's instances that no warning named, and how many of its instances are not forecast
+/// yet where the service's are.
+fn add_quiet_forecasts(
+    v: &mut Verdict,
+    c: &CohortState,
+    forecasts: &std::collections::HashMap<String, Forecast>,
+) {
+    let mut quiet: Vec<CanaryForecast> = (forecasts.iter())
+        .filter(|(instance, _)| instance_in(c, instance))
+        .filter(|(instance, _)| !v.forecast.iter().any(|x| &&x.instance == instance))
+        .map(|(instance, f)| CanaryForecast {
+            instance: instance.clone(),
+            time_to_limit_s: f.seconds,
+            interval: None,
+            warning: false,
+        })
+        .collect();
+    quiet.sort_by(|a, b| a.instance.cmp(&b.instance));
+    v.forecast.extend(quiet);
+    // Where the service's instances are forecast (their limit is known), a canary instance not forecast yet is
+    // one the growth detector has not seen long enough to vouch for.
+    if !forecasts.is_empty() {
+        v.unforecast = c.instances.len().saturating_sub(v.forecast.len());
     }
 }
 
