@@ -321,7 +321,13 @@ pub fn forecast(track: &Track, s: &GrowthSettings, step_ns: u64, lag_ns: u64) ->
         tail
     };
     let point = latest_rate(stretch, fit, s.level) * per_s;
-    let (slope, slope_low, slope_high) = (point, (fit.low * per_s).min(point), fit.high * per_s);
+    // The latest rate may lie outside the fit's interval (a rise that steepened within the stretch): the
+    // interval then widens to hold it, so the forecast lies within its own bounds.
+    let (slope, slope_low, slope_high) = (
+        point,
+        (fit.low * per_s).min(point),
+        (fit.high * per_s).max(point),
+    );
     let ttl = limit.map(|l| {
         let h = l - envelope;
         (ttl(h, slope), ttl(h, slope_high), ttl(h, slope_low))

@@ -295,6 +295,14 @@ pub fn run(s: &Scenario) -> Outcome {
         leak.on_window(&w, &mut f);
         for a in f.anomalies.iter().map(AnomalyRecord::from) {
             let t = secs(&a);
+            // Every forecast lies within its own interval.
+            if let Some(ttl) = a.time_to_limit_s {
+                assert!(
+                    ttl.low <= ttl.value * (1.0 + 1e-9) && ttl.value <= ttl.high * (1.0 + 1e-9),
+                    "{} at {t} s: {ttl:?}",
+                    s.name
+                );
+            }
             match (a.kind, a.state) {
                 (AnomalyKind::Growth, AnomalyState::Open) => {
                     o.growth_open.push(t);
