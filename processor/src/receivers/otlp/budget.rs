@@ -16,6 +16,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::extract::model::DecodeError;
 pub use crate::extract::wire::WireError;
 use crate::extract::wire::{skip, take, varint};
 use crate::receivers::memory_limit::MemoryLimiter;
@@ -134,9 +135,25 @@ impl Reservation {
         Ok(())
     }
 
+    /// Runs `decode` (e.g. [`crate::extract::model::TraceRequest::decode_within`]) with every allocation it
+    /// asks for charged to this reservation: its value, or why there is none.
+    pub fn decode<T>(
+        &mut self,
+        budget: &DecodeBudget,
+        decode: impl FnOnce(crate::extract::model::Budget<'_>) -> Result<T, DecodeError>,
+    ) -> Result<T, Undecoded> {
+        let mut refused = None;
+        let result = decode(&mut self.charge(budget, &mut refused));
+        result.map_err(|e| match (e, refused) {
+            (DecodeError::Malformed(e), _) => Undecoded::Malformed(e),
+            (DecodeError::OverBudget, Some(r)) => Undecoded::Refused(r),
+            (DecodeError::OverBudget, None) => Undecoded::Busy,
+        })
+    }
+
     /// A decode budget for [`crate::extract::model`]: grows this reservation by each allocation asked for,
     /// and keeps the first refusal in `refused`.
-    pub fn charge<'r>(
+    fn charge<'r>(
         &'r mut self,
         budget: &'r DecodeBudget,
         refused: &'r mut Option<Refusal>,
@@ -154,6 +171,17 @@ impl Reservation {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+}
+
+/// Why a body held by a [`Reservation`] did not decode.
+#[derive(Debug)]
+pub enum Undecoded {
+    /// Not valid protobuf: what is wrong, and where.
+    Malformed(WireError),
+    /// It needed more of the decode budget than it could have: for good or for now.
+    Refused(Refusal),
+    /// Over the budget with no refusal recorded: retry later.
+    Busy,
 }
 
 impl Drop for Reservation {

@@ -25,9 +25,9 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstEncoder;
 
-use super::budget::{self, BodyError, BudgetedBody, Refusal, Reservation};
+use super::budget::{self, BodyError, BudgetedBody, Refusal, Reservation, Undecoded};
 use super::{Busy, Ingest, Pending};
-use crate::extract::model::{DecodeError, MetricsRequest, TraceRequest};
+use crate::extract::model::{MetricsRequest, TraceRequest};
 use crate::receivers::listener::GuardedListener;
 use crate::receivers::security::{require_grpc, Security};
 use crate::telemetry::Telemetry;
@@ -64,12 +64,12 @@ pub enum Unhandled {
     Refused(Refusal),
 }
 
-impl Unhandled {
-    fn decoding(e: DecodeError, refused: Option<Refusal>) -> Unhandled {
-        match (e, refused) {
-            (DecodeError::OverBudget, Some(r)) => Unhandled::Refused(r),
-            (DecodeError::OverBudget, None) => Unhandled::Busy,
-            (DecodeError::Malformed(e), _) => Unhandled::Malformed(e.to_string()),
+impl From<Undecoded> for Unhandled {
+    fn from(u: Undecoded) -> Unhandled {
+        match u {
+            Undecoded::Malformed(e) => Unhandled::Malformed(e.to_string()),
+            Undecoded::Refused(r) => Unhandled::Refused(r),
+            Undecoded::Busy => Unhandled::Busy,
         }
     }
 }
@@ -94,11 +94,9 @@ impl ExportCall for Traces {
         body: Bytes,
         held: &mut Reservation,
     ) -> Result<Option<Pending>, Unhandled> {
-        let mut refused = None;
-        let mut charge = held.charge(&ingest.budget, &mut refused);
-        let request = TraceRequest::decode_within(&body, &ingest.extract, &mut charge);
-        drop(charge);
-        let request = request.map_err(|e| Unhandled::decoding(e, refused))?;
+        let request = held.decode(&ingest.budget, |charge| {
+            TraceRequest::decode_within(&body, &ingest.extract, charge)
+        })?;
         Ok(Some(ingest.traces(&request)?))
     }
     async fn answer(pending: Option<Pending>) -> Self::Response {
@@ -123,11 +121,9 @@ impl ExportCall for Metrics {
         body: Bytes,
         held: &mut Reservation,
     ) -> Result<Option<Pending>, Unhandled> {
-        let mut refused = None;
-        let mut charge = held.charge(&ingest.budget, &mut refused);
-        let request = MetricsRequest::decode_within(&body, &ingest.extract, &mut charge);
-        drop(charge);
-        let request = request.map_err(|e| Unhandled::decoding(e, refused))?;
+        let request = held.decode(&ingest.budget, |charge| {
+            MetricsRequest::decode_within(&body, &ingest.extract, charge)
+        })?;
         Ok(Some(ingest.metrics(&request)?))
     }
     async fn answer(pending: Option<Pending>) -> Self::Response {

@@ -18,10 +18,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use prost::Message;
 
-use super::budget::{self, BodyError, BudgetedBody, Refusal, Reservation};
+use super::budget::{self, BodyError, BudgetedBody, Refusal, Reservation, Undecoded};
 use super::json::{self, JsonDocument};
 use super::{Ingest, RpcStatus};
-use crate::extract::model::{DecodeError, MetricsRequest, TraceRequest};
+use crate::extract::model::{MetricsRequest, TraceRequest};
 use crate::receivers::listener::{serve_http, GuardedListener};
 use crate::receivers::security::{guard_router, Security};
 
@@ -295,11 +295,11 @@ const TRACES: &str = "OTLP ExportTraceServiceRequest";
 const METRICS: &str = "OTLP ExportMetricsServiceRequest";
 
 /// The answer to a protobuf body that was not decoded.
-fn undecoded(what: &str, e: DecodeError, refusal: Option<Refusal>) -> Failure {
-    match (e, refusal) {
-        (DecodeError::Malformed(e), _) => malformed(what, e),
-        (DecodeError::OverBudget, Some(r)) => refused(r),
-        (DecodeError::OverBudget, None) => busy(),
+fn undecoded(what: &str, u: Undecoded) -> Failure {
+    match u {
+        Undecoded::Malformed(e) => malformed(what, e),
+        Undecoded::Refused(r) => refused(r),
+        Undecoded::Busy => busy(),
     }
 }
 
@@ -312,14 +312,11 @@ async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
     // Decoded in place (protobuf, charging the budget as it goes) or through the lenient JSON reader, then
     // extracted and queued.
     let pending = match encoding {
-        Encoding::Protobuf => {
-            let mut refusal = None;
-            let mut charge = reservation.charge(&ingest.budget, &mut refusal);
-            let req = TraceRequest::decode_within(&bytes, &ingest.extract, &mut charge);
-            drop(charge);
-            req.map_err(|e| undecoded(TRACES, e, refusal))
-                .map(|req| ingest.traces(&req))
-        }
+        Encoding::Protobuf => (reservation.decode(&ingest.budget, |charge| {
+            TraceRequest::decode_within(&bytes, &ingest.extract, charge)
+        }))
+        .map_err(|u| undecoded(TRACES, u))
+        .map(|req| ingest.traces(&req)),
         Encoding::Json => JsonDocument::parse(&bytes)
             .map_err(|e| malformed(TRACES, e))
             .map(|doc| ingest.traces(&doc.traces())),
@@ -340,14 +337,11 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap, body: Body)
     };
     let ingest = &state.ingest;
     let pending = match encoding {
-        Encoding::Protobuf => {
-            let mut refusal = None;
-            let mut charge = reservation.charge(&ingest.budget, &mut refusal);
-            let req = MetricsRequest::decode_within(&bytes, &ingest.extract, &mut charge);
-            drop(charge);
-            req.map_err(|e| undecoded(METRICS, e, refusal))
-                .map(|req| ingest.metrics(&req))
-        }
+        Encoding::Protobuf => (reservation.decode(&ingest.budget, |charge| {
+            MetricsRequest::decode_within(&bytes, &ingest.extract, charge)
+        }))
+        .map_err(|u| undecoded(METRICS, u))
+        .map(|req| ingest.metrics(&req)),
         Encoding::Json => JsonDocument::parse(&bytes)
             .map_err(|e| malformed(METRICS, e))
             .map(|doc| ingest.metrics(&doc.metrics())),
