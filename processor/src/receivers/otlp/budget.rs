@@ -3,8 +3,9 @@
 //! Protobuf lets a small body decode into a large value: an empty span is 2 bytes on the wire and tens of bytes
 //! in memory, so 16 MiB of them would take hundreds of MB. A request holds its body's bytes from the receiver's
 //! [`DecodeBudget`] as they arrive ([`BudgetedBody`]); decoding then asks the budget for every allocation of the
-//! request's arenas before it is made ([`crate::extract::model::Budget`], answered by [`Reservation::charge`]),
-//! so no walk of the body is needed beforehand and what is held is what decoding actually builds:
+//! request's arenas before it is made ([`crate::extract::model::Budget`], answered through
+//! [`Reservation::decode`]), so no walk of the body is needed beforehand and what is held is what decoding
+//! actually builds:
 //! - a request that needs more than the whole budget can never be taken: refused for good (HTTP 413, gRPC
 //!   RESOURCE_EXHAUSTED without RetryInfo, as for an over-size body);
 //! - one that does not fit beside the requests in flight is refused for now (HTTP 503 + Retry-After, gRPC
