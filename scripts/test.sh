@@ -2,7 +2,7 @@
 # The whole test suite, set up from nothing: the Python peers' venv and Prometheus (scripts/test-env.sh), then
 # every crate's unit, integration and end-to-end tests, and memspan once more with its optional probes (jemalloc,
 # NVML: absent without a GPU driver, which the tests check) and twice without its OTLP setup. Extra arguments go
-# to `cargo test`. Then the Go twin of memspan (sdk-instrumentation/go: gofmt, go vet, go test with the venv's
+# to `cargo test`. Then the Go twin of memspan (sdk-instrumentation/go: gofmt, go vet, go test -race with the venv's
 # Go). Last, each fuzz target for MEMDRIFT_FUZZ_SECS (60 s; 0 skips them).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -32,7 +32,12 @@ go_tests() {
       exit 1
     fi
     "$go" vet ./...
-    "$go" test ./...
+    # With the race detector where cgo works (it needs a C compiler): memspan is used from many goroutines.
+    if [ "$("$go" env CGO_ENABLED)" = 1 ]; then
+      "$go" test -race ./...
+    else
+      "$go" test ./...
+    fi
   )
 }
 go_tests
