@@ -196,3 +196,24 @@ pub fn requests<'a>(dump: &'a Value, signal: &str) -> Vec<&'a Value> {
         .filter(|r| r["signal"] == signal)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A closed port refuses connections while it is held, and is free to bind once dropped.
+    #[test]
+    fn a_closed_port_refuses_and_frees_its_port_when_dropped() {
+        let closed = ClosedPort::new();
+        let err = std::net::TcpStream::connect(("127.0.0.1", closed.port))
+            .expect_err("nobody listens on a closed port");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        assert!(
+            TcpListener::bind(("127.0.0.1", closed.port)).is_err(),
+            "the port is held"
+        );
+        let port = closed.port;
+        drop(closed);
+        TcpListener::bind(("127.0.0.1", port)).expect("the port is free again");
+    }
+}
