@@ -306,7 +306,7 @@ pub struct Track {
 /// Where an instance's memory limit was read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LimitSource {
-    /// The container's limit (`memspan.limit`, `k8s.container.memory_limit`, ...): the OOM kill comes there.
+    /// The container's limit (`memspan.limit`, `k8s.container.memory.limit.current`): the OOM kill comes there.
     Container,
     /// A Go process's GOMEMLIMIT (`go.memory.limit`), used when no container limit is known: past it the
     /// collector runs ever more often.
