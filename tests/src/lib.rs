@@ -292,8 +292,6 @@ pub fn python_send(
     );
 }
 
-/// Scrapes `addr` until `ready` accepts the exposition (detectors and windows publish as event time moves),
-/// and returns it. Panics after `within` with `ready`'s last complaint and the exposition.
 /// Waits up to 20 s until a window of `service`'s `cohort` has closed on `memspan.rss.end` (the cohort label
 /// reached the engine), and fails otherwise.
 pub async fn await_cohort_window(addr: std::net::SocketAddr, service: &str, cohort: &str) {
@@ -311,6 +309,8 @@ pub async fn await_cohort_window(addr: std::net::SocketAddr, service: &str, coho
     .await;
 }
 
+/// Scrapes `addr` until `ready` accepts the exposition (detectors and windows publish as event time moves),
+/// and returns it. Panics after `within` with `ready`'s last complaint and the exposition.
 pub async fn scrape_until(
     addr: std::net::SocketAddr,
     within: std::time::Duration,

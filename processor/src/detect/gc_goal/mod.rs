@@ -24,6 +24,7 @@ use memdrift_anomaly::{Anomaly, AnomalyKind, AnomalyState, Episode, Evidence, Id
 pub use config::{GcGoalSection, GcGoalSettings};
 
 use super::alarm::{Alarm, Look, Rules};
+use super::grid::LimitSource;
 use super::{checkpoint, CheckpointError, Detector, Findings, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig, Scope};
 use crate::signal::Signal;
@@ -69,8 +70,8 @@ impl Readings {
     fn comparison(&self) -> Option<Comparison> {
         let (goal, _) = self.goal?;
         let (limit, source) = match (self.container_limit, self.go_limit) {
-            (Some((l, _)), _) => (l, "container"),
-            (None, Some((l, _))) => (l, "go.memory.limit"),
+            (Some((l, _)), _) => (l, LimitSource::Container.name()),
+            (None, Some((l, _))) => (l, LimitSource::GoMemoryLimit.name()),
             (None, None) => return None,
         };
         Some(Comparison {

@@ -312,11 +312,12 @@ async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
     // Decoded in place (protobuf, charging the budget as it goes) or through the lenient JSON reader, then
     // extracted and queued.
     let pending = match encoding {
-        Encoding::Protobuf => (reservation.decode(&ingest.budget, |charge| {
-            TraceRequest::decode_within(&bytes, &ingest.extract, charge)
-        }))
-        .map_err(|u| undecoded(TRACES, u))
-        .map(|req| ingest.traces(&req)),
+        Encoding::Protobuf => reservation
+            .decode(&ingest.budget, |charge| {
+                TraceRequest::decode_within(&bytes, &ingest.extract, charge)
+            })
+            .map_err(|u| undecoded(TRACES, u))
+            .map(|req| ingest.traces(&req)),
         Encoding::Json => JsonDocument::parse(&bytes)
             .map_err(|e| malformed(TRACES, e))
             .map(|doc| ingest.traces(&doc.traces())),
@@ -337,11 +338,12 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap, body: Body)
     };
     let ingest = &state.ingest;
     let pending = match encoding {
-        Encoding::Protobuf => (reservation.decode(&ingest.budget, |charge| {
-            MetricsRequest::decode_within(&bytes, &ingest.extract, charge)
-        }))
-        .map_err(|u| undecoded(METRICS, u))
-        .map(|req| ingest.metrics(&req)),
+        Encoding::Protobuf => reservation
+            .decode(&ingest.budget, |charge| {
+                MetricsRequest::decode_within(&bytes, &ingest.extract, charge)
+            })
+            .map_err(|u| undecoded(METRICS, u))
+            .map(|req| ingest.metrics(&req)),
         Encoding::Json => JsonDocument::parse(&bytes)
             .map_err(|e| malformed(METRICS, e))
             .map(|doc| ingest.metrics(&doc.metrics())),
