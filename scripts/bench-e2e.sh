@@ -14,7 +14,9 @@
 #   SERVERS=memdrift SERVER_CPUS=0,1 LOADER_CPUS=1 CASES="grpc:closed" scripts/bench-e2e.sh   # two cores
 #
 # A case is PROTOCOL:LOAD, PROTOCOL one of grpc, http-protobuf, http-json, http-protobuf-gzip, grpc-gzip and
-# LOAD a rate in spans/s or `closed` (closed loop, 16 exports in flight: the saturation rate).
+# LOAD a rate in spans/s or `closed` (closed loop, CONCURRENCY exports in flight, default 16: the saturation rate).
+# Besides rate, CPU, RSS and latency, each cell gives the server's cores, memdrift's engine thread's, the
+# loader's and the machine's idle share: where the cores went when the rate stops rising.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -28,6 +30,7 @@ CASES="${CASES:-grpc:10000 grpc:50000 http-protobuf:50000 http-json:50000 grpc:2
 OUT="${OUT:-target/bench-e2e/results.jsonl}"
 VENV="${VENV:-.venv}"
 MEMDRIFT="${MEMDRIFT:-target/release/memdrift}"
+CONCURRENCY="${CONCURRENCY:-16}"
 
 log() { printf 'bench-e2e: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -91,7 +94,7 @@ for case in $CASES; do
         http-json) args+=(--protocol http-json --endpoint 127.0.0.1:4318) ;;
         *) die "unknown protocol in case $case" ;;
     esac
-    if [[ $load == closed ]]; then args+=(--concurrency 16); else args+=(--rate "$load"); fi
+    if [[ $load == closed ]]; then args+=(--concurrency "$CONCURRENCY"); else args+=(--rate "$load"); fi
     for run in $(seq "$RUNS"); do
         for server in $SERVERS; do
             start "$server"
@@ -119,6 +122,11 @@ fields = [
     ("RSS MiB", lambda r: r["server_rss_mib"]["median"], "{:.0f}"),
     ("p50 ms", lambda r: r["latency_ms"]["p50"], "{:.2f}"),
     ("p99 ms", lambda r: r["latency_ms"]["p99"], "{:.2f}"),
+    ("server cores", lambda r: r.get("server_cpu_cores"), "{:.2f}"),
+    # Where the cores went when the rate stops rising: memdrift's one engine thread, the loader, nobody.
+    ("engine thread cores", lambda r: r.get("server_thread_cpu_cores", {}).get("memdrift-engine"), "{:.2f}"),
+    ("loader cores", lambda r: r.get("loader_cpu_cores"), "{:.2f}"),
+    ("machine idle %", lambda r: None if r.get("machine_idle_share") is None else 100 * r["machine_idle_share"], "{:.0f}"),
 ]
 runs = max(r["run"] for r in rows)
 print(f"\nServer on CPU {sys.argv[2]}, medians of {runs} run(s) per cell.\n")

@@ -66,6 +66,13 @@ async fn the_load_generator_reports_what_memdrift_counted_over_every_protocol() 
             num("/server_cpu_s") >= 0.0 && num("/server_rss_mib/median") > 1.0,
             "{r}"
         );
+        // Where the cores went: this process holds memdrift's engine thread; the loader and the machine.
+        assert!(
+            num("/server_thread_cpu_cores/memdrift-engine") >= 0.0,
+            "{r}"
+        );
+        assert!(num("/loader_cpu_cores") >= 0.0, "{r}");
+        assert!((0.0..=1.0).contains(&num("/machine_idle_share")), "{r}");
         total_accepted += accepted;
         // What loadgen says was accepted is what memdrift counted (every export was measured: no warm-up).
         assert_eq!(

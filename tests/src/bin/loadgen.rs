@@ -20,7 +20,10 @@
 //!
 //! Bodies are built ahead, 16 at a time, each second afresh (new values, trace ids and timestamps), so the
 //! loader's own cost stays a small fraction of the receiver's. Prints a summary on stderr and one JSON object on
-//! stdout. CPU time is read from `/proc/PID/stat` (all threads; clock ticks of 1/100 s, Linux's USER_HZ).
+//! stdout. CPU time is read from `/proc/PID/stat` (all threads; clock ticks of 1/100 s, Linux's USER_HZ), and
+//! over the same interval the server's CPU per thread name (`/proc/PID/task/*/stat`: the engine thread, the
+//! runtime's workers), the loader's own CPU and the machine's idle share (`/proc/stat`): where the cores went
+//! when the rate stops rising.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -461,12 +464,51 @@ impl Tally {
 
 /// CPU seconds (user + system, all threads) of a process so far, from /proc/PID/stat.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// User + system seconds from the text of a `stat` file (a process's or a thread's).
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     // The command name may hold spaces: fields are counted after its closing parenthesis.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let (utime, stime): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
     Some((utime + stime) / 100.0)
+}
+
+/// CPU seconds so far of a process's threads, summed by thread name. A thread that ends between two readings
+/// drops out of the second, so compare names present in both.
+fn thread_cpu_seconds(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let name = stat
+            .find('(')
+            .zip(stat.rfind(')'))
+            .map(|(open, close)| stat[open + 1..close].to_string());
+        if let (Some(name), Some(cpu)) = (name, stat_cpu_seconds(&stat)) {
+            *out.entry(name).or_insert(0.0) += cpu;
+        }
+    }
+    out
+}
+
+/// The machine's (idle, total) jiffies so far, from the first line of /proc/stat.
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Some((*fields.get(3)?, fields.iter().sum()))
 }
 
 /// Resident memory of a process, MiB.
@@ -587,6 +629,8 @@ async fn run(a: Args) -> Result<serde_json::Value, String> {
     tokio::time::sleep(warmup.saturating_sub(started.elapsed())).await;
     // The measured interval: from the end of the warm-up to the end of the run.
     let (cpu0, t0) = (a.pid.and_then(cpu_seconds), Instant::now());
+    let threads0 = a.pid.map(thread_cpu_seconds).unwrap_or_default();
+    let (loader0, machine0) = (cpu_seconds(std::process::id()), machine_jiffies());
     let mut rss_samples = Vec::new();
     let end = started + total;
     while Instant::now() < end {
@@ -599,6 +643,8 @@ async fn run(a: Args) -> Result<serde_json::Value, String> {
         }
     }
     let (cpu1, elapsed) = (a.pid.and_then(cpu_seconds), t0.elapsed().as_secs_f64());
+    let threads1 = a.pid.map(thread_cpu_seconds).unwrap_or_default();
+    let (loader1, machine1) = (cpu_seconds(std::process::id()), machine_jiffies());
     for w in workers {
         let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
     }
@@ -618,6 +664,14 @@ async fn run(a: Args) -> Result<serde_json::Value, String> {
         .saturating_sub(rejected)
         .saturating_sub(refused * batch);
     let cpu = cpu0.zip(cpu1).map(|(a, b)| b - a);
+    let thread_cores: serde_json::Map<String, serde_json::Value> = threads1
+        .iter()
+        .filter_map(|(name, b)| Some((name.clone(), ((b - threads0.get(name)?) / elapsed).into())))
+        .collect();
+    let machine_idle = machine0
+        .zip(machine1)
+        .filter(|((_, t0), (_, t1))| t1 > t0)
+        .map(|((i0, t0), (i1, t1))| i1.saturating_sub(i0) as f64 / (t1 - t0) as f64);
     rss_samples.sort_by(f64::total_cmp);
     let median_rss = rss_samples.get(rss_samples.len() / 2).copied();
     Ok(serde_json::json!({
@@ -647,6 +701,9 @@ async fn run(a: Args) -> Result<serde_json::Value, String> {
         "server_cpu_s": cpu,
         "server_cpu_s_per_million_spans": cpu.filter(|_| accepted > 0).map(|c| c * 1e6 / accepted as f64),
         "server_cpu_cores": cpu.map(|c| c / elapsed),
+        "server_thread_cpu_cores": thread_cores,
+        "loader_cpu_cores": loader0.zip(loader1).map(|(a, b)| (b - a) / elapsed),
+        "machine_idle_share": machine_idle,
         "server_rss_mib": {
             "median": median_rss,
             "max": rss_samples.last().copied(),
