@@ -20,9 +20,10 @@
 //!    trend. Time to the limit = headroom / slope, with its interval from the slope's interval. A warning opens
 //!    when the **point** forecast is within `horizon` plus the pipeline's own lag (allowed lateness and a step,
 //!    plus half a window: the envelope trails the rising peaks), the slope's lower bound is positive (a flat
-//!    series is never extrapolated), the headroom is below `max_headroom` of the limit, and the stretch does
-//!    not look like one level shift (a one-time step). A wide interval, from noisy or short data, makes the
-//!    warning wait; it never makes it fire.
+//!    series is never extrapolated), the headroom is below `max_headroom` of the limit, the stretch does not
+//!    look like one level shift (a one-time step), and the envelope is not settling below the limit
+//!    (`settles_below`: a start-up ramp or a cache warming slows as it nears its plateau). A wide interval,
+//!    from noisy or short data, makes the warning wait; it never makes it fire.
 //! 4. An open warning holds while the widest upper bound of the two fits puts the limit within twice that
 //!    horizon, and resolves only after `resolve_after` evaluations with a fresh sample have failed to hold it:
 //!    on minute metrics the envelope is a staircase whose slope swings from point to point, and a clean minute
@@ -51,7 +52,7 @@ use super::grid::{
 };
 use super::{checkpoint, CheckpointError, Detector, Findings, Gauge, SectionError, Settings};
 use crate::engine::{ClosedWindow, EngineConfig};
-use crate::stats::{median_in_place, normal_quantile, theil_sen, SenSlope};
+use crate::stats::{median_in_place, normal_quantile, sen_slope, theil_sen, SenSlope};
 
 impl Settings for GrowthSettings {
     const NAME: &'static str = "growth";
@@ -251,6 +252,24 @@ fn latest_rate(stretch: &[f64], fit: SenSlope, level: f64) -> f64 {
     }
 }
 
+/// Whether the envelope is settling below the limit: the last half of the stretch rises clearly slower than
+/// the first (by a fifth or more), and a rise that keeps slowing at that pace (an exponential approach, as a
+/// start-up or a cache warming settles on its plateau) adds less than the headroom: the rate of the last half
+/// times the time constant the two rates give. A leak's halves rise at one pace, up to noise, which makes the
+/// time constant long and the rise to come unbounded in effect.
+fn settles_below(points: &[f64], peak: f64, limit: f64, per_s: f64) -> bool {
+    let half = points.len() / 2;
+    let (Some(first), Some(last)) = (sen_slope(&points[..half]), sen_slope(&points[half..])) else {
+        return false;
+    };
+    if !(first > 0.0 && last > 0.0 && last < 0.8 * first) {
+        return false;
+    }
+    // Seconds between the halves' centres, and the time constant of a rate falling from `first` to `last`.
+    let tau = half as f64 / per_s / (first / last).ln();
+    peak + last * per_s * tau < limit
+}
+
 /// The robust sd of the points' residuals around `line`: how far a peak may sit above the trend.
 fn scatter(points: &[f64], line: &SenSlope) -> f64 {
     let mut resid: Vec<f64> = points
@@ -342,7 +361,8 @@ pub fn forecast(track: &Track, s: &GrowthSettings, step_ns: u64, lag_ns: u64) ->
                 slope_low > 0.0
                     && headroom
                     && point < horizon
-                    && !level_shift_fits(stretch, &fit, STEP_FIT),
+                    && !level_shift_fits(stretch, &fit, STEP_FIT)
+                    && !settles_below(&points, envelope, l, per_s),
                 // Hysteresis: an open warning holds while the most pessimistic upper bound (long or recent
                 // fit) puts the limit within twice the horizon, so a slow leak near the threshold, or one seen
                 // through sparse points whose recent slope swings to zero, does not flap.
