@@ -252,8 +252,8 @@ fn latest_rate(stretch: &[f64], fit: SenSlope, level: f64) -> f64 {
     }
 }
 
-/// Whether the envelope is settling below the limit: the last half of the stretch rises clearly slower than
-/// the first (by a fifth or more), and a rise that keeps slowing at that pace (an exponential approach, as a
+/// Whether the envelope is settling below the limit: the last half of its points (the whole lookback) rises
+/// clearly slower than the first (by a fifth or more), and a rise that keeps slowing at that pace (an exponential approach, as a
 /// start-up or a cache warming settles on its plateau) adds less than the headroom: the rate of the last half
 /// times the time constant the two rates give. A leak's halves rise at one pace, up to noise, which makes the
 /// time constant long and the rise to come unbounded in effect.
