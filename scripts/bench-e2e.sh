@@ -117,16 +117,17 @@ def med(case, server, f):
     vals = [v for v in vals if v is not None]
     return statistics.median(vals) if vals else None
 fields = [
-    ("accepted spans/s", lambda r: r["spans_per_s"], "{:,.0f}"),
-    ("CPU-s per M spans", lambda r: r["server_cpu_s_per_million_spans"], "{:.2f}"),
-    ("RSS MiB", lambda r: r["server_rss_mib"]["median"], "{:.0f}"),
-    ("p50 ms", lambda r: r["latency_ms"]["p50"], "{:.2f}"),
-    ("p99 ms", lambda r: r["latency_ms"]["p99"], "{:.2f}"),
-    ("server cores", lambda r: r.get("server_cpu_cores"), "{:.2f}"),
+    # (row, value of a run, format, whether memdrift / rotel means anything for it)
+    ("accepted spans/s", lambda r: r["spans_per_s"], "{:,.0f}", True),
+    ("CPU-s per M spans", lambda r: r["server_cpu_s_per_million_spans"], "{:.2f}", True),
+    ("RSS MiB", lambda r: r["server_rss_mib"]["median"], "{:.0f}", True),
+    ("p50 ms", lambda r: r["latency_ms"]["p50"], "{:.2f}", True),
+    ("p99 ms", lambda r: r["latency_ms"]["p99"], "{:.2f}", True),
+    ("server cores", lambda r: r.get("server_cpu_cores"), "{:.2f}", True),
     # Where the cores went when the rate stops rising: memdrift's one engine thread, the loader, nobody.
-    ("engine thread cores", lambda r: r.get("server_thread_cpu_cores", {}).get("memdrift-engine"), "{:.2f}"),
-    ("loader cores", lambda r: r.get("loader_cpu_cores"), "{:.2f}"),
-    ("machine idle %", lambda r: None if r.get("machine_idle_share") is None else 100 * r["machine_idle_share"], "{:.0f}"),
+    ("engine thread cores", lambda r: r.get("server_thread_cpu_cores", {}).get("memdrift-engine"), "{:.2f}", False),
+    ("loader cores", lambda r: r.get("loader_cpu_cores"), "{:.2f}", False),
+    ("machine idle %", lambda r: None if r.get("machine_idle_share") is None else 100 * r["machine_idle_share"], "{:.0f}", False),
 ]
 runs = max(r["run"] for r in rows)
 print(f"\nServer on CPU {sys.argv[2]}, medians of {runs} run(s) per cell.\n")
@@ -134,12 +135,12 @@ head = ["case", "measure"] + servers + (["memdrift / rotel"] if {"memdrift", "ro
 print("| " + " | ".join(head) + " |")
 print("|" + "---|" * len(head))
 for c in cases:
-    for name, f, fmt in fields:
+    for name, f, fmt, ratio in fields:
         vals = [med(c, s, f) for s in servers]
         cells = [fmt.format(v) if v is not None else "-" for v in vals]
         if len(head) > len(servers) + 2:
             m, r = med(c, "memdrift", f), med(c, "rotel", f)
-            cells.append(f"{m / r:.2f}" if m is not None and r else "-")
+            cells.append(f"{m / r:.2f}" if ratio and m is not None and r else "-")
         print(f"| {c} | {name} | " + " | ".join(cells) + " |")
 bad = [r for r in rows if r["result"]["requests_refused"] or r["result"]["spans_rejected"]]
 for r in bad:
