@@ -216,25 +216,28 @@ fn requests_that_would_decode_into_gigabytes_are_refused_and_memory_stays_bounde
     let text = scrape(running.prometheus);
     assert!(counter(&text, "memdrift_receiver_log_records_total") >= logs as f64);
     // Every refusal is counted under its reason.
-    let failed = |reason: &str, transport: &str| {
+    let failed = |text: &str, reason: &str, transport: &str| {
         counter(
-            &text,
+            text,
             &format!(
                 "memdrift_receiver_failed_requests_total{{reason=\"{reason}\",transport=\"{transport}\"}}"
             ),
         )
     };
     let n = |codes: &[u16], c: u16| codes.iter().filter(|x| **x == c).count() as f64;
-    let refused = failed("too_large", "http") + failed("busy", "http");
+    let refused = failed(&text, "too_large", "http") + failed(&text, "busy", "http");
     assert_eq!(
         refused,
         n(&http_codes, 413) + n(&http_codes, 503) + n(&http_codes, 0)
     );
-    assert!(failed("too_large", "http") >= n(&http_codes, 413));
+    assert!(failed(&text, "too_large", "http") >= n(&http_codes, 413));
     let g = |c: Code| grpc_codes.iter().filter(|x| **x == c).count() as f64;
-    assert_eq!(failed("too_large", "grpc"), g(Code::ResourceExhausted));
-    assert_eq!(failed("busy", "grpc"), g(Code::Unavailable));
-    // Alone, with the whole budget free, such a request is refused for good, not for now.
+    assert_eq!(
+        failed(&text, "too_large", "grpc"),
+        g(Code::ResourceExhausted)
+    );
+    assert_eq!(failed(&text, "busy", "grpc"), g(Code::Unavailable));
+    // Alone, with the whole budget free, such a request is refused for good, not for now, and counted so.
     assert_eq!(
         post(http, "/v1/traces", "application/x-protobuf", &spans),
         413
@@ -243,14 +246,14 @@ fn requests_that_would_decode_into_gigabytes_are_refused_and_memory_stays_bounde
         rt.block_on(grpc_export(grpc, TRACES, spans.clone())),
         Code::ResourceExhausted
     );
-    let text = scrape(running.prometheus);
-    assert_eq!(
-        counter(
-            &text,
-            "memdrift_receiver_failed_requests_total{reason=\"too_large\",transport=\"http\"}"
-        ),
-        failed("too_large", "http") + 1.0
-    );
+    let after = scrape(running.prometheus);
+    for transport in ["http", "grpc"] {
+        assert_eq!(
+            failed(&after, "too_large", transport),
+            failed(&text, "too_large", transport) + 1.0,
+            "{transport}"
+        );
+    }
     let (exit, _, log) = running.terminate(Duration::from_secs(15));
     assert!(exit.success(), "{log:#?}");
     let _ = std::fs::remove_dir_all(&dir);
