@@ -18,6 +18,12 @@ struct Pane {
     reservoir: Vec<f64>,
     /// The instance of each reservoir value (a hash of its id), so detectors can split a cohort by process.
     tags: Vec<u32>,
+    /// Once the reservoir is full: the count at which the next value replaces one, and Algorithm L's running
+    /// weight. Between replacements a value costs no random draw (absent in older checkpoints: 0 = not set).
+    #[serde(default)]
+    next_kept: u64,
+    #[serde(default)]
+    weight: f64,
     /// (value, request), largest first, at most `exemplars` long.
     exemplars: Vec<(f64, Exemplar)>,
 }
@@ -32,6 +38,8 @@ impl Pane {
             last: (0, f64::NAN),
             reservoir: Vec::new(),
             tags: Vec::new(),
+            next_kept: 0,
+            weight: 0.0,
             exemplars: Vec::new(),
         }
     }
@@ -53,13 +61,8 @@ impl Pane {
         if self.reservoir.len() < cap {
             self.reservoir.push(v);
             self.tags.push(tag);
-        } else {
-            // Algorithm R: keep each of the n values seen with probability cap / n.
-            let j = (next_random(rng) % self.moments.n) as usize;
-            if j < self.reservoir.len() {
-                self.reservoir[j] = v;
-                self.tags[j] = tag;
-            }
+        } else if cap > 0 {
+            self.keep_sampled((v, tag), cap, rng);
         }
         // Full, and no larger than the smallest kept: not kept (the common case, decided without a search).
         let full = self.exemplars.len() >= exemplars;
@@ -74,6 +77,44 @@ impl Pane {
             }
         }
     }
+
+    /// A full reservoir: Algorithm L (Li, 1994), which draws the gap to the next kept value instead of a
+    /// random number per value. Each of the `n` values seen stays with probability `cap / n`, as with
+    /// Algorithm R, while the values between replacements cost one comparison.
+    fn keep_sampled(&mut self, (v, tag): (f64, u32), cap: usize, rng: &mut u64) {
+        let n = self.moments.n;
+        if self.next_kept == 0 {
+            // The reservoir has just filled: the first gap, counted from the value that filled it. (Restored
+            // from a checkpoint without a schedule, after `seen` values: the weight scaled as if they had been
+            // sampled, its expectation being about `cap / seen`.)
+            let seen = n.saturating_sub(1).max(cap as u64);
+            self.weight = (unit(rng).ln() / cap as f64).exp() * (cap as f64 / seen as f64);
+            self.next_kept = n.saturating_sub(1).saturating_add(gap(self.weight, rng));
+        }
+        if n < self.next_kept {
+            return;
+        }
+        let j = (next_random(rng) % cap as u64) as usize;
+        if j < self.reservoir.len() {
+            self.reservoir[j] = v;
+            self.tags[j] = tag;
+        }
+        self.weight *= (unit(rng).ln() / cap as f64).exp();
+        self.next_kept = n.saturating_add(gap(self.weight, rng));
+    }
+}
+
+/// Algorithm L's step to the next kept value: 1 + a geometric count of values passed over, with success
+/// probability `1 - weight`.
+fn gap(weight: f64, rng: &mut u64) -> u64 {
+    let skipped = (unit(rng).ln() / (-weight).ln_1p()).floor();
+    // A float to integer cast saturates; NaN (weight 1) reads as 0, i.e. keep the next value.
+    (skipped as u64).saturating_add(1)
+}
+
+/// A uniform draw in (0, 1], so that its logarithm is finite.
+fn unit(rng: &mut u64) -> f64 {
+    ((next_random(rng) >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 /// xorshift64*: a tiny deterministic generator, so reservoir sampling replays identically.
@@ -250,5 +291,65 @@ fn summarize(key: SeriesKey, panes: &[&Pane], last_pane: i64, exemplars: usize) 
         instance_tags,
         exemplars: ex.into_iter().map(|(_, id)| id).collect(),
         newest_pane,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each value of a pane stays in its reservoir with probability cap / n, wherever it came: the first
+    /// values, the ones right after the reservoir filled, the last ones.
+    #[test]
+    fn the_reservoir_keeps_every_value_with_equal_probability() {
+        let (n, cap, trials) = (1_000usize, 50usize, 2_000u64);
+        let mut kept = vec![0u32; n];
+        for trial in 0..trials {
+            let mut pane = Pane::new(0);
+            let mut rng = 0x9e37_79b9_7f4a_7c15 ^ (trial + 1);
+            for i in 0..n {
+                pane.push((i as u64, i as f64, 0), None, (cap, 0), &mut rng);
+            }
+            assert_eq!(pane.reservoir.len(), cap);
+            for v in &pane.reservoir {
+                kept[*v as usize] += 1;
+            }
+        }
+        // Expected 100 per value (sd about 9.7).
+        let expected = trials as f64 * cap as f64 / n as f64;
+        let chi2: f64 = (kept.iter())
+            .map(|&k| (k as f64 - expected).powi(2) / expected)
+            .sum();
+        // About chi-square with n - 1 degrees of freedom scaled by (1 - cap/n): mean 950, sd 44.
+        assert!(chi2 < 1_130.0, "chi-square {chi2:.0}");
+        // The values right after the reservoir filled, and the last ones, one by one (each within 4 sd).
+        for i in (cap..cap + 10).chain(n - 10..n) {
+            assert!(
+                (kept[i] as f64 - expected).abs() < 40.0,
+                "value {i} kept {} times, expected {expected}",
+                kept[i]
+            );
+        }
+        // Tenths of the stream (expected 10,000 each, sd about 100).
+        for tenth in kept.chunks(n / 10) {
+            let sum: u32 = tenth.iter().sum();
+            assert!((sum as f64 - 10.0 * 10_000.0 / 10.0).abs() < 400.0, "{sum}");
+        }
+    }
+
+    /// Past the reservoir, most values draw no random number: the gaps between replacements grow as n / cap.
+    #[test]
+    fn a_full_reservoir_replaces_about_cap_times_the_log_of_the_growth() {
+        let (n, cap) = (100_000u64, 64usize);
+        let mut pane = Pane::new(0);
+        let mut rng = 7;
+        let mut replacements = 0;
+        for i in 0..n {
+            let before = pane.next_kept;
+            pane.push((i, i as f64, 0), None, (cap, 0), &mut rng);
+            replacements += u32::from(before != 0 && pane.next_kept != before);
+        }
+        // Expected cap * ln(n / cap) = 64 * 7.35 = 471 replacements.
+        assert!((350..600).contains(&replacements), "{replacements}");
     }
 }

@@ -58,6 +58,17 @@ pub struct EngineStats {
     pub rejected_sample_values: u64,
 }
 
+impl EngineStats {
+    /// Counts `s` as rejected when the values it lost (dropped, not merely late for its cohort) are all its
+    /// values: what a sender is told.
+    fn reject(&mut self, s: &MemorySample, lost: usize) {
+        if lost > 0 && lost == s.values.len() {
+            self.rejected_samples += 1;
+            self.rejected_sample_values += lost as u64;
+        }
+    }
+}
+
 /// Windows that close together: a service's cohorts, or one instance's series. `closed_end` is the end of the
 /// newest window closed; a sample whose earliest window ends at or before it is late for these groups.
 #[derive(Default, serde::Serialize, serde::Deserialize)]
@@ -191,113 +202,126 @@ impl Engine {
 
     /// Adds samples to their series; returns values dropped, by reason (late, late for the cohort only, key
     /// overflow).
+    ///
+    /// Samples come in runs from one source (a resource's spans share its service, instance and cohort): each
+    /// run's service, instance and cohort are looked up once, not once per sample.
     pub fn ingest(&mut self, samples: &[MemorySample]) -> Vec<(DropReason, Signal)> {
         let mut dropped = Vec::new();
-        for s in samples {
-            let before = dropped.len();
-            self.add(s, &mut dropped);
-            // Late for its cohort only, a value is still kept for its instance.
-            let lost = (dropped[before..].iter())
-                .filter(|(r, _)| *r != DropReason::LateForCohort)
-                .count();
-            if lost > 0 && lost == s.values.len() {
-                self.stats.rejected_samples += 1;
-                self.stats.rejected_sample_values += lost as u64;
-            }
+        for run in samples.chunk_by(same_source) {
+            self.add_run(run, &mut dropped);
         }
         dropped
     }
 
-    fn add(&mut self, s: &MemorySample, dropped: &mut Vec<(DropReason, Signal)>) {
-        let cfg = &self.config;
-        // Extraction drops these already; the check keeps the window arithmetic below in range for any caller.
-        if s.time_unix_nano > LATEST_EVENT_TIME {
-            dropped.extend(
-                s.values
-                    .iter()
-                    .map(|(sig, _)| (DropReason::FutureTimestamp, sig)),
-            );
+    /// Adds a run of samples of one service, instance and cohort.
+    fn add_run(&mut self, run: &[MemorySample], dropped: &mut Vec<(DropReason, Signal)>) {
+        let Some(first) = run.first() else {
             return;
-        }
-        let pane = (s.time_unix_nano / cfg.step_ns) as i64;
-        let earliest_end = (s.time_unix_nano / cfg.step_ns + 1).saturating_mul(cfg.step_ns);
+        };
+        let cfg = &self.config;
         // Progress of the whole input, for expiry: a sample refused over the key cap still moves it, so that
         // idle groups go and new ones can enter.
-        self.max_event_time = self.max_event_time.max(s.time_unix_nano);
+        let newest = (run.iter().map(|s| s.time_unix_nano))
+            .filter(|&t| t <= LATEST_EVENT_TIME)
+            .max();
+        self.max_event_time = self.max_event_time.max(newest.unwrap_or(0));
         let known = || {
-            (self.services.get(&s.service)).is_some_and(|v| v.instances.contains_key(&s.instance))
+            (self.services.get(&first.service))
+                .is_some_and(|v| v.instances.contains_key(&first.instance))
         };
-        if self.live_series >= cfg.max_keys && !known() {
-            self.newcomer_refused = true;
-            self.stats.overflow_values += s.values.len() as u64;
-            dropped.extend(
-                s.values
-                    .iter()
-                    .map(|(sig, _)| (DropReason::KeyOverflow, sig)),
-            );
+        if newest.is_none() || (self.live_series >= cfg.max_keys && !known()) {
+            self.newcomer_refused |= newest.is_some();
+            self.refuse(run, dropped);
             return;
         }
         let service = self
             .services
-            .entry(s.service.clone())
+            .entry(first.service.clone())
             .or_insert_with(Service::new);
         if !service.touched {
             service.touched = true;
-            self.touched.push(s.service.clone());
+            self.touched.push(first.service.clone());
         }
         service.quiet_ticks = 0;
         let instance = service
             .instances
-            .entry(s.instance.clone())
+            .entry(first.instance.clone())
             .or_insert_with(Instance::new);
         instance.quiet_ticks = 0;
-        if earliest_end <= instance.clock.closed_end {
-            self.stats.late_values += s.values.len() as u64;
-            dropped.extend(s.values.iter().map(|(sig, _)| (DropReason::Late, sig)));
-            return;
-        }
-        instance.newest = instance.newest.max(s.time_unix_nano);
-        service.newest = service.newest.max(s.time_unix_nano);
-        service.oldest = service.oldest.min(s.time_unix_nano);
-        let tag = instance_tag(&s.instance);
-        // Late for the cohort's windows (the service's slower clock has passed it) but not for the instance's.
-        let mut cohort = (earliest_end > service.clock.closed_end).then(|| {
-            service
-                .cohorts
-                .entry(s.cohort.clone())
-                .or_insert_with(Group::new)
-        });
+        let tag = instance_tag(&first.instance);
         let mut live = Live {
             series: &mut self.live_series,
             by_kind: &mut self.live_by_kind,
             max: cfg.max_keys,
         };
-        for (signal, v) in s.values.iter() {
-            if !live.admit(&instance.group, signal, 1) {
-                self.stats.overflow_values += 1;
-                dropped.push((DropReason::KeyOverflow, signal));
+        // Found (or made) at the run's first sample that its cohort's windows still take.
+        let mut cohort: Option<&mut Group> = None;
+        for s in run {
+            let before = dropped.len();
+            // Extraction drops these already; the check keeps the window arithmetic below in range for any
+            // caller.
+            if s.time_unix_nano > LATEST_EVENT_TIME {
+                drop_all(s, DropReason::FutureTimestamp, dropped);
+                self.stats.reject(s, s.values.len());
                 continue;
             }
-            let keep = (cfg.instance_samples_per_pane, cfg.exemplars);
-            instance.group.push(pane, s, signal, v, tag, keep);
-            let Some(group) = cohort.as_deref_mut() else {
-                self.stats.late_for_cohort_values += 1;
-                dropped.push((DropReason::LateForCohort, signal));
-                continue;
-            };
-            if !live.admit(group, signal, 0) {
-                self.stats.overflow_values += 1;
-                dropped.push((DropReason::KeyOverflow, signal));
+            let pane = (s.time_unix_nano / cfg.step_ns) as i64;
+            let earliest_end = (s.time_unix_nano / cfg.step_ns + 1).saturating_mul(cfg.step_ns);
+            if earliest_end <= instance.clock.closed_end {
+                self.stats.late_values += s.values.len() as u64;
+                drop_all(s, DropReason::Late, dropped);
+                self.stats.reject(s, s.values.len());
                 continue;
             }
-            group.push(
-                pane,
-                s,
-                signal,
-                v,
-                tag,
-                (cfg.max_samples_per_pane, cfg.exemplars),
-            );
+            instance.newest = instance.newest.max(s.time_unix_nano);
+            service.newest = service.newest.max(s.time_unix_nano);
+            service.oldest = service.oldest.min(s.time_unix_nano);
+            // Late for the cohort's windows (the service's slower clock has passed it) but not for the
+            // instance's.
+            let for_cohort = earliest_end > service.clock.closed_end;
+            if for_cohort && cohort.is_none() {
+                cohort = Some((service.cohorts.entry(s.cohort.clone())).or_insert_with(Group::new));
+            }
+            for (signal, v) in s.values.iter() {
+                if !live.admit(&instance.group, signal, 1) {
+                    self.stats.overflow_values += 1;
+                    dropped.push((DropReason::KeyOverflow, signal));
+                    continue;
+                }
+                let keep = (cfg.instance_samples_per_pane, cfg.exemplars);
+                instance.group.push(pane, s, signal, v, tag, keep);
+                let Some(group) = cohort.as_deref_mut().filter(|_| for_cohort) else {
+                    self.stats.late_for_cohort_values += 1;
+                    dropped.push((DropReason::LateForCohort, signal));
+                    continue;
+                };
+                if !live.admit(group, signal, 0) {
+                    self.stats.overflow_values += 1;
+                    dropped.push((DropReason::KeyOverflow, signal));
+                    continue;
+                }
+                let keep = (cfg.max_samples_per_pane, cfg.exemplars);
+                group.push(pane, s, signal, v, tag, keep);
+            }
+            // Late for its cohort only, a value is still kept for its instance.
+            let lost = (dropped[before..].iter())
+                .filter(|(r, _)| *r != DropReason::LateForCohort)
+                .count();
+            self.stats.reject(s, lost);
+        }
+    }
+
+    /// A run refused whole: a new source's at the key cap, or one whose every event time lies past
+    /// [`LATEST_EVENT_TIME`] (which makes no source).
+    fn refuse(&mut self, run: &[MemorySample], dropped: &mut Vec<(DropReason, Signal)>) {
+        for s in run {
+            if s.time_unix_nano > LATEST_EVENT_TIME {
+                drop_all(s, DropReason::FutureTimestamp, dropped);
+            } else {
+                self.stats.overflow_values += s.values.len() as u64;
+                drop_all(s, DropReason::KeyOverflow, dropped);
+            }
+            self.stats.reject(s, s.values.len());
         }
     }
 
@@ -641,6 +665,23 @@ fn close_clock(
             g.evict_before(first_pane + 1);
         }
     }
+}
+
+/// Whether two neighbouring samples come from one source: the same service, instance and cohort (the same
+/// shared names, as extraction gives a resource's samples; equal names in separate allocations only split a run).
+fn same_source(a: &MemorySample, b: &MemorySample) -> bool {
+    Arc::ptr_eq(&a.service, &b.service)
+        && Arc::ptr_eq(&a.instance, &b.instance)
+        && match (&a.cohort, &b.cohort) {
+            (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+            (None, None) => true,
+            _ => false,
+        }
+}
+
+/// Every value of `s`, dropped for `reason`.
+fn drop_all(s: &MemorySample, reason: DropReason, dropped: &mut Vec<(DropReason, Signal)>) {
+    dropped.extend(s.values.iter().map(|(sig, _)| (reason, sig)));
 }
 
 /// FNV-1a over the instance id: a stable 32-bit tag (collisions only merge two processes' statistics).

@@ -544,3 +544,94 @@ fn memory_for_a_fixed_set_of_series_does_not_grow_with_the_rate() {
     let table = 4 * 2 * 3 * 45 * 1024 + 4 * 4 * 3 * 7 * 1024;
     assert!(fast * 12 < table * 14, "{fast} bytes");
 }
+
+/// Runs of samples from one source are looked up once: the windows, the drops and the counters are the same as
+/// when every sample is added alone, with late samples, samples late for their cohort only, and the key cap
+/// reached within a run.
+#[test]
+fn a_batch_of_runs_gives_what_its_samples_give_one_by_one() {
+    // Sources 0-5 from the start; 6 (a new instance of svc0) from halfway, each run's first sample on time and
+    // the rest 60 s behind: late for its cohort's windows, not (at first) for its own.
+    let names: Vec<[Arc<str>; 3]> = (0..7)
+        .map(|k| {
+            [
+                Arc::from(format!("svc{}", k % 2)),
+                Arc::from(format!("i{}", if k < 6 { k % 3 } else { 9 })),
+                Arc::from(format!("c{}", k % 2)),
+            ]
+        })
+        .collect();
+    let mut x = 12345u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut samples = Vec::new();
+    for b in 0..400u64 {
+        let k = (next() % if b < 200 { 6 } else { 7 }) as usize;
+        let [service, instance, cohort] = &names[k];
+        // Runs of 1 to 8 samples from one source, times moving forward with some jitter backwards (late).
+        for j in 0..1 + next() % 8 {
+            let mut values = SignalValues::default();
+            values.set(Signal::RssEnd, (next() % 1000) as f64);
+            if next() % 3 == 0 {
+                values.set(Signal::HeapAllocated, (next() % 1000) as f64);
+            }
+            let back = match k {
+                6 if j > 0 => 60 * S,
+                _ if next() % 10 == 0 => 40 * S,
+                _ => 0,
+            };
+            samples.push(MemorySample {
+                service: service.clone(),
+                instance: instance.clone(),
+                cohort: Some(cohort.clone()),
+                // Now and then an event time past the latest the engine takes (extraction drops these).
+                time_unix_nano: match next() % 50 {
+                    0 => u64::MAX,
+                    _ => (T0 + b * S / 2 + next() % S).saturating_sub(back),
+                },
+                trace_id: None,
+                span_id: None,
+                values,
+            });
+        }
+    }
+    let config = EngineConfig {
+        max_keys: 17,
+        ..EngineConfig::default()
+    };
+    let (mut together, mut alone) = (Engine::new(config.clone()), Engine::new(config));
+    let (mut got, mut want) = (Vec::new(), Vec::new());
+    for chunk in samples.chunks(37) {
+        got.push((together.ingest(chunk), together.advance()));
+        let mut dropped = Vec::new();
+        for s in chunk {
+            dropped.extend(alone.ingest(std::slice::from_ref(s)));
+        }
+        want.push((dropped, alone.advance()));
+    }
+    got.push((Vec::new(), together.finish()));
+    want.push((Vec::new(), alone.finish()));
+    assert_eq!(got, want);
+    assert_eq!(together.stats(), alone.stats());
+    let stats = together.stats();
+    assert!(
+        stats.late_values > 0 && stats.late_for_cohort_values > 0 && stats.overflow_values > 0,
+        "{stats:?}"
+    );
+}
+
+/// A sample past the latest event time is dropped before it makes a source (an empty one would hold its
+/// service's cohort windows back).
+#[test]
+fn an_event_time_past_the_latest_makes_no_source() {
+    let mut e = Engine::new(EngineConfig::default());
+    let mut s = sample("svc", "a", "i1", 0.0, Signal::RssEnd, 1.0);
+    s.time_unix_nano = u64::MAX;
+    let dropped = e.ingest(&[s]);
+    assert_eq!(dropped, vec![(DropReason::FutureTimestamp, Signal::RssEnd)]);
+    assert_eq!((e.live_sources(), e.stats().rejected_samples), (0, 1));
+}

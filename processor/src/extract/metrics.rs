@@ -22,7 +22,7 @@ pub fn extract_metrics(
     stats: &mut ExtractStats,
 ) {
     for (resource, metrics) in request.resource_metrics() {
-        let ctx = ResourceContext::new(resource, config, stats);
+        let mut ctx = ResourceContext::new(resource, config, stats);
         for metric in metrics {
             let Ok(name) = std::str::from_utf8(metric.name) else {
                 continue;

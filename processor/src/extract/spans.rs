@@ -15,6 +15,9 @@ pub(super) struct ResourceContext {
     pub instance: Arc<str>,
     /// The resource's value for each cohort attribute, in the configured order.
     pub cohorts: Vec<Option<Arc<str>>>,
+    /// The last cohort an item (span or point) named itself: its neighbours mostly name the same one, and
+    /// share it, so the engine sees one source's run of samples as one.
+    item_last: Option<Arc<str>>,
 }
 
 impl ResourceContext {
@@ -41,22 +44,31 @@ impl ResourceContext {
                 .iter()
                 .map(|k| find(k).map(Arc::from))
                 .collect(),
+            item_last: None,
         }
     }
 
     /// The cohort by precedence: the first configured attribute that is present, on the item (span or point)
     /// before the resource. `item_best` is the index and value of the first configured attribute the item had.
-    pub fn cohort(&self, item_best: Option<(usize, String)>) -> Option<Arc<str>> {
+    pub fn cohort(&mut self, item_best: Option<(usize, String)>) -> Option<Arc<str>> {
         let resource_best = self
             .cohorts
             .iter()
             .enumerate()
             .find_map(|(i, c)| c.as_ref().map(|c| (i, c)));
         match (item_best, resource_best) {
-            (Some((i, v)), Some((j, _))) if i <= j => Some(v.into()),
+            (Some((i, v)), Some((j, _))) if i <= j => Some(self.item_named(v)),
             (_, Some((_, c))) => Some(c.clone()),
-            (Some((_, v)), None) => Some(v.into()),
+            (Some((_, v)), None) => Some(self.item_named(v)),
             (None, None) => None,
+        }
+    }
+
+    /// The shared name of an item's cohort `v`.
+    fn item_named(&mut self, v: String) -> Arc<str> {
+        match &self.item_last {
+            Some(last) if **last == *v => last.clone(),
+            _ => self.item_last.insert(Arc::from(v)).clone(),
         }
     }
 }
@@ -104,7 +116,7 @@ pub fn extract_spans(
     stats: &mut ExtractStats,
 ) {
     for (resource, spans) in request.resource_spans() {
-        let ctx = ResourceContext::new(resource, config, stats);
+        let mut ctx = ResourceContext::new(resource, config, stats);
         for span in spans {
             stats.spans += 1;
             let attributes = request.attributes(span);

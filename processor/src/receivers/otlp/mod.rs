@@ -148,6 +148,9 @@ impl Pending {
     }
 }
 
+/// The most samples a request's vector is sized for before extraction (about 1 MB); beyond, it grows as filled.
+const SAMPLES_RESERVED: usize = 4096;
+
 impl Ingest {
     pub fn new(
         extract: ExtractConfig,
@@ -167,7 +170,9 @@ impl Ingest {
 
     /// Extracts and enqueues spans; [`Pending::traces`] is the answer.
     pub fn traces(&self, request: &TraceRequest<'_>) -> Result<Pending, Busy> {
-        let mut samples = Vec::new();
+        // Room for a sample per span, up front (not grown by copying as it fills), up to a bound: spans without
+        // memory attributes give none, and a request of empty spans must not reserve for them.
+        let mut samples = Vec::with_capacity(request.spans().len().min(SAMPLES_RESERVED));
         let mut stats = ExtractStats::default();
         extract_spans(request, &self.extract, &mut samples, &mut stats);
         self.enqueue(samples, stats, &self.telemetry.accepted_spans)
