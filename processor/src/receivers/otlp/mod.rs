@@ -210,6 +210,11 @@ impl Ingest {
             }
             ok
         });
+        // A batch may wait in the engine's queue: it holds no more room than twice its samples (spans without
+        // memory attributes leave the up-front room unused).
+        if samples.capacity() > 2 * samples.len() {
+            samples.shrink_to_fit();
+        }
         let verdict = if samples.is_empty() {
             None
         } else {
@@ -250,4 +255,68 @@ pub struct RpcStatus {
     pub code: i32,
     #[prost(string, tag = "2")]
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::sync_channel;
+
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+
+    use super::*;
+
+    /// A request of 4,000 spans of which one carries memory attributes queues a batch sized for its one sample,
+    /// not for the 4,000 spans: the queue holds up to a thousand batches.
+    #[test]
+    fn a_queued_batch_holds_room_for_its_samples_only() {
+        let memory = KeyValue {
+            key: "memspan.rss.end".into(),
+            value: Some(AnyValue {
+                value: Some(Value::IntValue(1 << 30)),
+            }),
+            ..Default::default()
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let spans = (0..4_000)
+            .map(|i| Span {
+                end_time_unix_nano: now,
+                attributes: if i == 0 { vec![memory.clone()] } else { vec![] },
+                ..Default::default()
+            })
+            .collect();
+        let body = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec();
+        let config = ExtractConfig::default();
+        let request = TraceRequest::decode_keeping(&body, &config).expect("a valid request");
+        let (tx, rx) = sync_channel(4);
+        let ingest = Ingest::new(
+            config,
+            Telemetry::new(),
+            tx,
+            u64::MAX,
+            DecodeBudget::new(1 << 20),
+        );
+        let _pending = ingest.traces(&request).map_err(|_| "busy").expect("queued");
+        let batch = rx.try_recv().expect("a batch");
+        assert_eq!(batch.samples.len(), 1);
+        assert!(
+            batch.samples.capacity() <= 2,
+            "{}",
+            batch.samples.capacity()
+        );
+    }
 }
