@@ -88,7 +88,7 @@ impl Pane {
             // from a checkpoint without a schedule, after `seen` values: the weight scaled as if they had been
             // sampled, its expectation being about `cap / seen`.)
             let seen = n.saturating_sub(1).max(cap as u64);
-            self.weight = (unit(rng).ln() / cap as f64).exp() * (cap as f64 / seen as f64);
+            self.weight = shrink(cap, rng) * (cap as f64 / seen as f64);
             self.next_kept = n.saturating_sub(1).saturating_add(gap(self.weight, rng));
         }
         if n < self.next_kept {
@@ -99,9 +99,14 @@ impl Pane {
             self.reservoir[j] = v;
             self.tags[j] = tag;
         }
-        self.weight *= (unit(rng).ln() / cap as f64).exp();
+        self.weight *= shrink(cap, rng);
         self.next_kept = n.saturating_add(gap(self.weight, rng));
     }
+}
+
+/// Algorithm L's factor on its weight at each replacement: u^(1/cap), u uniform.
+fn shrink(cap: usize, rng: &mut u64) -> f64 {
+    (unit(rng).ln() / cap as f64).exp()
 }
 
 /// Algorithm L's step to the next kept value: 1 + a geometric count of values passed over, with success

@@ -67,6 +67,17 @@ impl EngineStats {
             self.rejected_sample_values += lost as u64;
         }
     }
+
+    /// Drops every value of `s` for `reason`, and counts `s` as rejected.
+    fn drop_sample(
+        &mut self,
+        s: &MemorySample,
+        reason: DropReason,
+        dropped: &mut Vec<(DropReason, Signal)>,
+    ) {
+        dropped.extend(s.values.iter().map(|(sig, _)| (reason, sig)));
+        self.reject(s, s.values.len());
+    }
 }
 
 /// Windows that close together: a service's cohorts, or one instance's series. `closed_end` is the end of the
@@ -261,16 +272,15 @@ impl Engine {
             // Extraction drops these already; the check keeps the window arithmetic below in range for any
             // caller.
             if s.time_unix_nano > LATEST_EVENT_TIME {
-                drop_all(s, DropReason::FutureTimestamp, dropped);
-                self.stats.reject(s, s.values.len());
+                self.stats
+                    .drop_sample(s, DropReason::FutureTimestamp, dropped);
                 continue;
             }
             let pane = (s.time_unix_nano / cfg.step_ns) as i64;
             let earliest_end = (s.time_unix_nano / cfg.step_ns + 1).saturating_mul(cfg.step_ns);
             if earliest_end <= instance.clock.closed_end {
                 self.stats.late_values += s.values.len() as u64;
-                drop_all(s, DropReason::Late, dropped);
-                self.stats.reject(s, s.values.len());
+                self.stats.drop_sample(s, DropReason::Late, dropped);
                 continue;
             }
             instance.newest = instance.newest.max(s.time_unix_nano);
@@ -315,13 +325,13 @@ impl Engine {
     /// [`LATEST_EVENT_TIME`] (which makes no source).
     fn refuse(&mut self, run: &[MemorySample], dropped: &mut Vec<(DropReason, Signal)>) {
         for s in run {
-            if s.time_unix_nano > LATEST_EVENT_TIME {
-                drop_all(s, DropReason::FutureTimestamp, dropped);
+            let reason = if s.time_unix_nano > LATEST_EVENT_TIME {
+                DropReason::FutureTimestamp
             } else {
                 self.stats.overflow_values += s.values.len() as u64;
-                drop_all(s, DropReason::KeyOverflow, dropped);
-            }
-            self.stats.reject(s, s.values.len());
+                DropReason::KeyOverflow
+            };
+            self.stats.drop_sample(s, reason, dropped);
         }
     }
 
@@ -677,11 +687,6 @@ fn same_source(a: &MemorySample, b: &MemorySample) -> bool {
             (None, None) => true,
             _ => false,
         }
-}
-
-/// Every value of `s`, dropped for `reason`.
-fn drop_all(s: &MemorySample, reason: DropReason, dropped: &mut Vec<(DropReason, Signal)>) {
-    dropped.extend(s.values.iter().map(|(sig, _)| (reason, sig)));
 }
 
 /// FNV-1a over the instance id: a stable 32-bit tag (collisions only merge two processes' statistics).
