@@ -18,12 +18,6 @@ struct Pane {
     reservoir: Vec<f64>,
     /// The instance of each reservoir value (a hash of its id), so detectors can split a cohort by process.
     tags: Vec<u32>,
-    /// Once the reservoir is full: the count at which the next value replaces one, and Algorithm L's running
-    /// weight. Between replacements a value costs no random draw (absent in older checkpoints: 0 = not set).
-    #[serde(default)]
-    next_kept: u64,
-    #[serde(default)]
-    weight: f64,
     /// (value, request), largest first, at most `exemplars` long.
     exemplars: Vec<(f64, Exemplar)>,
 }
@@ -38,8 +32,6 @@ impl Pane {
             last: (0, f64::NAN),
             reservoir: Vec::new(),
             tags: Vec::new(),
-            next_kept: 0,
-            weight: 0.0,
             exemplars: Vec::new(),
         }
     }
@@ -62,7 +54,7 @@ impl Pane {
             self.reservoir.push(v);
             self.tags.push(tag);
         } else if cap > 0 {
-            self.keep_sampled((v, tag), cap, rng);
+            self.keep_sampled((v, tag), rng);
         }
         // Full, and no larger than the smallest kept: not kept (the common case, decided without a search).
         let full = self.exemplars.len() >= exemplars;
@@ -78,48 +70,18 @@ impl Pane {
         }
     }
 
-    /// A full reservoir: Algorithm L (Li, 1994), which draws the gap to the next kept value instead of a
-    /// random number per value. Each of the `n` values seen stays with probability `cap / n`, as with
-    /// Algorithm R, while the values between replacements cost one comparison.
-    fn keep_sampled(&mut self, (v, tag): (f64, u32), cap: usize, rng: &mut u64) {
+    /// A full reservoir: Algorithm R (Vitter, 1985). The `n`th value takes a uniform slot of `0..n` and is kept
+    /// where that slot is one of the reservoir's, so each of the `n` values seen stays with probability
+    /// `cap / n`. The slot is the high half of a 128-bit product (Lemire's multiply-shift, no division), whose
+    /// bias of at most `n / 2^64` is far below anything a window can show.
+    fn keep_sampled(&mut self, (v, tag): (f64, u32), rng: &mut u64) {
         let n = self.moments.n;
-        if self.next_kept == 0 {
-            // The reservoir has just filled: the first gap, counted from the value that filled it. (Restored
-            // from a checkpoint without a schedule, after `seen` values: the weight scaled as if they had been
-            // sampled, its expectation being about `cap / seen`.)
-            let seen = n.saturating_sub(1).max(cap as u64);
-            self.weight = shrink(cap, rng) * (cap as f64 / seen as f64);
-            self.next_kept = n.saturating_sub(1).saturating_add(gap(self.weight, rng));
+        let slot = ((u128::from(next_random(rng)) * u128::from(n)) >> 64) as usize;
+        if slot < self.reservoir.len() {
+            self.reservoir[slot] = v;
+            self.tags[slot] = tag;
         }
-        if n < self.next_kept {
-            return;
-        }
-        let j = (next_random(rng) % cap as u64) as usize;
-        if j < self.reservoir.len() {
-            self.reservoir[j] = v;
-            self.tags[j] = tag;
-        }
-        self.weight *= shrink(cap, rng);
-        self.next_kept = n.saturating_add(gap(self.weight, rng));
     }
-}
-
-/// Algorithm L's factor on its weight at each replacement: u^(1/cap), u uniform.
-fn shrink(cap: usize, rng: &mut u64) -> f64 {
-    (unit(rng).ln() / cap as f64).exp()
-}
-
-/// Algorithm L's step to the next kept value: 1 + a geometric count of values passed over, with success
-/// probability `1 - weight`.
-fn gap(weight: f64, rng: &mut u64) -> u64 {
-    let skipped = (unit(rng).ln() / (-weight).ln_1p()).floor();
-    // A float to integer cast saturates; NaN (weight 1) reads as 0, i.e. keep the next value.
-    (skipped as u64).saturating_add(1)
-}
-
-/// A uniform draw in (0, 1], so that its logarithm is finite.
-fn unit(rng: &mut u64) -> f64 {
-    ((next_random(rng) >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 /// xorshift64*: a tiny deterministic generator, so reservoir sampling replays identically.
@@ -342,7 +304,8 @@ mod tests {
         }
     }
 
-    /// Past the reservoir, most values draw no random number: the gaps between replacements grow as n / cap.
+    /// Past the reservoir, replacements come ever rarer: cap / n of the `n`th value, about cap * ln(n / cap)
+    /// over the stream.
     #[test]
     fn a_full_reservoir_replaces_about_cap_times_the_log_of_the_growth() {
         let (n, cap) = (100_000u64, 64usize);
@@ -350,11 +313,11 @@ mod tests {
         let mut rng = 7;
         let mut replacements = 0;
         for i in 0..n {
-            let before = pane.next_kept;
+            let before = pane.reservoir.clone();
             pane.push((i, i as f64, 0), None, (cap, 0), &mut rng);
-            replacements += u32::from(before != 0 && pane.next_kept != before);
+            replacements += u32::from(i >= cap as u64 && pane.reservoir != before);
         }
-        // Expected cap * ln(n / cap) = 64 * 7.35 = 471 replacements.
+        // Expected cap * ln(n / cap) = 64 * 7.35 = 471 replacements (sd about 21).
         assert!((350..600).contains(&replacements), "{replacements}");
     }
 }
