@@ -3,7 +3,9 @@
 //!
 //! The fleet is the end-to-end benchmark's: 20 services x 2 cohorts x 3 instances, 8 sources per batch (64
 //! samples each, sharing their names as extraction gives them), 6 values a sample (RSS before, after and their
-//! difference, heap, request allocation, limit), each value added to its instance's and its cohort's series.
+//! difference, heap, request allocation, limit), each added to its cohort's series and, where a detector of
+//! the embedded default pipeline reads it (RSS after, heap, limit), to its instance's. The engine's settings
+//! are the default pipeline's.
 //! Event time moves 1 us per sample in `ingest_and_advance_512` (a million samples a second of event time, the
 //! saturation rate) and 100 us per sample in `ingest_and_advance_512_at_10k` (10,000 spans a second, the
 //! end-to-end benchmark's low rate, where a pane sees about 5 times as many values as its reservoir keeps
@@ -19,6 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use memdrift::config::Pipeline;
+use memdrift::core::Core;
 use memdrift::engine::{Engine, EngineConfig};
 use memdrift::sample::MemorySample;
 use memdrift::signal::{Signal, SignalValues};
@@ -80,8 +84,17 @@ fn batch(fleet: &[Source], k: u64, t0: u64, ns_per_sample: u64) -> Vec<MemorySam
         .collect()
 }
 
+/// The engine settings the embedded default pipeline runs with, the instance signals its detectors read
+/// included.
+fn default_settings() -> EngineConfig {
+    let pipeline = Pipeline::default_pipeline().expect("the embedded default pipeline loads");
+    let core = Core::new(pipeline.engine.clone(), pipeline.build_detectors());
+    core.engine().config().clone()
+}
+
 fn engine(c: &mut Criterion) {
     let fleet = fleet();
+    let settings = default_settings();
     const T0: u64 = 1_800_000_000_000_000_000;
     // Batches built ahead, cycled with a shift so time keeps moving.
     const PREPARED: u64 = 1_000;
@@ -95,7 +108,7 @@ fn engine(c: &mut Criterion) {
             .map(|k| batch(&fleet, k, T0, ns_per_sample))
             .collect();
         group.bench_function(name, |b| {
-            let mut engine = Engine::new(EngineConfig::default());
+            let mut engine = Engine::new(settings.clone());
             let mut k = 0u64;
             let mut shifted = prepared[0].clone();
             b.iter(|| {

@@ -44,7 +44,12 @@ const ENGINE: &str = "engine";
 type GaugeKey = (&'static str, Vec<(&'static str, String)>);
 
 impl Core {
-    pub fn new(engine: EngineConfig, detectors: Vec<Box<dyn Detector>>) -> Core {
+    /// An instance keeps series of the signals its detectors read ([`Detector::instance_signals`]) only.
+    pub fn new(mut engine: EngineConfig, detectors: Vec<Box<dyn Detector>>) -> Core {
+        engine.instance_signals = [false; Signal::COUNT];
+        for signal in detectors.iter().flat_map(|d| d.instance_signals()) {
+            engine.instance_signals[signal as usize] = true;
+        }
         Core {
             engine: Engine::new(engine),
             detectors,
@@ -179,5 +184,49 @@ impl Core {
             gauges,
             ..Output::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A detector that reads the instance series of `signals` and says nothing.
+    struct Reads(Vec<Signal>);
+
+    impl Detector for Reads {
+        fn name(&self) -> &'static str {
+            "reads"
+        }
+        fn on_window(&mut self, _: &ClosedWindow, _: &mut Findings) {}
+        fn live_keys(&self) -> usize {
+            0
+        }
+        fn instance_signals(&self) -> Vec<Signal> {
+            self.0.clone()
+        }
+        fn save(&self, _: &mut dyn std::io::Write) -> Result<(), CheckpointError> {
+            Ok(())
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), CheckpointError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn instances_keep_the_signals_some_detector_reads() {
+        let detectors: Vec<Box<dyn Detector>> = vec![
+            Box::new(Reads(vec![Signal::RssEnd, Signal::Limit])),
+            Box::new(Reads(vec![Signal::HeapAllocated, Signal::RssEnd])),
+            Box::new(Reads(Vec::new())),
+        ];
+        let core = Core::new(EngineConfig::default(), detectors);
+        let kept: Vec<Signal> = (Signal::ALL.into_iter())
+            .filter(|s| core.engine().config().instance_signals[*s as usize])
+            .collect();
+        assert_eq!(
+            kept,
+            vec![Signal::RssEnd, Signal::HeapAllocated, Signal::Limit]
+        );
     }
 }

@@ -35,7 +35,8 @@ enum Command {
         /// Pipeline file; without it the embedded default.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Also write each closed window's per-series summary (count, mean, sd, median, MAD, p95) here.
+        /// Also write each closed window's per-series summary (count, mean, sd, median, MAD, p95) here: every
+        /// cohort series, and an instance's series of the signals the pipeline's per-instance detectors read.
         #[arg(long)]
         summaries: Option<PathBuf>,
         /// No progress bar and no closing summary.

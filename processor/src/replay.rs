@@ -25,7 +25,8 @@ pub struct ReplayOptions {
     pub inputs: Vec<PathBuf>,
     /// Anomaly events, as JSON lines ("-" for stdout). The file is replaced, not appended to.
     pub output: PathBuf,
-    /// Also write every closed window's per-series summary as JSON lines.
+    /// Also write every closed window's per-series summary as JSON lines (an instance's series: the signals the
+    /// per-instance detectors read).
     pub summaries: Option<PathBuf>,
     /// Show a progress bar (only drawn when stderr is a terminal).
     pub progress: bool,

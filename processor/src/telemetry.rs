@@ -23,6 +23,8 @@ pub struct Telemetry {
     pub dropped_values: IntCounterVec,
     pub failed_requests: IntCounterVec,
     pub keys: IntGaugeVec,
+    /// `memdrift_sources`: live (service, instance) sources.
+    pub sources: prometheus::IntGauge,
     pub windows_closed: IntCounter,
     pub anomalies: IntCounterVec,
     pub checkpoints: IntCounter,
@@ -136,6 +138,16 @@ impl Telemetry {
                 &["transport", "reason"],
             ),
             keys,
+            sources: {
+                let g = prometheus::IntGauge::new(
+                    "memdrift_sources",
+                    "Live sources ((service, instance) pairs) the engine keeps event time for; an instance's \
+                     series are counted in memdrift_keys{kind=\"instance\"}, for the signals a detector reads.",
+                )
+                .expect("valid");
+                r.register(Box::new(g.clone())).expect("unique");
+                g
+            },
             windows_closed: counter(
                 r,
                 "memdrift_windows_closed_total",
@@ -224,6 +236,7 @@ impl Telemetry {
         for (kind, n) in engine.live_keys_by_kind() {
             self.keys.with_label_values(&[kind]).set(n as i64);
         }
+        self.sources.set(engine.live_sources() as i64);
         let evicted = engine.stats().evicted_services;
         self.evicted_services
             .inc_by(evicted.saturating_sub(self.evicted_services.get()));

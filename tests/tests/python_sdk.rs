@@ -102,7 +102,7 @@ async fn python_sdk_spans_over_grpc_and_http_are_all_counted() {
     })
     .await;
     assert!(
-        metric_value(&text, "memdrift_keys{kind=\"instance\"}").is_some_and(|v| v >= 4.0),
+        metric_value(&text, "memdrift_sources").is_some_and(|v| v >= 4.0),
         "{text}"
     );
     memdrift.stop().await;

@@ -169,7 +169,7 @@ async fn rotel_forwards_every_python_sdk_span_to_memdrift() {
         .collect();
     assert!(failed.is_empty(), "{failed:?}");
 
-    // The spans' cohort reaches the window summaries, and each Rotel run's instance is a live key.
+    // The spans' cohort reaches the window summaries, and each Rotel run's instance is a live source.
     let series =
         "memdrift_window_count{cohort=\"canary\",service=\"py-infer\",signal=\"memspan.rss.end\"}";
     let text = scrape_until(prom, Duration::from_secs(20), |text| {
@@ -180,8 +180,7 @@ async fn rotel_forwards_every_python_sdk_span_to_memdrift() {
     })
     .await;
     assert!(
-        metric_value(&text, "memdrift_keys{kind=\"instance\"}")
-            .is_some_and(|v| v >= runs.len() as f64),
+        metric_value(&text, "memdrift_sources").is_some_and(|v| v >= runs.len() as f64),
         "{text}"
     );
     memdrift.stop().await;

@@ -146,6 +146,15 @@ impl Observation {
     }
 }
 
+/// The instance series [`observations`] reads for the memory signals in `signals`: those, the heap signals and
+/// the two limits.
+pub fn observed_signals(signals: &[Signal]) -> Vec<Signal> {
+    let mut out = signals.to_vec();
+    out.extend(HEAP_SIGNALS);
+    out.extend([Signal::Limit, Signal::GoMemoryLimit]);
+    out
+}
+
 /// Per (service, instance) observations of one window, for the memory signals in `signals` (first present in the
 /// list wins) and the heap and limit signals.
 pub fn observations(

@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::engine::{ClosedWindow, EngineConfig};
+use crate::signal::Signal;
 
 /// The detectors, in the order they see each window (which is the order of their events within it).
 pub const DETECTORS: &[Registration] = &[
@@ -182,6 +183,13 @@ pub trait Detector: Send {
 
     /// How many keys the detector holds state for, so tests and self-telemetry can show it stays bounded.
     fn live_keys(&self) -> usize;
+
+    /// The signals whose instance series (`Scope::Instance` summaries) it reads. The engine keeps an instance's
+    /// series of the signals some detector reads, and no others: a request's per-request values, for one,
+    /// matter to the cohort comparison only. By default every signal.
+    fn instance_signals(&self) -> Vec<Signal> {
+        Signal::ALL.to_vec()
+    }
 
     /// Writes the state it keeps between windows into `out`, encoded for a checkpoint ([`checkpoint::encode`]).
     /// Called twice per checkpoint (to size the section, then to write it): it must write the same bytes.

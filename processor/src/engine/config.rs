@@ -1,5 +1,7 @@
 //! The engine's settings, built from the pipeline's `windows` processor.
 
+use crate::signal::Signal;
+
 /// Engine settings, in nanoseconds of event time. Built from the pipeline's `windows` processor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineConfig {
@@ -19,6 +21,9 @@ pub struct EngineConfig {
     pub instance_samples_per_pane: usize,
     /// Trace ids kept per pane and reported per window: those of the largest values.
     pub exemplars: usize,
+    /// The signals an instance keeps a series of, by [`Signal`] index: those the per-instance detectors read
+    /// (set by `Core::new` from its detectors; every signal by default). A cohort keeps every signal.
+    pub instance_signals: [bool; Signal::COUNT],
 }
 
 impl Default for EngineConfig {
@@ -34,6 +39,7 @@ impl Default for EngineConfig {
             max_samples_per_pane: 512,
             instance_samples_per_pane: 64,
             exemplars: 5,
+            instance_signals: [true; Signal::COUNT],
         }
     }
 }

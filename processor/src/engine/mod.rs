@@ -293,13 +293,15 @@ impl Engine {
                 cohort = Some((service.cohorts.entry(s.cohort.clone())).or_insert_with(Group::new));
             }
             for (signal, v) in s.values.iter() {
-                if !live.admit(&instance.group, signal, 1) {
-                    self.stats.overflow_values += 1;
-                    dropped.push((DropReason::KeyOverflow, signal));
-                    continue;
+                if cfg.instance_signals[signal as usize] {
+                    if !live.admit(&instance.group, signal, 1) {
+                        self.stats.overflow_values += 1;
+                        dropped.push((DropReason::KeyOverflow, signal));
+                        continue;
+                    }
+                    let keep = (cfg.instance_samples_per_pane, cfg.exemplars);
+                    instance.group.push(pane, s, signal, v, tag, keep);
                 }
-                let keep = (cfg.instance_samples_per_pane, cfg.exemplars);
-                instance.group.push(pane, s, signal, v, tag, keep);
                 let Some(group) = cohort.as_deref_mut().filter(|_| for_cohort) else {
                     self.stats.late_for_cohort_values += 1;
                     dropped.push((DropReason::LateForCohort, signal));

@@ -635,3 +635,41 @@ fn an_event_time_past_the_latest_makes_no_source() {
     assert_eq!(dropped, vec![(DropReason::FutureTimestamp, Signal::RssEnd)]);
     assert_eq!((e.live_sources(), e.stats().rejected_samples), (0, 1));
 }
+
+/// An instance keeps series of `instance_signals` only (what its detectors read); its cohort keeps them all, and
+/// the key count holds the series kept.
+#[test]
+fn an_instance_keeps_the_signals_its_detectors_read_only() {
+    let mut instance_signals = [false; Signal::COUNT];
+    instance_signals[Signal::RssEnd as usize] = true;
+    let mut e = Engine::new(EngineConfig {
+        source_idle_ns: 10 * S,
+        instance_signals,
+        ..EngineConfig::default()
+    });
+    let samples: Vec<_> = (0..70)
+        .map(|i| {
+            let mut s = sample("svc", "a", "i1", i as f64, Signal::RssEnd, 1e9);
+            s.values.set(Signal::RssStart, 1e9);
+            s.values.set(Signal::RequestAllocated, 1e6 + i as f64);
+            s
+        })
+        .collect();
+    assert!(e.ingest(&samples).is_empty());
+    let closed = e.advance();
+    let last = closed.last().expect("windows closed");
+    let mut scopes: Vec<(&str, Signal)> = (last.summaries.iter())
+        .map(|s| (s.key.group.scope.kind(), s.key.signal))
+        .collect();
+    scopes.sort();
+    assert_eq!(
+        scopes,
+        vec![
+            ("cohort", Signal::RssStart),
+            ("cohort", Signal::RssEnd),
+            ("cohort", Signal::RequestAllocated),
+            ("instance", Signal::RssEnd),
+        ]
+    );
+    assert_eq!(e.live_keys_by_kind(), [("cohort", 3), ("instance", 1)]);
+}

@@ -156,6 +156,16 @@ impl Detector for GcGoal {
         self.instances.len()
     }
 
+    fn instance_signals(&self) -> Vec<Signal> {
+        // What `read` takes.
+        vec![
+            Signal::GcGoal,
+            Signal::Limit,
+            Signal::GoMemoryLimit,
+            Signal::HeapAllocated,
+        ]
+    }
+
     fn save(&self, out: &mut dyn std::io::Write) -> Result<(), CheckpointError> {
         let mut state: Vec<(&InstanceKey, &Readings)> = self.instances.iter().collect();
         state.sort_by(|a, b| a.0.cmp(b.0));

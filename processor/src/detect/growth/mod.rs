@@ -546,6 +546,10 @@ impl Detector for Growth {
         self.instances.len()
     }
 
+    fn instance_signals(&self) -> Vec<crate::signal::Signal> {
+        super::grid::observed_signals(&self.settings.grid.signals)
+    }
+
     fn save(&self, out: &mut dyn std::io::Write) -> Result<(), CheckpointError> {
         checkpoint::encode(self.name(), &(&self.instances, self.overflow), out)
     }

@@ -793,6 +793,11 @@ impl Detector for SpreadDrift {
         "spread_drift"
     }
 
+    /// Cohorts only.
+    fn instance_signals(&self) -> Vec<Signal> {
+        Vec::new()
+    }
+
     fn live_keys(&self) -> usize {
         self.series
             .values()
