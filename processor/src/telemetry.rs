@@ -48,6 +48,14 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     c
 }
 
+fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::IntGauge {
+    let g = prometheus::IntGauge::new(name, help).expect("static metric definition is valid");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
+}
+
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels)
         .expect("static metric definition is valid");
@@ -138,16 +146,12 @@ impl Telemetry {
                 &["transport", "reason"],
             ),
             keys,
-            sources: {
-                let g = prometheus::IntGauge::new(
-                    "memdrift_sources",
-                    "Live sources ((service, instance) pairs) the engine keeps event time for; an instance's \
-                     series are counted in memdrift_keys{kind=\"instance\"}, for the signals a detector reads.",
-                )
-                .expect("valid");
-                r.register(Box::new(g.clone())).expect("unique");
-                g
-            },
+            sources: gauge(
+                r,
+                "memdrift_sources",
+                "Live sources ((service, instance) pairs) the engine keeps event time for; an instance's \
+                 series are counted in memdrift_keys{kind=\"instance\"}, for the signals a detector reads.",
+            ),
             windows_closed: counter(
                 r,
                 "memdrift_windows_closed_total",
@@ -165,15 +169,11 @@ impl Telemetry {
                  corrupt, another format version, other settings); memdrift carries on either way.",
                 &["operation"],
             ),
-            checkpoint_bytes: {
-                let g = prometheus::IntGauge::new(
-                    "memdrift_checkpoint_bytes",
-                    "Size of the last checkpoint written.",
-                )
-                .expect("valid");
-                r.register(Box::new(g.clone())).expect("unique");
-                g
-            },
+            checkpoint_bytes: gauge(
+                r,
+                "memdrift_checkpoint_bytes",
+                "Size of the last checkpoint written.",
+            ),
             anomalies: counter_vec(
                 r,
                 "memdrift_anomalies_total",

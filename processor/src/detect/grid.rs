@@ -146,12 +146,15 @@ impl Observation {
     }
 }
 
+/// The limits an observation carries: the container's and a Go process's GOMEMLIMIT.
+const LIMITS: [Signal; 2] = [Signal::Limit, Signal::GoMemoryLimit];
+
 /// The instance series [`observations`] reads for the memory signals in `signals`: those, the heap signals and
-/// the two limits.
+/// the limits.
 pub fn observed_signals(signals: &[Signal]) -> Vec<Signal> {
     let mut out = signals.to_vec();
     out.extend(HEAP_SIGNALS);
-    out.extend([Signal::Limit, Signal::GoMemoryLimit]);
+    out.extend(LIMITS);
     out
 }
 
@@ -170,11 +173,7 @@ pub fn observations(
         let pane = s.newest_pane.map(|p| (p.max, p.min));
         let heap_i = HEAP_SIGNALS.iter().position(|h| *h == sig);
         let rank = signals.iter().position(|x| *x == sig);
-        if heap_i.is_none()
-            && rank.is_none()
-            && sig != Signal::Limit
-            && sig != Signal::GoMemoryLimit
-        {
+        if heap_i.is_none() && rank.is_none() && !LIMITS.contains(&sig) {
             continue;
         }
         let o = map

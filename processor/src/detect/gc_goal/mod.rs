@@ -92,6 +92,15 @@ pub struct GcGoal {
     overflow: u64,
 }
 
+/// The instance series `read` takes, in the order of its slots: the goal (the one that makes an instance
+/// watched), the container limit, GOMEMLIMIT, the live heap.
+const READS: [Signal; 4] = [
+    Signal::GcGoal,
+    Signal::Limit,
+    Signal::GoMemoryLimit,
+    Signal::HeapAllocated,
+];
+
 impl GcGoal {
     fn rules(&self) -> Rules {
         Rules {
@@ -109,12 +118,8 @@ impl GcGoal {
             let Scope::Instance(instance) = &s.key.group.scope else {
                 continue;
             };
-            let slot = match s.key.signal {
-                Signal::GcGoal => 0,
-                Signal::Limit => 1,
-                Signal::GoMemoryLimit => 2,
-                Signal::HeapAllocated => 3,
-                _ => continue,
+            let Some(slot) = READS.iter().position(|x| *x == s.key.signal) else {
+                continue;
             };
             let Some(pane) = s.newest_pane else {
                 continue;
@@ -157,13 +162,7 @@ impl Detector for GcGoal {
     }
 
     fn instance_signals(&self) -> Vec<Signal> {
-        // What `read` takes.
-        vec![
-            Signal::GcGoal,
-            Signal::Limit,
-            Signal::GoMemoryLimit,
-            Signal::HeapAllocated,
-        ]
+        READS.to_vec()
     }
 
     fn save(&self, out: &mut dyn std::io::Write) -> Result<(), CheckpointError> {
