@@ -33,6 +33,9 @@ pub struct Rules {
     pub resolve_after: u32,
     /// An open finding emits an update on every this many looks that keep it open.
     pub update_every: u32,
+    /// Whether a `Hold` look between alarms keeps the streak (not counted, not reset): evidence that flickers
+    /// between enough to open and enough to hold is one finding forming, not several false starts.
+    pub hold_keeps_streak: bool,
 }
 
 /// The state of one finding's lifecycle (one per key a detector watches).
@@ -62,10 +65,10 @@ impl Alarm {
         rules: &Rules,
         open: impl FnOnce() -> Episode,
     ) -> Option<(AnomalyState, Episode)> {
-        self.streak = if look == Look::Alarm {
-            self.streak.saturating_add(1)
-        } else {
-            0
+        self.streak = match look {
+            Look::Alarm => self.streak.saturating_add(1),
+            Look::Hold if rules.hold_keeps_streak => self.streak,
+            _ => 0,
         };
         match (self.episode, look) {
             (None, Look::Alarm) if self.streak >= rules.confirm => {
@@ -104,11 +107,12 @@ impl Alarm {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use memdrift_anomaly::{AnomalyKind, Identity};
 
-    fn episode() -> Episode {
+    /// An episode of a leak finding, for the detectors' simulations of the lifecycle.
+    pub(crate) fn episode() -> Episode {
         let id = Identity {
             kind: AnomalyKind::Leak,
             service: "s",
@@ -136,6 +140,7 @@ mod tests {
             confirm: 3,
             resolve_after: 2,
             update_every: 1,
+            hold_keeps_streak: false,
         };
         assert_eq!(
             run(rules, &[A, A, C, A, A, A, A, C, C]),
@@ -154,11 +159,46 @@ mod tests {
     }
 
     #[test]
+    fn a_hold_between_alarms_keeps_the_streak_only_when_asked() {
+        let looks = [A, A, H, A, C, C, H, H, A, A, S, A];
+        let keeps = Rules {
+            confirm: 3,
+            resolve_after: 2,
+            update_every: 1,
+            hold_keeps_streak: true,
+        };
+        // A, A, H, A: three alarms, the hold neither counts nor breaks them; a stale look breaks them.
+        assert_eq!(
+            run(keeps, &looks),
+            [
+                None,
+                None,
+                None,
+                Some(Open),
+                None,
+                Some(Resolved),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None
+            ]
+        );
+        let breaks = Rules {
+            hold_keeps_streak: false,
+            ..keeps
+        };
+        assert!(run(breaks, &looks).iter().all(Option::is_none));
+    }
+
+    #[test]
     fn hold_keeps_open_but_never_opens_and_stale_counts_nothing() {
         let rules = Rules {
             confirm: 1,
             resolve_after: 2,
             update_every: 2,
+            hold_keeps_streak: false,
         };
         assert_eq!(
             run(rules, &[H, A, H, H, C, S, H, C, S, C]),
@@ -184,6 +224,7 @@ mod tests {
             confirm: 1,
             resolve_after: 1,
             update_every: 1,
+            hold_keeps_streak: false,
         };
         assert_eq!(a.reset(), None);
         a.look(Look::Alarm, &rules, episode);

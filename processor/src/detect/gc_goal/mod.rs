@@ -107,6 +107,7 @@ impl GcGoal {
             confirm: self.settings.confirm,
             resolve_after: self.settings.resolve_after,
             update_every: self.settings.resolve_after,
+            hold_keeps_streak: false,
         }
     }
 

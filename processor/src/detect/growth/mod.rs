@@ -415,6 +415,7 @@ impl Growth {
             resolve_after: self.settings.resolve_after,
             // An update a minute at the default step.
             update_every: 6,
+            hold_keeps_streak: false,
         }
     }
 

@@ -18,8 +18,9 @@
 //!      a warm-up, does not), and a line fitting better than a single level shift; it opens only while the
 //!      newest short-window floor is a new high (a creep that has stopped does not open one).
 //!
-//!    Both need a slope of at least `min_slope_bytes_per_s`. A finding opens after three positive minutes in a
-//!    row and holds while the floor still rises by `min_growth_per_hour`.
+//!    Both need a slope of at least `min_slope_bytes_per_s`. A finding opens after three positive minutes (a
+//!    minute that only holds between them neither counts nor breaks the run) and holds while the floor still
+//!    rises by `min_growth_per_hour`.
 //! 3. Classification from the heap signals' floors over the same stretch: `heap` when allocator live bytes
 //!    (memspan.heap.allocated) rise at least half as fast; else `fragmentation` when resident bytes do, or
 //!    retained bytes outside Go; for Go, `released_not_returned` when the heap memory released to the kernel
@@ -323,6 +324,27 @@ fn classify(
     }
 }
 
+/// How leak findings open and close: after [`CONFIRM`] positive minutes, where a minute that only holds (the
+/// floor still rising materially, some check of the opening test failing) between them neither counts nor
+/// breaks the run: on a GC sawtooth sampled once a minute, noise in the troughs makes a leak's checks flicker.
+fn rules(resolve_after: u32) -> Rules {
+    Rules {
+        confirm: CONFIRM,
+        resolve_after,
+        update_every: 1,
+        hold_keeps_streak: true,
+    }
+}
+
+/// What one test says to the finding's lifecycle.
+fn look(r: Option<&LeakTest>) -> Look {
+    match r {
+        Some(r) if r.leaking => Look::Alarm,
+        Some(r) if r.holding => Look::Hold,
+        _ => Look::Clear,
+    }
+}
+
 /// Tests one instance's floor from its grid alone (the history the grid holds): for the benchmark.
 pub fn test(track: &Track, s: &LeakSettings, step_ns: u64) -> Option<LeakTest> {
     let mut m = Minutes::new(buckets(s.lookback_ns, step_ns).div_ceil(STRIDE as usize));
@@ -419,12 +441,7 @@ impl Leak {
     }
 
     fn rules(&self) -> Rules {
-        Rules {
-            // One noisy minute is not a leak.
-            confirm: CONFIRM,
-            resolve_after: self.settings.resolve_after,
-            update_every: 1,
-        }
+        rules(self.settings.resolve_after)
     }
 
     fn event(
@@ -485,11 +502,7 @@ impl Leak {
         } else if index.rem_euclid(STRIDE) == 0 {
             st.minutes.update(&st.track);
             let r = test_minutes(&st.track, &st.minutes, &self.settings, step_ns);
-            let look = match &r {
-                Some(r) if r.leaking => Look::Alarm,
-                Some(r) if r.holding => Look::Hold,
-                _ => Look::Clear,
-            };
+            let look = look(r.as_ref());
             let identity = Identity {
                 kind: AnomalyKind::Leak,
                 service: &key.0,

@@ -1,13 +1,14 @@
 //! Seeded simulations of the leak test against known truth: one instance on the 10 s grid (five samples a
 //! bucket), a GC sawtooth of 2-6 minute cycles under calm shapes (flat with AR(1) noise, a warm-up ramp, a
-//! creep that stops, a one-time step) and under leaks. A finding opens, as in the detector, after three
-//! positive minutes in a row.
+//! creep that stops, a one-time step) and under leaks. A finding opens and resolves as in the detector (its
+//! [`rules`]).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
 use super::*;
+use crate::detect::alarm::tests::episode;
 use crate::detect::grid::{GridSettings, Observation};
 use crate::signal::Signal;
 
@@ -83,7 +84,8 @@ fn run_go(seed: u64, shape: Shape, hours: f64, go: Option<Go>) -> Vec<(f64, Opti
     let first = 1_000_000;
     let mut track = Track::new(Signal::RssEnd, first, 391);
     let mut minutes = Minutes::new(120);
-    let (mut streak, mut opens) = (0, Vec::new());
+    let (mut alarm, mut opens) = (Alarm::default(), Vec::new());
+    let rules = rules(s.resolve_after);
     for k in 0..(hours * 360.0) as i64 {
         let (mut hi, mut lo, mut heap) = (f64::MIN, f64::MAX, f64::MAX);
         for j in 0..5 {
@@ -139,12 +141,8 @@ fn run_go(seed: u64, shape: Shape, hours: f64, go: Option<Go>) -> Vec<(f64, Opti
         }
         minutes.update(&track);
         let r = test_minutes(&track, &minutes, &s, STEP);
-        streak = if r.as_ref().is_some_and(|r| r.leaking) {
-            streak + 1
-        } else {
-            0
-        };
-        if streak == CONFIRM {
+        let due = alarm.look(look(r.as_ref()), &rules, episode);
+        if due.is_some_and(|(state, _)| state == AnomalyState::Open) {
             opens.push((k as f64 / 6.0, r.and_then(|r| r.classification)));
         }
     }

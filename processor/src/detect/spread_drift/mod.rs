@@ -448,6 +448,7 @@ impl SpreadDrift {
             confirm: 1,
             resolve_after: self.settings.resolve_after,
             update_every: 1,
+            hold_keeps_streak: false,
         }
     }
 
