@@ -92,7 +92,7 @@ fn leaks_are_forecast_15_minutes_before_the_crossing_and_found() {
         // Every leak of at least 1 MB/s is named within 15 minutes; spans tell its class.
         let l = required(&f, Kind::Leak);
         assert!(
-            l.expected > 0 && l.timely == l.expected,
+            l.expected > 0 && l.missed == 0 && l.timely == l.expected,
             "{l:?}: {}",
             why(&f)
         );

@@ -440,10 +440,6 @@ impl Leak {
         self.instances.values().map(|s| &s.track)
     }
 
-    fn rules(&self) -> Rules {
-        rules(self.settings.resolve_after)
-    }
-
     fn event(
         &self,
         due: (AnomalyState, Episode),
@@ -480,7 +476,7 @@ impl Leak {
         let cap = buckets(GRID_SPAN_NS + self.settings.floor_window_ns, self.step_ns) + 1;
         let minutes = buckets(self.settings.lookback_ns, self.step_ns).div_ceil(STRIDE as usize);
         let signal = o.memory?.0;
-        let (rules, step_ns) = (self.rules(), self.step_ns);
+        let (rules, step_ns) = (rules(self.settings.resolve_after), self.step_ns);
         let st = admit(
             &mut self.instances,
             key.clone(),
