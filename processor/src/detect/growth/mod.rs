@@ -21,9 +21,11 @@
 //!    when the **point** forecast is within `horizon` plus the pipeline's own lag (allowed lateness and a step,
 //!    plus half a window: the envelope trails the rising peaks), the slope's lower bound is positive (a flat
 //!    series is never extrapolated), the headroom is below `max_headroom` of the limit, the stretch does not
-//!    look like one level shift (a one-time step), and the envelope is not settling below the limit
-//!    (`settles_below`: a start-up ramp or a cache warming slows as it nears its plateau). A wide interval,
-//!    from noisy or short data, makes the warning wait; it never makes it fire.
+//!    look like one level shift (a one-time step), the envelope is not settling below the limit
+//!    (`settles_below`: a start-up ramp or a cache warming slows as it nears its plateau), and it stands clear
+//!    above everything it reached before the recent stretch (`new_high`: autocorrelated noise wanders within a
+//!    range; a rise towards the limit leaves it). A wide interval, from noisy or short data, makes the warning
+//!    wait; it never makes it fire.
 //! 4. An open warning holds while the widest upper bound of the two fits puts the limit within twice that
 //!    horizon, and resolves only after `resolve_after` evaluations with a fresh sample have failed to hold it:
 //!    on minute metrics the envelope is a staircase whose slope swings from point to point, and a clean minute
@@ -270,6 +272,25 @@ fn settles_below(points: &[f64], peak: f64, limit: f64, per_s: f64) -> bool {
     peak + last * per_s * tau < limit
 }
 
+/// How far above everything before the recent stretch the envelope must stand to warn, in robust sds of its
+/// scatter around the long trend ([`new_high`]).
+pub const NEW_HIGH_MARGIN: f64 = 1.5;
+
+/// Whether the envelope now (`now`) stands clear above every point before the recent stretch (the last
+/// `recent` points), by [`NEW_HIGH_MARGIN`] times `scatter`: strongly autocorrelated noise (AR(1) at 0.93-0.97
+/// per 10 s sample) wanders up and down within a range, and its upswing read over the recent stretch alone looks
+/// like a leak; a rise towards the limit leaves that range. Measured (EVALUATION.md): a margin of 1 takes off
+/// the same calm warnings as 1.5, and one of 2 makes a slow leak's warning late.
+fn new_high(points: &[f64], recent: usize, now: f64, scatter: f64) -> bool {
+    let before = &points[..points.len().saturating_sub(recent)];
+    let top = before
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
+    now > top + NEW_HIGH_MARGIN * scatter
+}
+
 /// The robust sd of the points' residuals around `line`: how far a peak may sit above the trend.
 fn scatter(points: &[f64], line: &SenSlope) -> f64 {
     let mut resid: Vec<f64> = points
@@ -331,7 +352,8 @@ pub fn forecast(track: &Track, s: &GrowthSettings, step_ns: u64, lag_ns: u64) ->
     } else {
         observed
     });
-    let envelope = base + gap + normal_quantile(s.level) * scatter(&points, &long);
+    let spread = scatter(&points, &long);
+    let envelope = base + gap + normal_quantile(s.level) * spread;
     let limit = track.limit.or(s.limit_bytes);
     // The stretch the fit stands on (which must not look like one step).
     let stretch = if fit.slope == long.slope {
@@ -360,6 +382,7 @@ pub fn forecast(track: &Track, s: &GrowthSettings, step_ns: u64, lag_ns: u64) ->
                 // On the point forecast: a wide interval (noisy or short data) makes the warning wait.
                 slope_low > 0.0
                     && headroom
+                    && new_high(&points, recent, observed, spread)
                     && point < horizon
                     && !level_shift_fits(stretch, &fit, STEP_FIT)
                     && !settles_below(&points, envelope, l, per_s),
