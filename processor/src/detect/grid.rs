@@ -226,6 +226,16 @@ pub fn instance_event(
     }
 }
 
+/// The present points of `p` (gaps, NaN, left out).
+pub fn finite(p: &[f64]) -> impl Iterator<Item = f64> + '_ {
+    p.iter().copied().filter(|v| v.is_finite())
+}
+
+/// The highest present point of `p`; NaN when all are gaps.
+pub fn highest(p: &[f64]) -> f64 {
+    finite(p).fold(f64::NAN, f64::max)
+}
+
 /// Whether one level shift (two medians) fits `points` (NaN for gaps) better than `line`, by the sum of
 /// absolute residuals: the shift's at most `share` of the line's. A one-time step (or a lone spike's plateau)
 /// is not a trend.

@@ -49,7 +49,7 @@ pub use config::{GrowthSection, GrowthSettings};
 
 use super::alarm::{Alarm, Look, Rules};
 use super::grid::{
-    admit, buckets, expire, instance_event, level_shift_fits, observations, InstanceKey,
+    admit, buckets, expire, highest, instance_event, level_shift_fits, observations, InstanceKey,
     LimitSource, Observation, Track,
 };
 use super::{checkpoint, CheckpointError, Detector, Findings, Gauge, SectionError, Settings};
@@ -277,18 +277,14 @@ fn settles_below(points: &[f64], peak: f64, limit: f64, per_s: f64) -> bool {
 pub const NEW_HIGH_MARGIN: f64 = 1.5;
 
 /// Whether the envelope now (`now`) stands clear above every point before the recent stretch (the last
-/// `recent` points), by [`NEW_HIGH_MARGIN`] times `scatter`: strongly autocorrelated noise (AR(1) at 0.93-0.97
-/// per 10 s sample) wanders up and down within a range, and its upswing read over the recent stretch alone looks
-/// like a leak; a rise towards the limit leaves that range. Measured (EVALUATION.md): a margin of 1 takes off
-/// the same calm warnings as 1.5, and one of 2 makes a slow leak's warning late.
+/// `recent` points), by [`NEW_HIGH_MARGIN`] times `scatter`; true when nothing before it is held. Strongly
+/// autocorrelated noise (AR(1) at 0.93-0.97 per 10 s sample) wanders up and down within a range, and its upswing
+/// read over the recent stretch alone looks like a leak; a rise towards the limit leaves that range. Measured
+/// (EVALUATION.md): a margin of 1 takes off the same calm warnings as 1.5, and one of 2 makes a slow leak's
+/// warning late.
 fn new_high(points: &[f64], recent: usize, now: f64, scatter: f64) -> bool {
-    let before = &points[..points.len().saturating_sub(recent)];
-    let top = before
-        .iter()
-        .copied()
-        .filter(|v| v.is_finite())
-        .fold(f64::NEG_INFINITY, f64::max);
-    now > top + NEW_HIGH_MARGIN * scatter
+    let top = highest(&points[..points.len().saturating_sub(recent)]);
+    top.is_nan() || now > top + NEW_HIGH_MARGIN * scatter
 }
 
 /// The robust sd of the points' residuals around `line`: how far a peak may sit above the trend.
@@ -382,8 +378,8 @@ pub fn forecast(track: &Track, s: &GrowthSettings, step_ns: u64, lag_ns: u64) ->
                 // On the point forecast: a wide interval (noisy or short data) makes the warning wait.
                 slope_low > 0.0
                     && headroom
-                    && new_high(&points, recent, observed, spread)
                     && point < horizon
+                    && new_high(&points, recent, observed, spread)
                     && !level_shift_fits(stretch, &fit, STEP_FIT)
                     && !settles_below(&points, envelope, l, per_s),
                 // Hysteresis: an open warning holds while the most pessimistic upper bound (long or recent

@@ -45,8 +45,8 @@ pub use floor::{Minutes, STRIDE};
 
 use super::alarm::{Alarm, Look, Rules};
 use super::grid::{
-    admit, buckets, expire, instance_event, level_shift_fits, observations, InstanceKey,
-    LimitSource, Observation, Track, HEAPS, S,
+    admit, buckets, expire, finite, highest, instance_event, level_shift_fits, observations,
+    InstanceKey, LimitSource, Observation, Track, HEAPS, S,
 };
 
 /// Where allocator resident and retained bytes, goroutine stacks and the goroutine count are in
@@ -112,20 +112,12 @@ struct Verdict {
     hold: bool,
 }
 
-fn finite(p: &[f64]) -> impl Iterator<Item = f64> + '_ {
-    p.iter().copied().filter(|v| v.is_finite())
-}
-
 /// Newest minus oldest present point; NaN with fewer than one.
 fn rise(p: &[f64]) -> f64 {
     finite(p)
         .last()
         .zip(finite(p).next())
         .map_or(f64::NAN, |(b, a)| b - a)
-}
-
-fn highest(p: &[f64]) -> f64 {
-    finite(p).fold(f64::NAN, f64::max)
 }
 
 /// The line's rise per hour as a fraction of the stretch's own level (its median floor); 0 when that level is
