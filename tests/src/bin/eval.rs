@@ -1,14 +1,16 @@
 //! The evaluation harness (method and numbers in EVALUATION.md).
 //!
 //! ```text
-//! eval [--seeds N] [--first-seed S] [--family NAME]... [--out DIR] [--keep]
-//!     every family (or those named) over seeds S..S+N (default 0..20) through the embedded default pipeline;
-//!     the scorecard in Markdown on stdout, progress on stderr; with --out, DIR/scorecard.json and
-//!     DIR/scorecard.md (and with --keep the scenario files and their events under DIR/scenarios)
+//! eval [--seeds N] [--first-seed S] [--family NAME]... [--out DIR] [--keep] [--pipeline FILE]
+//!     every family (or those named) over seeds S..S+N (default 0..20) through the embedded default pipeline
+//!     (or FILE's, to try a setting without a rebuild); the scorecard in Markdown on stdout, progress on
+//!     stderr; with --out, DIR/scorecard.json and DIR/scorecard.md (and with --keep the scenario files and
+//!     their events under DIR/scenarios)
 //! eval real [--input PATH] [--layout collector|in-order] [--group N] [--limit-gib X] [--out DIR]
+//!           [--pipeline FILE]
 //!     the GPU-memory trace (default ../shared/data/genai-gpu-memory/pod_gpu_memory_used_bytes_anon.tar.gz)
 //!     as Collector-file OTLP metrics (N pods per line, default 8, two scrapes a line) through the default
-//!     pipeline; findings per pod-hour, late values, and every finding
+//!     pipeline (or FILE's); findings per pod-hour, late values, and every finding
 //! eval list
 //!     the families
 //! ```
@@ -30,6 +32,7 @@ struct Synthetic {
     families: Vec<String>,
     out: Option<PathBuf>,
     keep: bool,
+    pipeline: Option<PathBuf>,
 }
 
 struct Real {
@@ -37,6 +40,7 @@ struct Real {
     layout: Layout,
     limit: Option<f64>,
     out: Option<PathBuf>,
+    pipeline: Option<PathBuf>,
 }
 
 enum Command {
@@ -62,6 +66,7 @@ fn parse(args: Vec<String>) -> Result<Command> {
                 layout: Layout::Collector { group: 8 },
                 limit: None,
                 out: None,
+                pipeline: None,
             };
             let mut group = 8;
             let mut in_order = false;
@@ -69,6 +74,7 @@ fn parse(args: Vec<String>) -> Result<Command> {
                 match flag.as_str() {
                     "--input" => r.input = value(&flag, args.next())?,
                     "--out" => r.out = Some(value(&flag, args.next())?),
+                    "--pipeline" => r.pipeline = Some(value(&flag, args.next())?),
                     "--group" => group = value(&flag, args.next())?,
                     "--limit-gib" => r.limit = Some(value::<f64>(&flag, args.next())? * GIB),
                     "--layout" => match args.next().as_deref() {
@@ -94,6 +100,7 @@ fn parse(args: Vec<String>) -> Result<Command> {
         families: Vec::new(),
         out: None,
         keep: false,
+        pipeline: None,
     };
     while let Some(flag) = args.next() {
         match flag.as_str() {
@@ -109,14 +116,23 @@ fn parse(args: Vec<String>) -> Result<Command> {
             }
             "--out" => s.out = Some(value(&flag, args.next())?),
             "--keep" => s.keep = true,
+            "--pipeline" => s.pipeline = Some(value(&flag, args.next())?),
             _ => bail!("unknown argument `{flag}` (see the usage in the source's header)"),
         }
     }
     Ok(Command::Synthetic(s))
 }
 
-fn pipeline() -> Result<Pipeline> {
-    Pipeline::default_pipeline().map_err(|e| anyhow::anyhow!("the default pipeline: {e}"))
+/// FILE's pipeline, or the embedded default; and how the scorecard names it.
+fn pipeline(file: &Option<PathBuf>) -> Result<(Pipeline, String)> {
+    match file {
+        Some(path) => Pipeline::load(path)
+            .map(|p| (p, path.display().to_string()))
+            .map_err(|e| anyhow::anyhow!("--pipeline: {e}")),
+        None => Pipeline::default_pipeline()
+            .map(|p| (p, "pipelines/default.yaml (embedded)".into()))
+            .map_err(|e| anyhow::anyhow!("the default pipeline: {e}")),
+    }
 }
 
 fn work_dir(out: &Option<PathBuf>, keep: bool, what: &str) -> PathBuf {
@@ -127,7 +143,7 @@ fn work_dir(out: &Option<PathBuf>, keep: bool, what: &str) -> PathBuf {
 }
 
 fn synthetic(s: Synthetic, command: String) -> Result<()> {
-    let pipeline = pipeline()?;
+    let (pipeline, pipeline_name) = pipeline(&s.pipeline)?;
     let dir = work_dir(&s.out, s.keep, "scenarios");
     let chosen: Vec<_> = FAMILIES
         .iter()
@@ -168,7 +184,7 @@ fn synthetic(s: Synthetic, command: String) -> Result<()> {
     }
     let card = Scorecard {
         command,
-        pipeline: "pipelines/default.yaml (embedded)".into(),
+        pipeline: pipeline_name,
         families: scores,
     };
     let table = card.markdown();
@@ -194,7 +210,7 @@ fn real_trace(r: Real) -> Result<()> {
             r.input.display()
         );
     }
-    let pipeline = pipeline()?;
+    let (pipeline, _) = pipeline(&r.pipeline)?;
     let keep = r.out.is_some();
     let dir = work_dir(&r.out, keep, "real");
     eprintln!("converting and replaying {}", r.input.display());
