@@ -260,3 +260,41 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_pipeline_file_replaces_the_embedded_default_and_is_named() {
+        let file = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../pipelines/canary.yaml"
+        ));
+        let Ok(Command::Synthetic(s)) = parse(args(&[
+            "--pipeline",
+            file.to_str().unwrap(),
+            "--seeds",
+            "2",
+        ])) else {
+            panic!("a synthetic run");
+        };
+        assert_eq!((s.pipeline.as_ref(), s.seeds), (Some(&file), 2));
+        let (_, name) = pipeline(&s.pipeline).expect("canary.yaml loads");
+        assert_eq!(name, file.display().to_string());
+        let (_, name) = pipeline(&None).expect("the embedded default loads");
+        assert_eq!(name, "pipelines/default.yaml (embedded)");
+
+        let Ok(Command::Real(r)) = parse(args(&["real", "--pipeline", "x.yaml"])) else {
+            panic!("a real-trace run");
+        };
+        assert_eq!(r.pipeline, Some(PathBuf::from("x.yaml")));
+        let err = pipeline(&r.pipeline).expect_err("x.yaml is not there");
+        assert!(err.to_string().starts_with("--pipeline: "), "{err}");
+        assert!(parse(args(&["--pipeline"])).is_err(), "a value is needed");
+    }
+}
