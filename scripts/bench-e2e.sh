@@ -11,10 +11,12 @@
 #   scripts/bench-e2e.sh                     # the standard cases (about 15 minutes)
 #   CASES="grpc:50000" RUNS=1 scripts/bench-e2e.sh
 #   CASES="grpc:10000 grpc:200000" WARMUP=90 SECS=30 scripts/bench-e2e.sh   # steady memory: windows full
-#   SERVERS=memdrift SERVER_CPUS=0,1 LOADER_CPUS=1 CASES="grpc:closed" scripts/bench-e2e.sh   # two cores
+#   SERVERS=memdrift SERVER_CPUS=0,1 LOADER_CPUS=1 CONNECTIONS=4 CASES="grpc:closed" scripts/bench-e2e.sh   # two cores
 #
 # A case is PROTOCOL:LOAD, PROTOCOL one of grpc, http-protobuf, http-json, http-protobuf-gzip, grpc-gzip and
 # LOAD a rate in spans/s or `closed` (closed loop, CONCURRENCY exports in flight, default 16: the saturation rate).
+# Over gRPC the loader shares one HTTP/2 connection among its exports unless CONNECTIONS (default 1) opens more;
+# a test of scaling with cores needs several (one connection's frames are one task's work in the server).
 # Besides rate, CPU, RSS and latency, each cell gives the server's cores, memdrift's engine thread's, the
 # loader's and the machine's idle share: where the cores went when the rate stops rising.
 set -euo pipefail
@@ -31,6 +33,8 @@ OUT="${OUT:-target/bench-e2e/results.jsonl}"
 VENV="${VENV:-.venv}"
 MEMDRIFT="${MEMDRIFT:-target/release/memdrift}"
 CONCURRENCY="${CONCURRENCY:-16}"
+# gRPC connections the loader opens (exports take them in turn); over HTTP it opens one per export in flight.
+CONNECTIONS="${CONNECTIONS:-1}"
 
 log() { printf 'bench-e2e: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -85,7 +89,7 @@ stop() {
 for case in $CASES; do
     proto="${case%%:*}"
     load="${case#*:}"
-    args=(--seconds "$SECS" --warmup "$WARMUP")
+    args=(--seconds "$SECS" --warmup "$WARMUP" --connections "$CONNECTIONS")
     case $proto in
         grpc) args+=(--protocol grpc --endpoint 127.0.0.1:4317) ;;
         grpc-gzip) args+=(--protocol grpc --gzip --endpoint 127.0.0.1:4317) ;;

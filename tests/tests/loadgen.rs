@@ -16,12 +16,14 @@ async fn the_load_generator_reports_what_memdrift_counted_over_every_protocol() 
     let grpc = m.grpc.trim_start_matches("http://").to_string();
     let http = m.http.trim_start_matches("http://").to_string();
     let mut total_accepted = 0.0;
-    for (protocol, gzip, endpoint) in [
-        ("grpc", false, &grpc),
-        ("grpc", true, &grpc),
-        ("http-protobuf", false, &http),
-        ("http-protobuf", true, &http),
-        ("http-json", false, &http),
+    // (protocol, gzip, endpoint, connections): gRPC exports over one HTTP/2 connection and, gzipped, taking
+    // three in turn.
+    for (protocol, gzip, endpoint, connections) in [
+        ("grpc", false, &grpc, "1"),
+        ("grpc", true, &grpc, "3"),
+        ("http-protobuf", false, &http, "1"),
+        ("http-protobuf", true, &http, "1"),
+        ("http-json", false, &http, "1"),
     ] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadgen"));
         cmd.args(["--endpoint", endpoint, "--protocol", protocol])
@@ -36,6 +38,7 @@ async fn the_load_generator_reports_what_memdrift_counted_over_every_protocol() 
                 "100",
             ])
             .args(["--services", "3", "--instances", "2"])
+            .args(["--connections", connections])
             .args(["--pid", &std::process::id().to_string()]);
         if gzip {
             cmd.arg("--gzip");
@@ -50,6 +53,11 @@ async fn the_load_generator_reports_what_memdrift_counted_over_every_protocol() 
         let num = |p: &str| r.pointer(p).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
         let (sent, accepted) = (num("/spans_sent"), num("/spans_accepted"));
         assert_eq!(r["requests_refused"], 0, "{protocol} gzip={gzip}: {r}");
+        assert_eq!(
+            r["connections"].as_u64(),
+            connections.parse().ok(),
+            "{protocol} gzip={gzip}: {r}"
+        );
         assert!(
             sent >= 100.0 * 40.0,
             "{protocol} gzip={gzip}: about 60 exports of 100 spans: {r}"

@@ -11,6 +11,7 @@
 //! loadgen --endpoint 127.0.0.1:4317 [--protocol grpc|http-protobuf|http-json] [--gzip]
 //!         [--rate SPANS_PER_S | --concurrency N] [--seconds 20] [--warmup 5] [--batch 512]
 //!         [--services 20] [--cohorts 2] [--instances 3] [--attributes 0] [--pid PID] [--max-in-flight 256]
+//!         [--connections 1]
 //! ```
 //!
 //! Without `--rate` the load is a closed loop: `--concurrency` (default 8) exports in flight at all times, each
@@ -18,8 +19,15 @@
 //! every `batch / rate` seconds; when `--max-in-flight` exports are already waiting a batch is skipped and
 //! counted as `behind` (the receiver cannot keep up).
 //!
-//! Bodies are built ahead, 16 at a time, each second afresh (new values, trace ids and timestamps), so the
-//! loader's own cost stays a small fraction of the receiver's. Prints a summary on stderr and one JSON object on
+//! Over gRPC every export shares one HTTP/2 connection unless `--connections` opens more (exports take them in
+//! turn): one connection's frames are read and written by one task of the receiver, so a test of how the
+//! receiver scales with cores needs several, as a fleet of clients makes. Over HTTP the client opens a
+//! connection per export in flight already.
+//!
+//! Bodies are built ahead, 16 at a time, each second afresh (new values, trace ids and timestamps), gzipped
+//! there when asked and, for gRPC, framed there as a gRPC message, which is sent over an HTTP/2 connection of
+//! the `h2` crate as it is: an export costs the loader no encoding or compression, so its own cost stays a small
+//! fraction of the receiver's. Prints a summary on stderr and one JSON object on
 //! stdout. CPU time is read from `/proc/PID/stat` (all threads; clock ticks of 1/100 s, Linux's USER_HZ), and
 //! over the same interval the server's CPU per thread name (`/proc/PID/task/*/stat`: the engine thread, the
 //! runtime's workers), the loader's own CPU and the machine's idle share (`/proc/stat`): where the cores went
@@ -33,7 +41,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use flate2::write::GzEncoder;
-use memdrift_e2e::grpc_raw::RawCodec;
 use memdrift_e2e::{int, resource, string};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -47,7 +54,7 @@ use rand::{Rng, SeedableRng};
 
 const USAGE: &str = "usage: loadgen --endpoint HOST:PORT [--protocol grpc|http-protobuf|http-json] [--gzip] \
 [--rate SPANS_PER_S | --concurrency N] [--seconds S] [--warmup S] [--batch N] [--services N] [--cohorts N] \
-[--instances N] [--attributes N] [--pid PID] [--max-in-flight N]";
+[--instances N] [--attributes N] [--pid PID] [--max-in-flight N] [--connections N]";
 /// Bodies built per refresh; requests take them in turn.
 const POOL: usize = 16;
 /// Resources (service, cohort, instance) per request: a Collector or SDK batch carries a few.
@@ -87,6 +94,7 @@ struct Args {
     attributes: usize,
     pid: Option<u32>,
     max_in_flight: usize,
+    connections: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -105,6 +113,7 @@ fn parse_args() -> Result<Args, String> {
         attributes: 0,
         pid: None,
         max_in_flight: 256,
+        connections: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -160,6 +169,7 @@ fn parse_args() -> Result<Args, String> {
                 )
             }
             "--max-in-flight" => a.max_in_flight = count(&value)?,
+            "--connections" => a.connections = count(&value)?,
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -263,18 +273,27 @@ fn request(a: &Args, rng: &mut StdRng, first: usize, end_ns: u64) -> ExportTrace
     ExportTraceServiceRequest { resource_spans }
 }
 
-/// A request's body as sent: protobuf or OTLP/JSON, gzipped when asked (gRPC compresses in its own framing).
+/// A request's body as sent: protobuf or OTLP/JSON, gzipped when asked; for gRPC, one length-prefixed message
+/// (its flag saying whether it is compressed).
 fn encode(a: &Args, req: &ExportTraceServiceRequest) -> Result<Bytes, String> {
-    let raw = match a.protocol {
+    let mut body = match a.protocol {
         Protocol::HttpJson => serde_json::to_vec(req).map_err(|e| format!("JSON encoding: {e}"))?,
         _ => req.encode_to_vec(),
     };
-    if a.gzip && a.protocol != Protocol::Grpc {
+    if a.gzip {
         let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&raw).map_err(|e| e.to_string())?;
-        return gz.finish().map(Bytes::from).map_err(|e| e.to_string());
+        gz.write_all(&body).map_err(|e| e.to_string())?;
+        body = gz.finish().map_err(|e| e.to_string())?;
     }
-    Ok(Bytes::from(raw))
+    if a.protocol == Protocol::Grpc {
+        let len = u32::try_from(body.len()).map_err(|_| "a gRPC message over 4 GiB".to_string())?;
+        let mut framed = Vec::with_capacity(body.len() + 5);
+        framed.push(u8::from(a.gzip));
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(&body);
+        body = framed;
+    }
+    Ok(Bytes::from(body))
 }
 
 /// The bodies requests take in turn, rebuilt every second with fresh values and timestamps.
@@ -325,7 +344,12 @@ enum Answer {
 /// The client side of one protocol.
 #[derive(Clone)]
 enum Client {
-    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
+    /// One HTTP/2 connection; exports are its streams.
+    Grpc {
+        send: h2::client::SendRequest<Bytes>,
+        uri: http::Uri,
+        gzip: bool,
+    },
     Http {
         client: reqwest::Client,
         url: String,
@@ -338,18 +362,30 @@ impl Client {
     async fn connect(a: &Args) -> Result<Client, String> {
         match a.protocol {
             Protocol::Grpc => {
-                let channel =
-                    tonic::transport::Endpoint::from_shared(format!("http://{}", a.endpoint))
-                        .map_err(|e| format!("--endpoint: {e}"))?
-                        .tcp_nodelay(true)
-                        .connect()
-                        .await
-                        .map_err(|e| format!("cannot connect to {} over gRPC: {e}", a.endpoint))?;
-                let mut grpc = tonic::client::Grpc::new(channel);
-                if a.gzip {
-                    grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
-                }
-                Ok(Client::Grpc(grpc))
+                let uri: http::Uri = format!("http://{}{TRACES_PATH}", a.endpoint)
+                    .parse()
+                    .map_err(|e| format!("--endpoint: {e}"))?;
+                let cannot = |e: &dyn std::fmt::Display| {
+                    format!("cannot connect to {} over gRPC: {e}", a.endpoint)
+                };
+                let tcp = tokio::net::TcpStream::connect(&a.endpoint)
+                    .await
+                    .map_err(|e| cannot(&e))?;
+                tcp.set_nodelay(true).map_err(|e| cannot(&e))?;
+                let (send, connection) = h2::client::Builder::new()
+                    .initial_window_size(1 << 20)
+                    .initial_connection_window_size(16 << 20)
+                    .handshake(tcp)
+                    .await
+                    .map_err(|e| cannot(&e))?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Ok(Client::Grpc {
+                    send,
+                    uri,
+                    gzip: a.gzip,
+                })
             }
             p => Ok(Client::Http {
                 client: reqwest::Client::builder()
@@ -370,21 +406,9 @@ impl Client {
 
     async fn export(&mut self, body: Bytes) -> Answer {
         match self {
-            Client::Grpc(grpc) => {
-                if let Err(e) = grpc.ready().await {
-                    return Answer::Refused(format!("gRPC channel: {e}"));
-                }
-                let path = http::uri::PathAndQuery::from_static(TRACES_PATH);
-                match grpc.unary(tonic::Request::new(body), path, RawCodec).await {
-                    Ok(r) => Answer::Accepted {
-                        rejected: ExportTraceServiceResponse::decode(r.into_inner())
-                            .ok()
-                            .and_then(|r| r.partial_success)
-                            .map_or(0, |p| p.rejected_spans.max(0) as u64),
-                    },
-                    Err(s) => Answer::Refused(format!("gRPC {:?}: {}", s.code(), s.message())),
-                }
-            }
+            Client::Grpc { send, uri, gzip } => grpc_export(send, uri, *gzip, body)
+                .await
+                .unwrap_or_else(Answer::Refused),
             Client::Http {
                 client,
                 url,
@@ -427,6 +451,92 @@ impl Client {
             }
         }
     }
+}
+
+/// One gRPC Export call of a framed message on an HTTP/2 connection: the answer, from the response message and
+/// `grpc-status` (in the trailers, or in the headers of a trailers-only response).
+async fn grpc_export(
+    send: &mut h2::client::SendRequest<Bytes>,
+    uri: &http::Uri,
+    gzip: bool,
+    message: Bytes,
+) -> Result<Answer, String> {
+    let mut request = http::Request::post(uri.clone())
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if gzip {
+        request = request.header("grpc-encoding", "gzip");
+    }
+    let request = request.body(()).map_err(|e| e.to_string())?;
+    let mut ready = send
+        .clone()
+        .ready()
+        .await
+        .map_err(|e| format!("gRPC connection: {e}"))?;
+    let (response, mut stream) = ready
+        .send_request(request, false)
+        .map_err(|e| format!("gRPC request: {e}"))?;
+    stream
+        .send_data(message, true)
+        .map_err(|e| format!("gRPC request body: {e}"))?;
+    let (head, mut body) = response
+        .await
+        .map_err(|e| format!("gRPC response: {e}"))?
+        .into_parts();
+    let mut answer = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| format!("gRPC response body: {e}"))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        answer.extend_from_slice(&chunk);
+    }
+    let trailers = body
+        .trailers()
+        .await
+        .map_err(|e| format!("gRPC trailers: {e}"))?;
+    let field = |name: &str| {
+        (trailers.as_ref().and_then(|t| t.get(name)))
+            .or_else(|| head.headers.get(name))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    if !head.status.is_success() || field("grpc-status").as_deref() != Some("0") {
+        return Ok(Answer::Refused(format!(
+            "HTTP {} gRPC status {}: {}",
+            head.status,
+            field("grpc-status").unwrap_or_default(),
+            percent_decoded(&field("grpc-message").unwrap_or_default())
+        )));
+    }
+    // One uncompressed message (memdrift answers uncompressed to a client that accepts no encoding).
+    let rejected = answer
+        .get(5..)
+        .and_then(|m| ExportTraceServiceResponse::decode(m).ok())
+        .and_then(|r| r.partial_success)
+        .map_or(0, |p| p.rejected_spans.max(0) as u64);
+    Ok(Answer::Accepted { rejected })
+}
+
+/// A `grpc-message` as written: percent-encoded UTF-8 (bytes that do not decode are kept as they are).
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(v) if b[i] == b'%' => {
+                out.push(v);
+                i += 3;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Counts over the measured interval (exports that began within it).
@@ -552,7 +662,17 @@ async fn run(a: Args) -> Result<serde_json::Value, String> {
             }
         })
     };
-    let client = Client::connect(&a).await?;
+    let mut clients = Vec::with_capacity(a.connections);
+    for _ in 0..a.connections {
+        clients.push(Client::connect(&a).await?);
+    }
+    let clients = Arc::new(clients);
+    // The client an export takes: each in turn.
+    let turn = Arc::new(AtomicU64::new(0));
+    let next_client = move || {
+        let k = turn.fetch_add(1, Ordering::Relaxed) as usize;
+        clients[k % clients.len()].clone()
+    };
     let tally = Arc::new(Tally::default());
     // An export is measured when it begins in [warm-up, end of run): decided where it is sent, from one reading
     // of the clock that also decides whether it is sent at all, so nothing sent goes uncounted.
@@ -582,7 +702,7 @@ async fn run(a: Args) -> Result<serde_json::Value, String> {
             let every = Duration::from_secs_f64(a.batch as f64 / rate);
             let max = a.max_in_flight as u64;
             let (tally, in_flight) = (tally.clone(), in_flight.clone());
-            let (send, pool, client) = (send.clone(), pool.clone(), client.clone());
+            let (send, pool, next_client) = (send.clone(), pool.clone(), next_client.clone());
             workers.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -601,7 +721,7 @@ async fn run(a: Args) -> Result<serde_json::Value, String> {
                     }
                     in_flight.fetch_add(1, Ordering::Relaxed);
                     let body = pool.take();
-                    sends.push(tokio::spawn(send(client.clone(), body, now >= warmup)));
+                    sends.push(tokio::spawn(send(next_client(), body, now >= warmup)));
                     sends.retain(|w: &tokio::task::JoinHandle<()>| !w.is_finished());
                 }
                 for w in sends {
@@ -611,7 +731,7 @@ async fn run(a: Args) -> Result<serde_json::Value, String> {
         }
         None => {
             for _ in 0..a.concurrency {
-                let (send, pool, client) = (send.clone(), pool.clone(), client.clone());
+                let (send, pool, client) = (send.clone(), pool.clone(), next_client());
                 let in_flight = in_flight.clone();
                 workers.push(tokio::spawn(async move {
                     loop {
@@ -680,6 +800,7 @@ async fn run(a: Args) -> Result<serde_json::Value, String> {
         "mode": if a.rate.is_some() { "rate" } else { "closed-loop" },
         "target_spans_per_s": a.rate,
         "concurrency": if a.rate.is_some() { None } else { Some(a.concurrency) },
+        "connections": a.connections,
         "seconds": elapsed,
         "batch": a.batch,
         "series": a.services * a.cohorts * a.instances,
@@ -765,5 +886,58 @@ fn main() -> ExitCode {
             eprintln!("loadgen: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_grpc_message_is_percent_decoded() {
+        assert_eq!(
+            percent_decoded("the%20limit%20is:%201000%20bytes"),
+            "the limit is: 1000 bytes"
+        );
+        assert_eq!(percent_decoded("100%"), "100%");
+        assert_eq!(percent_decoded("%zz%E2%9C%93"), "%zz\u{2713}");
+    }
+
+    #[test]
+    fn grpc_bodies_are_framed_ahead_with_their_compression_flag() {
+        let mut a = Args {
+            endpoint: "127.0.0.1:4317".into(),
+            protocol: Protocol::Grpc,
+            gzip: false,
+            rate: None,
+            concurrency: 1,
+            seconds: 1.0,
+            warmup: 0.0,
+            batch: 8,
+            services: 2,
+            cohorts: 2,
+            instances: 2,
+            attributes: 0,
+            pid: None,
+            max_in_flight: 1,
+            connections: 1,
+        };
+        let req = request(&a, &mut StdRng::seed_from_u64(7), 0, now_ns());
+        let plain = req.encode_to_vec();
+        let framed = encode(&a, &req).expect("encodes");
+        assert_eq!(framed[0], 0);
+        assert_eq!(&framed[1..5], &(plain.len() as u32).to_be_bytes());
+        assert_eq!(&framed[5..], &plain[..]);
+
+        a.gzip = true;
+        let framed = encode(&a, &req).expect("encodes");
+        let len = u32::from_be_bytes(framed[1..5].try_into().expect("4 bytes")) as usize;
+        assert_eq!((framed[0], len), (1, framed.len() - 5));
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(&framed[5..])
+            .read_to_end(&mut unzipped)
+            .expect("gzip");
+        assert_eq!(unzipped, plain);
     }
 }
