@@ -59,6 +59,8 @@ const USAGE: &str = "usage: loadgen --endpoint HOST:PORT [--protocol grpc|http-p
 const POOL: usize = 16;
 /// Resources (service, cohort, instance) per request: a Collector or SDK batch carries a few.
 const RESOURCES_PER_REQUEST: usize = 8;
+/// The most of a gRPC response loadgen keeps (an Export answer is a few bytes).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 const TRACES_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -456,7 +458,7 @@ impl Client {
 /// One gRPC Export call of a framed message on an HTTP/2 connection: the answer, from the response message and
 /// `grpc-status` (in the trailers, or in the headers of a trailers-only response).
 async fn grpc_export(
-    send: &mut h2::client::SendRequest<Bytes>,
+    send: &h2::client::SendRequest<Bytes>,
     uri: &http::Uri,
     gzip: bool,
     message: Bytes,
@@ -483,11 +485,13 @@ async fn grpc_export(
         .await
         .map_err(|e| format!("gRPC response: {e}"))?
         .into_parts();
+    // The answer is one small message; what a misbehaving server sends beyond the cap is read and dropped.
     let mut answer = Vec::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|e| format!("gRPC response body: {e}"))?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        answer.extend_from_slice(&chunk);
+        let room = MAX_ANSWER_BYTES.saturating_sub(answer.len());
+        answer.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
     let trailers = body
         .trailers()
@@ -504,7 +508,8 @@ async fn grpc_export(
             "HTTP {} gRPC status {}: {}",
             head.status,
             field("grpc-status").unwrap_or_default(),
-            percent_decoded(&field("grpc-message").unwrap_or_default())
+            percent_encoding::percent_decode_str(&field("grpc-message").unwrap_or_default())
+                .decode_utf8_lossy()
         )));
     }
     // One uncompressed message (memdrift answers uncompressed to a client that accepts no encoding).
@@ -514,29 +519,6 @@ async fn grpc_export(
         .and_then(|r| r.partial_success)
         .map_or(0, |p| p.rejected_spans.max(0) as u64);
     Ok(Answer::Accepted { rejected })
-}
-
-/// A `grpc-message` as written: percent-encoded UTF-8 (bytes that do not decode are kept as they are).
-fn percent_decoded(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-            Some(v) if b[i] == b'%' => {
-                out.push(v);
-                i += 3;
-            }
-            _ => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Counts over the measured interval (exports that began within it).
@@ -896,12 +878,13 @@ mod tests {
 
     #[test]
     fn a_grpc_message_is_percent_decoded() {
+        let decoded = |s| percent_encoding::percent_decode_str(s).decode_utf8_lossy();
         assert_eq!(
-            percent_decoded("the%20limit%20is:%201000%20bytes"),
+            decoded("the%20limit%20is:%201000%20bytes"),
             "the limit is: 1000 bytes"
         );
-        assert_eq!(percent_decoded("100%"), "100%");
-        assert_eq!(percent_decoded("%zz%E2%9C%93"), "%zz\u{2713}");
+        assert_eq!(decoded("100%"), "100%");
+        assert_eq!(decoded("%zz%E2%9C%93"), "%zz\u{2713}");
     }
 
     #[test]
