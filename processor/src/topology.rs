@@ -1,13 +1,16 @@
-//! `memdrift run`: receivers -> bounded channel -> the engine thread -> sinks, with clean shutdown.
+//! `memdrift run`: receivers -> the core (directly or over a bounded channel) -> the engine thread -> sinks,
+//! with clean shutdown.
 //!
-//! The engine runs on its own OS thread: it is CPU work plus small synchronous writes, and keeping it off the
-//! async workers means a slow disk never stalls a receiver. Receivers extract on their own tasks and hand
-//! batches over a bounded channel; when it is full they answer "retry later".
+//! The engine thread owns the sinks, the timer and the checkpoints: the synchronous writes stay off the async
+//! workers, so a slow disk never stalls a receiver. Receivers extract on their own tasks; a request that finds
+//! the core free and nothing queued runs it there (CPU work only) and hands what it produced to the engine
+//! thread to publish; otherwise it queues its batch over the bounded channel, and when that is full it answers
+//! "retry later". See [`EngineInput`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -26,7 +29,7 @@ use crate::outputs::Outputs;
 use crate::receivers::listener::{serve_http, ConnectionLimits, GuardedListener};
 use crate::receivers::memory_limit::{container_limit, MemoryLimiter, MemoryLimits};
 use crate::receivers::otlp::budget::DecodeBudget;
-use crate::receivers::otlp::{grpc, http, Ingest, SampleBatch, Verdict};
+use crate::receivers::otlp::{grpc, http, EngineInput, EngineWork, Ingest, Queued, Verdict};
 use crate::receivers::security::{guard_router, Security};
 use crate::telemetry::Telemetry;
 
@@ -43,8 +46,6 @@ const GATE_MAX_CONNECTIONS: usize = 64;
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// `service.checkpoint.interval` when the pipeline does not set it.
 const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
-/// The engine thread looks this often whether it has been told to stop (it also wakes for every batch).
-const ENGINE_POLL: Duration = Duration::from_millis(100);
 
 /// A running service: its bound addresses (useful when the pipeline asked for port 0) and its telemetry.
 pub struct Service {
@@ -60,6 +61,8 @@ pub struct Service {
     /// Tells the engine thread to drain what is queued and return, even while a cut connection's task still
     /// holds a sender.
     engine_stop: Arc<AtomicBool>,
+    /// Wakes the engine thread to see `engine_stop` (it otherwise sleeps until work comes or a tick is due).
+    engine_wake: SyncSender<EngineWork>,
     shutdown_timeout: Duration,
     otlp: Option<OtlpExporter>,
     events: broadcast::Sender<Anomaly>,
@@ -141,8 +144,36 @@ impl Service {
                 let _ = rx.wait_for(|v| *v).await;
             }
         };
-        let (tx, rx) = sync_channel::<SampleBatch>(QUEUE_BATCHES);
         let file = &pipeline.file;
+        // The core first, whole (its gate board and restored state in it): a request may reach it as soon as a
+        // receiver is up.
+        let board = match (&file.extensions.gate, &pipeline.gate) {
+            (Some(_), Some(settings)) => Some(SharedBoard::new(Board::new(settings.clone()))),
+            _ => None,
+        };
+        let mut core = Core::new(pipeline.engine.clone(), detectors);
+        if let Some(board) = board.clone() {
+            core = core.with_gate(board);
+        }
+        let checkpoints = match &file.service.checkpoint {
+            Some(c) => {
+                let settings = checkpoint::settings(&pipeline.engine, &pipeline.detectors);
+                let interval = c
+                    .interval
+                    .map_or(DEFAULT_CHECKPOINT_INTERVAL, |d| d.as_std());
+                let dir = std::path::Path::new(&c.directory);
+                let checkpoints = Checkpoints::open(dir, settings, interval, telemetry.clone())
+                    .context("service.checkpoint.directory")?;
+                checkpoints.restore(&mut core);
+                Some(checkpoints)
+            }
+            None => None,
+        };
+        let shared = Arc::new(Mutex::new(core));
+        let (tx, rx) = sync_channel::<EngineWork>(QUEUE_BATCHES);
+        let engine_wake = tx.clone();
+        let input = EngineInput::with_core(tx, Arc::clone(&shared));
+        let queued = input.queued();
         let mut tasks: Vec<(&'static str, JoinHandle<Result<()>>)> = Vec::new();
         let (mut grpc_addr, mut http_addr, mut prometheus_addr) = (None, None, None);
 
@@ -177,7 +208,7 @@ impl Service {
             let ingest = Ingest::new(
                 pipeline.extract.clone(),
                 telemetry.clone(),
-                tx,
+                input,
                 skew,
                 budget,
             );
@@ -213,8 +244,6 @@ impl Service {
                     }),
                 ));
             }
-        } else {
-            drop(tx);
         }
 
         if let Some(p) = file
@@ -244,30 +273,25 @@ impl Service {
         }
 
         let mut gate_addr = None;
-        let board = match (&file.extensions.gate, &pipeline.gate) {
-            (Some(section), Some(settings)) => {
-                let board = SharedBoard::new(Board::new(settings.clone()));
-                let endpoint = crate::config::Endpoint {
-                    endpoint: section.endpoint.clone(),
-                    tls: section.tls.clone(),
-                    auth: section.auth.clone(),
-                };
-                let (addr, task) = serve_router(
-                    file,
-                    "gate",
-                    &endpoint,
-                    GATE_MAX_CONNECTIONS,
-                    &telemetry,
-                    gate::api::router(board.clone()),
-                    stopped(&stop),
-                )
-                .await?;
-                gate_addr = addr;
-                tasks.push(("gate", task));
-                Some(board)
-            }
-            _ => None,
-        };
+        if let (Some(section), Some(board)) = (&file.extensions.gate, &board) {
+            let endpoint = crate::config::Endpoint {
+                endpoint: section.endpoint.clone(),
+                tls: section.tls.clone(),
+                auth: section.auth.clone(),
+            };
+            let (addr, task) = serve_router(
+                file,
+                "gate",
+                &endpoint,
+                GATE_MAX_CONNECTIONS,
+                &telemetry,
+                gate::api::router(board.clone()),
+                stopped(&stop),
+            )
+            .await?;
+            gate_addr = addr;
+            tasks.push(("gate", task));
+        }
 
         let otlp = match &pipeline.otlp {
             Some(config) => Some(OtlpExporter::start(
@@ -284,30 +308,21 @@ impl Service {
         };
         let (events, _) = broadcast::channel(EVENT_TAP_CAPACITY);
         let sinks = Outputs::of_pipeline(&pipeline, otlp.as_ref(), events.clone())?;
-        let mut core = Core::new(pipeline.engine.clone(), detectors);
-        if let Some(board) = board {
-            core = core.with_gate(board);
-        }
-        let checkpoints = match &file.service.checkpoint {
-            Some(c) => {
-                let settings = checkpoint::settings(&pipeline.engine, &pipeline.detectors);
-                let interval = c
-                    .interval
-                    .map_or(DEFAULT_CHECKPOINT_INTERVAL, |d| d.as_std());
-                let dir = std::path::Path::new(&c.directory);
-                let checkpoints = Checkpoints::open(dir, settings, interval, telemetry.clone())
-                    .context("service.checkpoint.directory")?;
-                checkpoints.restore(&mut core);
-                Some(checkpoints)
-            }
-            None => None,
-        };
         let engine_telemetry = telemetry.clone();
         let engine_stop = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&engine_stop);
         let engine = std::thread::Builder::new()
             .name("memdrift-engine".into())
-            .spawn(move || engine_loop(core, rx, engine_telemetry, sinks, checkpoints, &stop_flag))
+            .spawn(move || {
+                let parts = EngineParts {
+                    core: shared,
+                    queued,
+                    telemetry: engine_telemetry,
+                    sinks,
+                    checkpoints,
+                };
+                engine_loop(parts, rx, &stop_flag)
+            })
             .context("cannot start the engine thread")?;
         let shutdown_timeout = file
             .service
@@ -326,6 +341,7 @@ impl Service {
             tasks,
             engine,
             engine_stop,
+            engine_wake,
             shutdown_timeout,
             otlp,
             events,
@@ -367,6 +383,8 @@ impl Service {
         // Whatever was accepted is in the queue: the engine drains it and returns, even if a cut connection's
         // task still holds a sender.
         self.engine_stop.store(true, Ordering::Release);
+        // A full queue needs no wake: the engine thread looks at the flag after each piece of work.
+        let _ = self.engine_wake.try_send(EngineWork::Wake);
         let engine = self.engine;
         let engine_panicked = !matches!(
             tokio::task::spawn_blocking(move || engine.join()).await,
@@ -435,62 +453,93 @@ fn now_unix_nano() -> u64 {
         .unwrap_or(0)
 }
 
-fn engine_loop(
-    mut core: Core,
-    rx: Receiver<SampleBatch>,
+/// What the engine thread owns or shares.
+struct EngineParts {
+    /// Shared with the receivers, which run it themselves when it is free (see [`EngineInput`]).
+    core: Arc<Mutex<Core>>,
+    queued: Queued,
     telemetry: Telemetry,
-    mut sinks: Outputs,
-    mut checkpoints: Option<Checkpoints>,
-    stop: &AtomicBool,
-) {
-    let cfg = core.engine().config().clone();
+    sinks: Outputs,
+    checkpoints: Option<Checkpoints>,
+}
+
+/// The core, even after a panic elsewhere left its lock poisoned: a receiver's task that panicked mid-batch
+/// cost that batch, and the service goes on.
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock().unwrap_or_else(|poisoned| {
+        // Receivers take it again too, rather than queueing every batch from now on.
+        core.clear_poison();
+        poisoned.into_inner()
+    })
+}
+
+fn engine_loop(mut parts: EngineParts, rx: Receiver<EngineWork>, stop: &AtomicBool) {
+    let cfg = lock(&parts.core).engine().config().clone();
     let tick = Duration::from_nanos(cfg.step_ns);
     // When traffic stops, windows still close once the wall clock has passed them by the allowed lateness
     // plus a step.
     let idle_delay = cfg.allowed_lateness_ns.saturating_add(cfg.step_ns);
     let mut last_tick = Instant::now();
     // A restored state's keys show from the start.
-    telemetry.record_keys(core.engine());
+    parts.telemetry.record_keys(lock(&parts.core).engine());
     loop {
         if stop.load(Ordering::Acquire) {
             // What was queued when the stop came, and no more: a connection not yet cut cannot keep it going.
-            for batch in rx.try_iter().take(QUEUE_BATCHES) {
-                let out = ingest(&mut core, batch);
-                emit(&out, &telemetry, &mut sinks);
+            for work in rx.try_iter().take(QUEUE_BATCHES) {
+                parts.work(work);
             }
             break;
         }
-        let out = match rx.recv_timeout(ENGINE_POLL.min(tick)) {
-            Ok(batch) => ingest(&mut core, batch),
-            Err(RecvTimeoutError::Timeout) => Output::default(),
+        // Asleep until work comes, a tick is due or the service stops (idle, the thread costs nothing).
+        match rx.recv_timeout(tick.saturating_sub(last_tick.elapsed())) {
+            Ok(work) => parts.work(work),
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
-        };
-        emit(&out, &telemetry, &mut sinks);
+        }
         if last_tick.elapsed() >= tick {
             last_tick = Instant::now();
+            let mut core = lock(&parts.core);
             let out = core.tick(now_unix_nano().saturating_sub(idle_delay));
-            emit(&out, &telemetry, &mut sinks);
-            telemetry.record_keys(core.engine());
-            if let Some(c) = &mut checkpoints {
+            parts.telemetry.record_keys(core.engine());
+            if let Some(c) = &mut parts.checkpoints {
                 c.save_if_due(&core);
             }
+            drop(core);
+            emit(&out, &parts.telemetry, &mut parts.sinks);
         }
     }
-    telemetry.record_keys(core.engine());
+    let core = lock(&parts.core);
+    parts.telemetry.record_keys(core.engine());
     // What was accepted is in the state now: the next start carries on from here.
-    if let Some(c) = &mut checkpoints {
+    if let Some(c) = &mut parts.checkpoints {
         c.save(&core);
     }
 }
 
-/// Runs one batch through the core and tells its request what the engine did not keep.
-fn ingest(core: &mut Core, batch: SampleBatch) -> Output {
-    let out = core.ingest(&batch.samples);
-    if let Some(tx) = batch.verdict {
-        // The request may have stopped waiting.
-        let _ = tx.send(Verdict::of(&out));
+impl EngineParts {
+    /// Runs a queued batch through the core and tells its request what the engine did not keep, or publishes
+    /// what a receiver's own run produced.
+    fn work(&mut self, work: EngineWork) {
+        let out = match work {
+            EngineWork::Batch(batch) => {
+                let mut core = lock(&self.core);
+                let out = core.ingest(&batch.samples);
+                self.queued.done();
+                drop(core);
+                if let Some(tx) = batch.verdict {
+                    // The request may have stopped waiting.
+                    let _ = tx.send(Verdict::of(&out));
+                }
+                out
+            }
+            EngineWork::Publish(out) => {
+                self.queued.done();
+                out
+            }
+            EngineWork::Wake => return,
+        };
+        emit(&out, &self.telemetry, &mut self.sinks);
     }
-    out
 }
 
 fn emit(out: &Output, telemetry: &Telemetry, sinks: &mut Outputs) {
@@ -526,4 +575,35 @@ pub async fn run(pipeline: Pipeline) -> Result<()> {
         "memdrift is running"
     );
     service.run_until(stop).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine thread sleeps until work comes or its next tick (an hour away here): shutdown must wake it,
+    /// not wait for the tick.
+    #[tokio::test]
+    async fn shutdown_wakes_an_engine_thread_asleep_until_its_next_tick() {
+        let dir = std::env::temp_dir().join(format!("memdrift-wake-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let jsonl = dir.join("anomalies.jsonl");
+        let text = format!(
+            "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: 127.0.0.1:0 }}\n\
+             processors:\n  extract: {{}}\n  windows: {{ size: 2h, step: 1h, allowed_lateness: 1s, source_idle: 2h, idle_timeout: 3h }}\n\
+             exporters:\n  jsonl: {{ path: \"{}\" }}\n\
+             service:\n  pipelines:\n    memory: {{ receivers: [otlp], processors: [extract, windows], exporters: [jsonl] }}\n",
+            jsonl.display()
+        );
+        let pipeline = Pipeline::parse("wake.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+        let service = Service::start(pipeline).await.expect("service starts");
+        // Long enough for the engine thread to be asleep in its wait.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stopped = tokio::time::timeout(Duration::from_secs(60), service.shutdown()).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            matches!(stopped, Ok(Ok(()))),
+            "shutdown did not finish: {stopped:?}"
+        );
+    }
 }

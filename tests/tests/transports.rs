@@ -11,7 +11,7 @@ use memdrift::extract::model::TraceRequest;
 use memdrift::extract::{extract_spans, ExtractConfig, ExtractStats};
 use memdrift::receivers::listener::{ConnectionLimits, GuardedListener};
 use memdrift::receivers::otlp::budget::DecodeBudget;
-use memdrift::receivers::otlp::{grpc, http, Ingest, RpcStatus, SampleBatch, Verdict};
+use memdrift::receivers::otlp::{grpc, http, EngineInput, EngineWork, Ingest, RpcStatus, Verdict};
 use memdrift::receivers::security::Security;
 use memdrift::sample::MemorySample;
 use memdrift::telemetry::Telemetry;
@@ -42,10 +42,13 @@ struct Receivers {
 
 async fn start() -> Receivers {
     let telemetry = Telemetry::new();
-    let (tx, engine) = sync_channel::<SampleBatch>(64);
+    let (tx, engine) = sync_channel::<EngineWork>(64);
     let (relay, rx) = sync_channel(64);
     std::thread::spawn(move || {
-        for batch in engine {
+        for work in engine {
+            let EngineWork::Batch(batch) = work else {
+                continue;
+            };
             if let Some(v) = batch.verdict {
                 let _ = v.send(Verdict::default());
             }
@@ -57,7 +60,7 @@ async fn start() -> Receivers {
     let ingest = Ingest::new(
         ExtractConfig::default(),
         telemetry.clone(),
-        tx,
+        EngineInput::queue(tx),
         300_000_000_000,
         DecodeBudget::new(BUDGET),
     );
@@ -362,7 +365,7 @@ async fn a_full_queue_answers_retry_later() {
     let ingest = Ingest::new(
         ExtractConfig::default(),
         telemetry,
-        tx,
+        EngineInput::queue(tx),
         300_000_000_000,
         DecodeBudget::new(BUDGET),
     );

@@ -6,8 +6,9 @@ pub mod http;
 pub mod json;
 mod json_repair;
 
-use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::{
@@ -20,6 +21,7 @@ use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
 use self::budget::DecodeBudget;
+use crate::core::{Core, Output};
 use crate::extract::model::{MetricsRequest, TraceRequest};
 use crate::extract::{extract_metrics, extract_spans, DropReason, ExtractConfig, ExtractStats};
 use crate::sample::MemorySample;
@@ -29,6 +31,112 @@ use crate::telemetry::Telemetry;
 pub struct SampleBatch {
     pub samples: Vec<MemorySample>,
     pub verdict: Option<oneshot::Sender<Verdict>>,
+}
+
+/// What the engine thread is handed.
+pub enum EngineWork {
+    /// Samples to run through the core.
+    Batch(SampleBatch),
+    /// What a receiver's own run through the core produced (windows, findings, drops), for the engine thread
+    /// to publish and write to the sinks: a slow sink never stalls a receiver.
+    Publish(Output),
+    /// Nothing to do: look whether the service is stopping.
+    Wake,
+}
+
+/// The engine as the receivers see it: its bounded queue, and the core itself.
+///
+/// A request that finds the core free and nothing queued runs its samples through the core on its own task and
+/// has its verdict at once: no hand-off to the engine thread and back. At low rates the two wake-ups that
+/// hand-off costs are a large part of an export's CPU. Otherwise the batch queues, and the engine thread takes
+/// it. Order holds: a request that finds anything queued queues behind it, and the engine thread counts a batch
+/// out of the queue only once the core has it.
+#[derive(Clone)]
+pub struct EngineInput {
+    tx: SyncSender<EngineWork>,
+    queued: Queued,
+    /// `None`: every batch goes through the queue.
+    core: Option<Arc<Mutex<Core>>>,
+}
+
+/// Work sent to the engine thread and not yet done.
+#[derive(Clone, Default)]
+pub struct Queued(Arc<AtomicUsize>);
+
+impl Queued {
+    /// The engine thread has done one piece of work taken from the queue. Called while it still holds the
+    /// core, so that no receiver runs ahead of a batch that was queued first.
+    pub fn done(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl EngineInput {
+    /// Every batch through the queue.
+    pub fn queue(tx: SyncSender<EngineWork>) -> EngineInput {
+        EngineInput {
+            tx,
+            queued: Queued::default(),
+            core: None,
+        }
+    }
+
+    /// Batches run through `core` on the receiver's task when it is free and nothing is queued.
+    pub fn with_core(tx: SyncSender<EngineWork>, core: Arc<Mutex<Core>>) -> EngineInput {
+        EngineInput {
+            core: Some(core),
+            ..EngineInput::queue(tx)
+        }
+    }
+
+    /// The engine thread's count of what it has done.
+    pub fn queued(&self) -> Queued {
+        self.queued.clone()
+    }
+
+    /// Runs `samples` through the core here if it is free and nothing waits in the queue.
+    fn try_run(&self, samples: &[MemorySample]) -> Option<Output> {
+        let core = self.core.as_ref()?;
+        if self.queued.0.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        // Busy (the engine thread or another receiver has it) or poisoned (a panic there): the queue.
+        let mut core = core.try_lock().ok()?;
+        // Queued while the lock was taken: that batch goes first.
+        if self.queued.0.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        Some(core.ingest(samples))
+    }
+
+    fn send(&self, work: EngineWork) -> Result<(), EngineWork> {
+        self.queued.0.fetch_add(1, Ordering::AcqRel);
+        self.tx.try_send(work).map_err(|e| {
+            self.queued.0.fetch_sub(1, Ordering::AcqRel);
+            match e {
+                TrySendError::Full(w) | TrySendError::Disconnected(w) => w,
+            }
+        })
+    }
+
+    /// Hands what a receiver's run produced to the engine thread, if there is anything to publish.
+    fn publish(&self, out: Output) {
+        let news = !(out.windows.is_empty()
+            && out.anomalies.is_empty()
+            && out.gauges.is_none()
+            && out.dropped.is_empty());
+        if !news {
+            return;
+        }
+        if let Err(work) = self.send(EngineWork::Publish(out)) {
+            // The queue was empty a moment ago; if it has filled since, wait for one slot rather than lose
+            // findings. Fails only when the engine thread has stopped (shutdown).
+            self.queued.0.fetch_add(1, Ordering::AcqRel);
+            if self.tx.send(work).is_err() {
+                self.queued.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
 }
 
 /// What the engine did not keep of one batch: samples none of whose values it kept (late, over the key cap)
@@ -74,11 +182,19 @@ pub struct Busy;
 pub struct Ingest {
     pub extract: ExtractConfig,
     pub telemetry: Telemetry,
-    pub tx: SyncSender<SampleBatch>,
+    pub engine: EngineInput,
     /// Samples stamped later than now + this are dropped as `future_timestamp`.
     pub max_clock_skew_ns: u64,
     /// Memory for the requests being decoded, shared by both transports.
     pub budget: DecodeBudget,
+}
+
+/// The engine's verdict on a request: none (no samples), given already (the receiver ran the core), or to come
+/// from the engine thread.
+enum Answer {
+    None,
+    Ready(Verdict),
+    Waiting(oneshot::Receiver<Verdict>),
 }
 
 /// A request whose samples are queued: its answer waits for the engine's verdict (see [`Pending::traces`]).
@@ -87,7 +203,7 @@ pub struct Pending {
     stats: ExtractStats,
     /// Samples (and their values) rejected here, before the engine: stamped too far in the future.
     rejected: (u64, u64),
-    verdict: Option<oneshot::Receiver<Verdict>>,
+    verdict: Answer,
     /// `memdrift_receiver_accepted_spans_total` or `_metric_points_total`: counted once the engine has spoken.
     accepted: IntCounter,
 }
@@ -96,12 +212,13 @@ impl Pending {
     /// Waits for the engine and folds what it dropped into the request's account. Returns the samples and the
     /// values rejected after extraction (here or by the engine).
     async fn settle(&mut self) -> (u64, u64) {
-        let verdict = match self.verdict.take() {
-            Some(rx) => tokio::time::timeout(VERDICT_WAIT, rx)
+        let verdict = match std::mem::replace(&mut self.verdict, Answer::None) {
+            Answer::Waiting(rx) => tokio::time::timeout(VERDICT_WAIT, rx)
                 .await
                 .ok()
                 .and_then(Result::ok),
-            None => None,
+            Answer::Ready(v) => Some(v),
+            Answer::None => None,
         };
         let (mut samples, mut values) = self.rejected;
         if let Some(v) = verdict {
@@ -155,14 +272,14 @@ impl Ingest {
     pub fn new(
         extract: ExtractConfig,
         telemetry: Telemetry,
-        tx: SyncSender<SampleBatch>,
+        engine: EngineInput,
         max_clock_skew_ns: u64,
         budget: DecodeBudget,
     ) -> Arc<Ingest> {
         Arc::new(Ingest {
             extract,
             telemetry,
-            tx,
+            engine,
             max_clock_skew_ns,
             budget,
         })
@@ -210,21 +327,27 @@ impl Ingest {
             }
             ok
         });
-        // A batch may wait in the engine's queue: it holds no more room than twice its samples (spans without
-        // memory attributes leave the up-front room unused).
-        if samples.capacity() > 2 * samples.len() {
-            samples.shrink_to_fit();
-        }
         let verdict = if samples.is_empty() {
-            None
+            Answer::None
+        } else if let Some(out) = self.engine.try_run(&samples) {
+            let verdict = Verdict::of(&out);
+            self.engine.publish(out);
+            Answer::Ready(verdict)
         } else {
+            // A batch may wait in the engine's queue: it holds no more room than twice its samples (spans
+            // without memory attributes leave the up-front room unused).
+            if samples.capacity() > 2 * samples.len() {
+                samples.shrink_to_fit();
+            }
             let (tx, rx) = oneshot::channel();
             let batch = SampleBatch {
                 samples,
                 verdict: Some(tx),
             };
-            self.tx.try_send(batch).map_err(|_| Busy)?;
-            Some(rx)
+            self.engine
+                .send(EngineWork::Batch(batch))
+                .map_err(|_| Busy)?;
+            Answer::Waiting(rx)
         };
         self.telemetry.record_extract(&stats);
         Ok(Pending {
@@ -268,10 +391,8 @@ mod tests {
 
     use super::*;
 
-    /// A request of 4,000 spans of which one carries memory attributes queues a batch sized for its one sample,
-    /// not for the 4,000 spans: the queue holds up to a thousand batches.
-    #[test]
-    fn a_queued_batch_holds_room_for_its_samples_only() {
+    /// An export of `n` spans, one of them with a memory attribute.
+    fn request_body(n: usize) -> Vec<u8> {
         let memory = KeyValue {
             key: "memspan.rss.end".into(),
             value: Some(AnyValue {
@@ -279,15 +400,14 @@ mod tests {
             }),
             ..Default::default()
         };
-        // Any event time passes: the clock-skew bound below is unlimited.
-        let spans = (0..4_000)
+        let spans = (0..n)
             .map(|i| Span {
                 end_time_unix_nano: 1_700_000_000_000_000_000,
                 attributes: if i == 0 { vec![memory.clone()] } else { vec![] },
                 ..Default::default()
             })
             .collect();
-        let body = ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 scope_spans: vec![ScopeSpans {
                     spans,
@@ -296,19 +416,79 @@ mod tests {
                 ..Default::default()
             }],
         }
-        .encode_to_vec();
+        .encode_to_vec()
+    }
+
+    fn batches(rx: &std::sync::mpsc::Receiver<EngineWork>) -> usize {
+        rx.try_iter()
+            .filter(|w| matches!(w, EngineWork::Batch(_)))
+            .count()
+    }
+
+    #[test]
+    fn a_request_runs_the_core_itself_only_when_it_is_free_and_nothing_is_queued() {
+        let body = request_body(1);
+        let config = ExtractConfig::default();
+        let request = TraceRequest::decode_keeping(&body, &config).expect("a valid request");
+        let core = Arc::new(Mutex::new(Core::new(
+            crate::engine::EngineConfig::default(),
+            Vec::new(),
+        )));
+        let (tx, rx) = sync_channel(4);
+        let input = EngineInput::with_core(tx, Arc::clone(&core));
+        let queued = input.queued();
+        let ingest = Ingest::new(
+            config,
+            Telemetry::new(),
+            input,
+            u64::MAX,
+            DecodeBudget::new(1 << 20),
+        );
+
+        // Free and nothing queued: run here, the verdict given at once.
+        let pending = ingest.traces(&request).map_err(|_| "busy").expect("taken");
+        assert!(matches!(pending.verdict, Answer::Ready(_)));
+        assert_eq!(batches(&rx), 0);
+        assert!(core.lock().expect("the core").engine().live_keys() > 0);
+
+        // Busy: queued, the verdict to come from the engine thread.
+        let held = core.lock().expect("the core");
+        let pending = ingest.traces(&request).map_err(|_| "busy").expect("queued");
+        assert!(matches!(pending.verdict, Answer::Waiting(_)));
+        drop(held);
+        // Free again, but a batch waits: this one queues behind it.
+        let pending = ingest.traces(&request).map_err(|_| "busy").expect("queued");
+        assert!(matches!(pending.verdict, Answer::Waiting(_)));
+        assert_eq!(batches(&rx), 2);
+
+        // The engine thread has taken both: back to running here.
+        queued.done();
+        queued.done();
+        let pending = ingest.traces(&request).map_err(|_| "busy").expect("taken");
+        assert!(matches!(pending.verdict, Answer::Ready(_)));
+        assert_eq!(batches(&rx), 0);
+    }
+
+    /// A request of 4,000 spans of which one carries memory attributes queues a batch sized for its one sample,
+    /// not for the 4,000 spans: the queue holds up to a thousand batches.
+    #[test]
+    fn a_queued_batch_holds_room_for_its_samples_only() {
+        // Any event time passes: the clock-skew bound below is unlimited.
+        let body = request_body(4_000);
         let config = ExtractConfig::default();
         let request = TraceRequest::decode_keeping(&body, &config).expect("a valid request");
         let (tx, rx) = sync_channel(4);
         let ingest = Ingest::new(
             config,
             Telemetry::new(),
-            tx,
+            EngineInput::queue(tx),
             u64::MAX,
             DecodeBudget::new(1 << 20),
         );
         let _pending = ingest.traces(&request).map_err(|_| "busy").expect("queued");
-        let batch = rx.try_recv().expect("a batch");
+        let Ok(EngineWork::Batch(batch)) = rx.try_recv() else {
+            panic!("a batch");
+        };
         assert_eq!(batch.samples.len(), 1);
         assert!(
             batch.samples.capacity() <= 2,
