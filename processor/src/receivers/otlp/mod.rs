@@ -128,13 +128,11 @@ impl EngineInput {
         if !news {
             return;
         }
-        if let Err(work) = self.send(EngineWork::Publish(out)) {
-            // The queue was empty a moment ago; if it has filled since, wait for one slot rather than lose
-            // findings. Fails only when the engine thread has stopped (shutdown).
-            self.queued.0.fetch_add(1, Ordering::AcqRel);
-            if self.tx.send(work).is_err() {
-                self.queued.0.fetch_sub(1, Ordering::AcqRel);
-            }
+        // The queue was empty a moment ago; should it have filled since, this waits for one slot rather than
+        // lose findings. It fails only when the engine thread has stopped (shutdown).
+        self.queued.0.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(EngineWork::Publish(out)).is_err() {
+            self.queued.0.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
