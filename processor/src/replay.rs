@@ -199,7 +199,7 @@ pub fn replay(pipeline: &Pipeline, opts: &ReplayOptions) -> Result<ReplaySummary
                 continue;
             }
             summary.lines += 1;
-            let doc = match JsonDocument::parse(&line) {
+            let doc = match JsonDocument::parse_keeping(&line, &pipeline.extract) {
                 Ok(doc) => doc,
                 Err(e) => {
                     summary.broken_lines += 1;

@@ -15,6 +15,9 @@
 
 use super::wire::{fields, WireError};
 
+#[cfg(test)]
+pub(crate) mod random_requests;
+
 /// A run of entries in one of a request's arenas.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Run {
@@ -63,7 +66,11 @@ fn unbounded(_: usize) -> bool {
 
 /// Appends to an arena, asking `budget` first when it must grow.
 #[inline(always)]
-fn push<T>(arena: &mut Vec<T>, entry: T, budget: &mut Budget<'_>) -> Result<(), DecodeError> {
+pub(crate) fn push<T>(
+    arena: &mut Vec<T>,
+    entry: T,
+    budget: &mut Budget<'_>,
+) -> Result<(), DecodeError> {
     if arena.len() == arena.capacity() {
         grow(arena, budget)?;
     }
@@ -382,6 +389,26 @@ impl<'a> TraceRequest<'a> {
         held(&self.resources) + held(&self.spans) + held(&self.attributes)
     }
 
+    /// An empty request whose arenas hold what a reader of another encoding will add without growing.
+    pub fn with_capacity(resources: usize, spans: usize, attributes: usize) -> TraceRequest<'a> {
+        TraceRequest {
+            resources: Vec::with_capacity(resources),
+            spans: Vec::with_capacity(spans),
+            attributes: Vec::with_capacity(attributes),
+        }
+    }
+
+    /// The bytes [`TraceRequest::with_capacity`] allocates.
+    pub fn bytes_for(resources: usize, spans: usize, attributes: usize) -> usize {
+        [
+            resources.saturating_mul(RESOURCE_ENTRY_BYTES),
+            spans.saturating_mul(std::mem::size_of::<Span<'static>>()),
+            attributes.saturating_mul(std::mem::size_of::<KeyValue<'static>>()),
+        ]
+        .into_iter()
+        .fold(0, usize::saturating_add)
+    }
+
     /// Begins a `ResourceSpans` (for readers of other encodings, and tests).
     pub fn begin_resource(&mut self, attributes: impl IntoIterator<Item = KeyValue<'a>>) {
         let resource = append(&mut self.attributes, attributes);
@@ -576,6 +603,33 @@ impl<'a> MetricsRequest<'a> {
         held(&self.resources) + held(&self.metrics) + held(&self.points) + held(&self.attributes)
     }
 
+    /// An empty request whose arenas hold what a reader of another encoding will add without growing.
+    pub fn with_capacity(
+        resources: usize,
+        metrics: usize,
+        points: usize,
+        attributes: usize,
+    ) -> MetricsRequest<'a> {
+        MetricsRequest {
+            resources: Vec::with_capacity(resources),
+            metrics: Vec::with_capacity(metrics),
+            points: Vec::with_capacity(points),
+            attributes: Vec::with_capacity(attributes),
+        }
+    }
+
+    /// The bytes [`MetricsRequest::with_capacity`] allocates.
+    pub fn bytes_for(resources: usize, metrics: usize, points: usize, attributes: usize) -> usize {
+        [
+            resources.saturating_mul(RESOURCE_ENTRY_BYTES),
+            metrics.saturating_mul(std::mem::size_of::<Metric<'static>>()),
+            points.saturating_mul(std::mem::size_of::<NumberDataPoint>()),
+            attributes.saturating_mul(std::mem::size_of::<KeyValue<'static>>()),
+        ]
+        .into_iter()
+        .fold(0, usize::saturating_add)
+    }
+
     /// Begins a `ResourceMetrics` (for readers of other encodings, and tests).
     pub fn begin_resource(&mut self, attributes: impl IntoIterator<Item = KeyValue<'a>>) {
         let resource = append(&mut self.attributes, attributes);
@@ -621,12 +675,12 @@ impl<'a> MetricsRequest<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::random_requests;
     use super::*;
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1 as pc;
     use opentelemetry_proto::tonic::metrics::v1 as pm;
-    use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1 as pt;
     use prost::Message;
     use rand::{Rng, SeedableRng};
@@ -656,85 +710,16 @@ mod tests {
         }
     }
 
-    fn random_attribute(rng: &mut rand::rngs::StdRng) -> pc::KeyValue {
-        use pc::any_value::Value as V;
-        let key = [
-            "memspan.rss.end",
-            "service.name",
-            "k",
-            "",
-            "gen_ai.request.model",
-        ][rng.random_range(0..5)];
-        let value = match rng.random_range(0..7) {
-            0 => Some(V::StringValue("v".repeat(rng.random_range(0..200)))),
-            1 => Some(V::BoolValue(rng.random())),
-            2 => Some(V::IntValue(rng.random())),
-            3 => Some(V::DoubleValue(rng.random::<f64>() * 1e9 - 5e8)),
-            4 => Some(V::ArrayValue(pc::ArrayValue {
-                values: vec![pc::AnyValue {
-                    value: Some(V::IntValue(1)),
-                }],
-            })),
-            5 => Some(V::BytesValue(vec![1, 2, 3])),
-            _ => None,
-        };
-        pc::KeyValue {
-            key: key.into(),
-            value: value.map(|v| pc::AnyValue { value: Some(v) }),
-            ..Default::default()
-        }
-    }
-
     /// Random generated requests, encoded by prost, read back field by field.
     #[test]
     fn reads_what_prost_writes_for_random_trace_requests() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let shape = random_requests::Shape {
+            attribute: random_requests::attribute,
+            trace_id_len: |rng| rng.random_range(0..17),
+        };
         for _ in 0..300 {
-            let full = ExportTraceServiceRequest {
-                resource_spans: (0..rng.random_range(0..4))
-                    .map(|_| pt::ResourceSpans {
-                        resource: rng.random_bool(0.8).then(|| Resource {
-                            attributes: (0..rng.random_range(0..4))
-                                .map(|_| random_attribute(&mut rng))
-                                .collect(),
-                            dropped_attributes_count: rng.random_range(0..3),
-                            ..Default::default()
-                        }),
-                        scope_spans: (0..rng.random_range(0..3))
-                            .map(|_| pt::ScopeSpans {
-                                scope: Some(pc::InstrumentationScope {
-                                    name: "scope".into(),
-                                    ..Default::default()
-                                }),
-                                spans: (0..rng.random_range(0..5))
-                                    .map(|_| pt::Span {
-                                        trace_id: vec![rng.random(); rng.random_range(0..17)],
-                                        span_id: vec![rng.random(); 8],
-                                        name: "chat m".into(),
-                                        kind: 3,
-                                        start_time_unix_nano: rng.random(),
-                                        end_time_unix_nano: rng.random(),
-                                        attributes: (0..rng.random_range(0..12))
-                                            .map(|_| random_attribute(&mut rng))
-                                            .collect(),
-                                        events: vec![pt::span::Event {
-                                            name: "e".into(),
-                                            ..Default::default()
-                                        }],
-                                        status: Some(pt::Status {
-                                            code: 1,
-                                            ..Default::default()
-                                        }),
-                                        ..Default::default()
-                                    })
-                                    .collect(),
-                                ..Default::default()
-                            })
-                            .collect(),
-                        ..Default::default()
-                    })
-                    .collect(),
-            };
+            let full = random_requests::trace_request(&mut rng, shape);
             let body = full.encode_to_vec();
             let lean = TraceRequest::decode(&body).expect("valid");
             let got: Vec<_> = lean.resource_spans().collect();
@@ -767,63 +752,12 @@ mod tests {
     #[test]
     fn reads_what_prost_writes_for_random_metrics_requests() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let shape = random_requests::Shape {
+            attribute: random_requests::attribute,
+            trace_id_len: |_| 16,
+        };
         for _ in 0..300 {
-            let point = |rng: &mut rand::rngs::StdRng| pm::NumberDataPoint {
-                time_unix_nano: rng.random(),
-                start_time_unix_nano: 1,
-                value: match rng.random_range(0..3) {
-                    0 => Some(pm::number_data_point::Value::AsInt(rng.random())),
-                    1 => Some(pm::number_data_point::Value::AsDouble(rng.random())),
-                    _ => None,
-                },
-                attributes: (0..rng.random_range(0..3))
-                    .map(|_| random_attribute(rng))
-                    .collect(),
-                ..Default::default()
-            };
-            let full = ExportMetricsServiceRequest {
-                resource_metrics: (0..rng.random_range(0..3))
-                    .map(|_| pm::ResourceMetrics {
-                        resource: rng.random_bool(0.8).then(|| Resource {
-                            attributes: (0..rng.random_range(0..3))
-                                .map(|_| random_attribute(&mut rng))
-                                .collect(),
-                            ..Default::default()
-                        }),
-                        scope_metrics: (0..rng.random_range(0..3))
-                            .map(|_| pm::ScopeMetrics {
-                                metrics: (0..rng.random_range(0..4))
-                                    .map(|i| pm::Metric {
-                                        name: format!("m{i}"),
-                                        unit: "By".into(),
-                                        data: match rng.random_range(0..4) {
-                                            0 => Some(pm::metric::Data::Gauge(pm::Gauge {
-                                                data_points: (0..rng.random_range(0..4))
-                                                    .map(|_| point(&mut rng))
-                                                    .collect(),
-                                            })),
-                                            1 => Some(pm::metric::Data::Sum(pm::Sum {
-                                                data_points: (0..rng.random_range(0..4))
-                                                    .map(|_| point(&mut rng))
-                                                    .collect(),
-                                                aggregation_temporality: 2,
-                                                is_monotonic: false,
-                                            })),
-                                            2 => Some(pm::metric::Data::Histogram(
-                                                pm::Histogram::default(),
-                                            )),
-                                            _ => None,
-                                        },
-                                        ..Default::default()
-                                    })
-                                    .collect(),
-                                ..Default::default()
-                            })
-                            .collect(),
-                        ..Default::default()
-                    })
-                    .collect(),
-            };
+            let full = random_requests::metrics_request(&mut rng, shape);
             let body = full.encode_to_vec();
             let lean = MetricsRequest::decode(&body).expect("valid");
             let got: Vec<_> = lean.resource_metrics().collect();

@@ -143,13 +143,24 @@ impl Reservation {
         budget: &DecodeBudget,
         decode: impl FnOnce(crate::extract::model::Budget<'_>) -> Result<T, DecodeError>,
     ) -> Result<T, Undecoded> {
-        let mut refused = None;
-        let result = decode(&mut self.charge(budget, &mut refused));
+        let (result, refused) = self.charged(budget, decode);
         result.map_err(|e| match (e, refused) {
             (DecodeError::Malformed(e), _) => Undecoded::Malformed(e),
             (DecodeError::OverBudget, Some(r)) => Undecoded::Refused(r),
             (DecodeError::OverBudget, None) => Undecoded::Busy,
         })
+    }
+
+    /// Runs `read` with every allocation it asks for charged to this reservation; returns what it returned and
+    /// the first refusal of the budget, if one came.
+    pub fn charged<T>(
+        &mut self,
+        budget: &DecodeBudget,
+        read: impl FnOnce(crate::extract::model::Budget<'_>) -> T,
+    ) -> (T, Option<Refusal>) {
+        let mut refused = None;
+        let result = read(&mut self.charge(budget, &mut refused));
+        (result, refused)
     }
 
     /// A decode budget for [`crate::extract::model`]: grows this reservation by each allocation asked for,

@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use prost::Message;
 
 use super::budget::{self, BodyError, BudgetedBody, Refusal, Reservation, Undecoded};
-use super::json::{self, JsonDocument};
+use super::json::{self, JsonDocument, ReadError};
 use super::{Ingest, RpcStatus};
 use crate::extract::model::{MetricsRequest, TraceRequest};
 use crate::receivers::listener::{serve_http, GuardedListener};
@@ -264,16 +264,9 @@ fn refused(r: Refusal) -> Failure {
     }
 }
 
-/// Reserves the body from the decode budget, and for JSON what reading it builds (weighed first; protobuf
-/// decoding charges its arenas as it goes).
-fn admit(state: &HttpState, encoding: Encoding, bytes: &[u8]) -> Result<Reservation, Failure> {
-    let extra = match encoding {
-        Encoding::Protobuf => 0,
-        Encoding::Json => json::weigh(bytes),
-    };
-    (state.ingest.budget)
-        .reserve(extra.saturating_add(bytes.len()))
-        .map_err(refused)
+/// Reserves the body from the decode budget (decoding then charges what it builds as it goes).
+fn admit(state: &HttpState, bytes: &[u8]) -> Result<Reservation, Failure> {
+    (state.ingest.budget).reserve(bytes.len()).map_err(refused)
 }
 
 /// Reads a body and reserves it from the decode budget. The reservation is held until the request has been
@@ -287,7 +280,7 @@ async fn receive(
     let bytes = read_body(state, headers, body)
         .await
         .map_err(|f| (encoding, f))?;
-    let reservation = admit(state, encoding, &bytes).map_err(|f| (encoding, f))?;
+    let reservation = admit(state, &bytes).map_err(|f| (encoding, f))?;
     Ok((encoding, bytes, reservation))
 }
 
@@ -300,6 +293,15 @@ fn undecoded(what: &str, u: Undecoded) -> Failure {
         Undecoded::Malformed(e) => malformed(what, e),
         Undecoded::Refused(r) => refused(r),
         Undecoded::Busy => busy(),
+    }
+}
+
+/// The answer to a JSON body that was not read.
+fn unread(what: &str, e: ReadError, refusal: Option<Refusal>) -> Failure {
+    match (e, refusal) {
+        (ReadError::Malformed(e), _) => malformed(what, e),
+        (ReadError::OverBudget, Some(r)) => refused(r),
+        (ReadError::OverBudget, None) => busy(),
     }
 }
 
@@ -318,9 +320,13 @@ async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
             })
             .map_err(|u| undecoded(TRACES, u))
             .map(|req| ingest.traces(&req)),
-        Encoding::Json => JsonDocument::parse(&bytes)
-            .map_err(|e| malformed(TRACES, e))
-            .map(|doc| ingest.traces(&doc.traces())),
+        Encoding::Json => {
+            let (doc, refusal) = reservation.charged(&ingest.budget, |charge| {
+                JsonDocument::parse_within(&bytes, &ingest.extract, charge)
+            });
+            doc.map_err(|e| unread(TRACES, e, refusal))
+                .map(|doc| ingest.traces(&doc.traces()))
+        }
     };
     // The body and its share of the decode budget go as soon as its samples are queued.
     drop((bytes, reservation));
@@ -344,9 +350,13 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap, body: Body)
             })
             .map_err(|u| undecoded(METRICS, u))
             .map(|req| ingest.metrics(&req)),
-        Encoding::Json => JsonDocument::parse(&bytes)
-            .map_err(|e| malformed(METRICS, e))
-            .map(|doc| ingest.metrics(&doc.metrics())),
+        Encoding::Json => {
+            let (doc, refusal) = reservation.charged(&ingest.budget, |charge| {
+                JsonDocument::parse_within(&bytes, &ingest.extract, charge)
+            });
+            doc.map_err(|e| unread(METRICS, e, refusal))
+                .map(|doc| ingest.metrics(&doc.metrics()))
+        }
     };
     drop((bytes, reservation));
     match pending {
@@ -366,15 +376,19 @@ async fn logs(State(state): State<HttpState>, headers: HeaderMap, body: Body) ->
         Ok(b) => b,
         Err(f) => return fail(&state, encoding, f),
     };
-    let _reservation = match state.ingest.budget.reserve(bytes.len()) {
+    let mut reservation = match state.ingest.budget.reserve(bytes.len()) {
         Ok(r) => r,
         Err(r) => return fail(&state, encoding, refused(r)),
     };
     let records = match encoding {
         Encoding::Protobuf => budget::weigh(&bytes, &budget::LOG_RECORDS)
             .map_err(|e| malformed("OTLP ExportLogsServiceRequest", e)),
-        Encoding::Json => json::count_log_records(&bytes)
-            .map_err(|e| malformed("OTLP ExportLogsServiceRequest", e)),
+        Encoding::Json => {
+            let (records, refusal) = reservation.charged(&state.ingest.budget, |charge| {
+                json::count_log_records(&bytes, charge)
+            });
+            records.map_err(|e| unread("OTLP ExportLogsServiceRequest", e, refusal))
+        }
     };
     match records {
         Ok(records) => {

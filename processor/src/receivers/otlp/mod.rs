@@ -4,7 +4,6 @@ pub mod budget;
 pub mod grpc;
 pub mod http;
 pub mod json;
-mod json_repair;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
