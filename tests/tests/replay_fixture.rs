@@ -35,7 +35,7 @@ fn exact_counts_for_every_kind_of_input() {
     let s = run(&dir);
     assert_eq!((s.lines, s.broken_lines), (5, 2), "{s}");
     assert!(
-        s.broken_examples[0].contains("collector-file.jsonl:2: EOF"),
+        s.broken_examples[0].contains("collector-file.jsonl:2: unexpected EOF"),
         "{:?}",
         s.broken_examples
     );

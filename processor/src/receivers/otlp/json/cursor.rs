@@ -13,10 +13,15 @@ pub struct JsonError {
     pub at: usize,
     pub what: &'static str,
     pub field: &'static str,
+    /// The body ended where more was expected (a truncated body).
+    pub eof: bool,
 }
 
 impl fmt::Display for JsonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.eof {
+            f.write_str("unexpected EOF: ")?;
+        }
         f.write_str(self.what)?;
         if !self.field.is_empty() {
             write!(f, " ({})", self.field)?;
@@ -89,6 +94,7 @@ impl<'a, 'b> Cursor<'a, 'b> {
             at: self.at,
             what,
             field,
+            eof: self.at >= self.body.len(),
         }))
     }
 

@@ -56,6 +56,7 @@ fn malformed(e: ReadError) -> JsonError {
             at: 0,
             what: OVER_BUDGET,
             field: "",
+            eof: false,
         },
     }
 }
@@ -219,6 +220,7 @@ fn open<'a, 'b>(body: &'a [u8], budget: Budget<'b>, what: &'static str) -> Resul
             at: e.valid_up_to(),
             what: "not UTF-8",
             field: "",
+            eof: false,
         }));
     }
     c.expect(b'{', what)?;
@@ -956,7 +958,14 @@ impl<'a, K: KeepKeys> Reader<'a, '_, '_, K> {
     /// non-negative number fails the document (see the module).
     fn timestamp(&mut self, field: &'static str) -> Result<u64> {
         let at = self.c.offset();
-        let fail = |what| Err(Box::new(JsonError { at, what, field }));
+        let fail = |what| {
+            Err(Box::new(JsonError {
+                at,
+                what,
+                field,
+                eof: false,
+            }))
+        };
         match self.number(Want::Int)? {
             None => Ok(0),
             Some(Number::Int(i)) => u64::try_from(i).or_else(|_| fail("a negative timestamp")),

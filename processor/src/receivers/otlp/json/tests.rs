@@ -154,7 +154,16 @@ fn reads_what_opentelemetry_proto_writes_as_protobuf_decoding_does() {
 
 #[test]
 fn broken_json_is_an_error_not_a_panic() {
-    assert!(JsonDocument::parse(b"{\"resourceSpans\":[{\"scopeSpans\":[").is_err());
+    let e = JsonDocument::parse(b"{\"resourceSpans\":[{\"scopeSpans\":[").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "unexpected EOF: expected an object (scopeSpans) at byte 33"
+    );
+    let e = JsonDocument::parse(b"{\"resourceSpans\":[{\"sco").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "unexpected EOF: a string not closed at byte 23"
+    );
     assert!(JsonDocument::parse(b"[]").is_err());
 }
 
