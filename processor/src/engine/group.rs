@@ -11,7 +11,7 @@ use crate::signal::Signal;
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Pane {
     index: i64,
-    moments: Moments,
+    moments: PaneMoments,
     min: f64,
     max: f64,
     last: (u64, f64),
@@ -26,7 +26,7 @@ impl Pane {
     fn new(index: i64) -> Pane {
         Pane {
             index,
-            moments: Moments::default(),
+            moments: PaneMoments::default(),
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
             last: (0, f64::NAN),
@@ -80,6 +80,58 @@ impl Pane {
         if slot < self.reservoir.len() {
             self.reservoir[slot] = v;
             self.tags[slot] = tag;
+        }
+    }
+}
+
+/// A pane's running moments as sums of deviations from its first value (the shifted-data algorithm): no
+/// division per value, unlike Welford's update, and as exact. With the shift one of the values, the squared
+/// distance from it to the mean is at most `n` times the variance, so the cancellation in `s2 - s1^2 / n` costs
+/// at most about `n` ulps of the variance (1e-11 relative at 100,000 values a pane). Kept on disk as the
+/// [`Moments`] it stands for, so checkpoints read either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "Moments", into = "Moments")]
+struct PaneMoments {
+    n: u64,
+    shift: f64,
+    s1: f64,
+    s2: f64,
+}
+
+impl PaneMoments {
+    #[inline]
+    fn push(&mut self, x: f64) {
+        if self.n == 0 {
+            self.shift = x;
+        }
+        self.n += 1;
+        let d = x - self.shift;
+        self.s1 += d;
+        self.s2 += d * d;
+    }
+}
+
+impl From<PaneMoments> for Moments {
+    fn from(p: PaneMoments) -> Moments {
+        if p.n == 0 {
+            return Moments::default();
+        }
+        let n = p.n as f64;
+        Moments {
+            n: p.n,
+            mean: p.shift + p.s1 / n,
+            m2: (p.s2 - p.s1 * p.s1 / n).max(0.0),
+        }
+    }
+}
+
+impl From<Moments> for PaneMoments {
+    fn from(m: Moments) -> PaneMoments {
+        PaneMoments {
+            n: m.n,
+            shift: m.mean,
+            s1: 0.0,
+            s2: m.m2,
         }
     }
 }
@@ -224,7 +276,7 @@ fn summarize(key: SeriesKey, panes: &[&Pane], last_pane: i64, exemplars: usize) 
     let mut instance_tags = Vec::with_capacity(values.capacity());
     let mut ex: Vec<(f64, Exemplar)> = Vec::new();
     for p in panes {
-        moments.merge(&p.moments);
+        moments.merge(&p.moments.into());
         min = min.min(p.min);
         max = max.max(p.max);
         values.extend_from_slice(&p.reservoir);
@@ -319,5 +371,81 @@ mod tests {
         }
         // Expected cap * ln(n / cap) = 64 * 7.35 = 471 replacements (sd about 21).
         assert!((350..600).contains(&replacements), "{replacements}");
+    }
+
+    /// The mean and the sum of squared deviations from it, in two passes.
+    fn two_pass(xs: &[f64]) -> (f64, f64) {
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let m2 = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>();
+        (mean, m2)
+    }
+
+    fn shifted(xs: &[f64]) -> Moments {
+        let mut p = PaneMoments::default();
+        xs.iter().for_each(|&x| p.push(x));
+        p.into()
+    }
+
+    #[test]
+    fn shifted_moments_match_two_pass_ones_where_cancellation_threatens() {
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        let mut unit = move || (next_random(&mut rng) >> 11) as f64 / (1u64 << 53) as f64;
+        let cases: Vec<(&str, Vec<f64>)> = vec![
+            // 2 GiB of memory with a byte of noise: the mean is 2e9 times the sd.
+            ("offset", (0..5000).map(|_| 2.0e9 + unit()).collect()),
+            // The first value far from the rest: a step at the pane's start.
+            (
+                "step",
+                std::iter::once(1.0e9)
+                    .chain((0..5000).map(|_| 2.0e9 + unit()))
+                    .collect(),
+            ),
+            (
+                "sawtooth",
+                (0..5000).map(|i| 1.0e9 + (i % 97) as f64 * 1e6).collect(),
+            ),
+            ("tiny", vec![3.0, 5.0]),
+        ];
+        for (name, xs) in cases {
+            let m = shifted(&xs);
+            let (mean, m2) = two_pass(&xs);
+            assert_eq!(m.n, xs.len() as u64, "{name}");
+            assert!(
+                (m.mean - mean).abs() <= 1e-12 * mean.abs(),
+                "{name}: mean {} against {mean}",
+                m.mean
+            );
+            assert!(
+                (m.m2 - m2).abs() <= 1e-9 * m2,
+                "{name}: m2 {} against {m2}",
+                m.m2
+            );
+        }
+    }
+
+    #[test]
+    fn constant_values_have_no_spread_and_an_empty_pane_no_moments() {
+        let m = shifted(&[4_294_967_296.0; 1000]);
+        assert_eq!((m.n, m.mean, m.m2), (1000, 4_294_967_296.0, 0.0));
+        assert_eq!(Moments::from(PaneMoments::default()), Moments::default());
+    }
+
+    #[test]
+    fn a_pane_s_moments_are_checkpointed_as_the_moments_they_stand_for() {
+        let xs = [7.0, 1.0, 9.5, 3.25];
+        let mut p = PaneMoments::default();
+        xs.iter().for_each(|&x| p.push(x));
+        let json = serde_json::to_string(&p).expect("serializes");
+        let welford: Moments = serde_json::from_str(&json).expect("reads as Moments");
+        assert_eq!(welford, Moments::from(p));
+        // Read back and pushed on, it goes on as if never written.
+        let mut back: PaneMoments = serde_json::from_str(&json).expect("reads back");
+        let mut kept = p;
+        back.push(4.0);
+        kept.push(4.0);
+        let (a, b) = (Moments::from(back), Moments::from(kept));
+        assert_eq!(a.n, b.n);
+        assert!((a.mean - b.mean).abs() < 1e-12 && (a.m2 - b.m2).abs() < 1e-9);
     }
 }

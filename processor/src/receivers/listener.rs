@@ -272,6 +272,14 @@ impl tonic::transport::server::Connected for Guarded<TcpStream> {
     }
 }
 
+/// HTTP/2's flow-control windows (a stream's and the whole connection's) and the largest DATA frame a sender
+/// may use, over gRPC and OTLP/HTTP alike. An export of 512 memory spans (about 190 KB) then arrives as one
+/// frame without waiting for a WINDOW_UPDATE, where h2's defaults (64 KiB windows, 16 KiB frames) cut it into a
+/// dozen frames, each its own read and flow-control round (about a tenth of the CPU at 10k spans/s over gRPC,
+/// BENCHMARKS.md). It is also what a connection can hold received and not yet read, outside the decode budget:
+/// 256 KiB, against h2's 64 KiB.
+pub const HTTP2_WINDOW: u32 = 256 * 1024;
+
 /// Serves `router` over HTTP/1 and HTTP/2 on `listener` (over TLS when `tls` is given) until `shutdown`
 /// resolves, then lets the open connections finish their requests. The connections are this future's:
 /// dropping it (an aborted task) closes every one of them.
@@ -293,7 +301,10 @@ pub async fn serve_http(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(Some(64));
+        .max_concurrent_streams(Some(64))
+        .initial_stream_window_size(HTTP2_WINDOW)
+        .initial_connection_window_size(HTTP2_WINDOW)
+        .max_frame_size(HTTP2_WINDOW);
     let builder = Arc::new(builder);
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let (stopping, _) = tokio::sync::watch::channel(false);

@@ -28,7 +28,7 @@ use tonic_prost::ProstEncoder;
 use super::budget::{self, BodyError, BudgetedBody, Refusal, Reservation, Undecoded};
 use super::{Busy, Ingest, Pending};
 use crate::extract::model::{MetricsRequest, TraceRequest};
-use crate::receivers::listener::GuardedListener;
+use crate::receivers::listener::{GuardedListener, HTTP2_WINDOW};
 use crate::receivers::security::{require_grpc, Security};
 use crate::telemetry::Telemetry;
 
@@ -372,6 +372,9 @@ pub async fn serve(
     server
         .timeout(limits.request_timeout)
         .max_concurrent_streams(Some(64))
+        .initial_stream_window_size(Some(HTTP2_WINDOW))
+        .initial_connection_window_size(Some(HTTP2_WINDOW))
+        .max_frame_size(Some(HTTP2_WINDOW))
         .layer(tower::util::MapResponseLayer::new(move |resp| {
             otlp_status_codes(&telemetry, resp)
         }))
